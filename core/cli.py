@@ -7,6 +7,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
+from fw.console import say
 from fw.errors import ConfigError, FwError
 from fw.suggest import did_you_mean
 from fw.types import KINDS
@@ -56,7 +57,7 @@ def cmd_list_plugins(args: argparse.Namespace) -> int:
     from rich.table import Table
     table = Table(title="fw plugins", show_lines=False)
     for column in ("kind", "name", "summary", "distribution", "status"):
-        table.add_column(column, overflow="fold")
+        table.add_column(column, overflow="fold", no_wrap=column in ("kind", "name", "distribution"))
     for row in rows:
         status = row["status"]
         style = "green" if status == "ok" else "red"
@@ -92,16 +93,14 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _print_issues(source: str, issues, warnings) -> None:
-    from rich.markup import escape
-    console = _console(stderr=True)
     for warning in warnings:
-        console.print(f"[yellow]warning[/yellow] {escape(str(warning))}")
+        say(f"warning: {warning}", "yellow")
     if issues:
-        console.print(f"[red]✗ {escape(source)}: {len(issues)} problem(s)[/red]")
+        say(f"✗ {source}: {len(issues)} problem(s)", "red")
         for issue in issues:
-            console.print(f"  [red]•[/red] {escape(str(issue))}")
+            say(f"  • {issue}")
     else:
-        console.print(f"[green]✓ {escape(source)} is valid[/green]")
+        say(f"✓ {source} is valid", "green")
 
 
 # -- parser -----------------------------------------------------------------------------------------
@@ -157,11 +156,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.handler(args)
     except UsageError as exc:
-        _console(stderr=True).print(f"[red]error:[/red] {exc}", markup=True)
+        say(f"error: {exc}", "red")
         return EXIT_USAGE
     except FwError as exc:
-        from rich.markup import escape
-        _console(stderr=True).print(f"[red]error:[/red] {escape(str(exc))}")
+        say(f"error: {exc}", "red")
         return EXIT_INVALID
     except KeyboardInterrupt:
         return 130

@@ -6,7 +6,6 @@ claiming one (kind, name) make that name unusable with an error naming both dist
 """
 from __future__ import annotations
 
-import importlib.metadata
 from collections.abc import Iterable
 from dataclasses import dataclass
 from types import ModuleType
@@ -55,7 +54,9 @@ class BrokenPlugin:
     error: str
 
 
-def _distribution_of(entry_point: importlib.metadata.EntryPoint) -> Distribution:
+def _distribution_of(entry_point) -> Distribution:
+    if hasattr(entry_point, "dist_name"):  # fw.entry_point_cache.CachedEntryPoint
+        return Distribution(entry_point.dist_name, entry_point.dist_version)
     dist = getattr(entry_point, "dist", None)
     if dist is None:
         return Distribution("unknown", "?")
@@ -73,9 +74,12 @@ class Registry:
         self._sources: dict[int, Distribution] = {}
 
     # -- loading -------------------------------------------------------------------------------
-    def load_entry_points(self, entry_points: Iterable[importlib.metadata.EntryPoint] | None = None) -> "Registry":
+    def load_entry_points(self, entry_points: Iterable | None = None) -> "Registry":
+        """Load plugins from ``entry_points`` (importlib.metadata EntryPoints), by default every installed
+        one of the ``fw`` group."""
         if entry_points is None:
-            entry_points = importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
+            from fw.entry_point_cache import entry_points as installed_entry_points
+            entry_points = installed_entry_points(ENTRY_POINT_GROUP)
         for entry_point in entry_points:
             distribution = _distribution_of(entry_point)
             try:

@@ -26,6 +26,14 @@ def _hint_for(root: dict[str, Any], parent_path: Path, key: str | int) -> str | 
     return hints.get(key) if isinstance(key, str) else None
 
 
+def _renamed_from_library(schema: dict[str, Any], key: str) -> str | None:
+    """A key the underlying library spells differently (PEFT's ``lora_alpha`` is fw's ``alpha``)."""
+    for name, prop in schema.get("properties", {}).items():
+        if isinstance(prop, dict) and prop.get("x-peft") == key and name != key:
+            return f"PEFT's `{key}` is called `{name}` in fw: use {name}"
+    return None
+
+
 def issues_from_schema(schema: dict[str, Any], instance: Any, prefix: Path = (),
                        context: str = "") -> Iterator[ConfigIssue]:
     """Every violation of ``schema`` by ``instance``, with paths prefixed by ``prefix``."""
@@ -43,7 +51,7 @@ def _issues_for(error: ValidationError, root: dict[str, Any], prefix: Path, cont
         hints = error.schema.get("x-fw-hints", {})
         for key in [k for k in error.instance if k not in allowed]:
             where = f" for {context}" if context else ""
-            hint = hints.get(key)
+            hint = hints.get(key) or _renamed_from_library(error.schema, key)
             message = f"unknown key '{key}'{where}."
             if hint:
                 message += f" {hint}."

@@ -9,7 +9,8 @@ SCHEMA = "fw.schemas:matchers/contains.json"
 
 @hookimpl
 def fw_matchers():
-    return [MatcherPlugin(name="contains", schema=SCHEMA, summary="Substring match (case-insensitive by default)",
+    return [MatcherPlugin(name="contains", schema=SCHEMA,
+                          summary="Substring match (case-insensitive by default)",
                           compile=f"{__name__}:compile")]
 
 
@@ -17,8 +18,8 @@ def compile(value, options: dict | None = None) -> Callable[[str], bool]:
     """Return ``text -> bool``: does ``value`` occur in the text?
 
     ``options`` holds the match entry's other keys (everything but ``type`` and ``value``); here only
-    ``case_sensitive`` (default false: both sides are case-folded). Raises ValueError for a non-string or empty
-    value, which would match nothing or everything.
+    ``case_sensitive`` (default false: both sides are case-folded). Raises ValueError for a non-string or
+    empty value, which would match nothing or everything.
     """
     options = options or {}
     if not isinstance(value, str):

@@ -1,8 +1,8 @@
 """json_schema: the label is chosen when the JSON in the generated text matches a JSON value.
 
 The response is parsed tolerantly: the whole text, else the body of a ```json code fence, else the first
-JSON object or array found in the surrounding prose. A mapping ``value`` matches when each of its keys is in the
-parsed object with a (recursively) matching value, so extra keys in the response are fine; any other value
+JSON object or array found in the surrounding prose. A mapping ``value`` matches when each of its keys is in
+the parsed object with a (recursively) matching value, so extra keys in the response are fine; any other value
 must be equal (``true`` does not equal ``1``).
 """
 import json

@@ -6,7 +6,8 @@ from fw.types import MatcherPlugin
 
 SCHEMA = "fw.schemas:matchers/regex.json"
 
-#: seconds one search may take; a pattern that backtracks catastrophically on hostile output counts as no match
+#: seconds one search may take; a pattern that backtracks catastrophically on hostile output counts as
+#: no match
 TIMEOUT_S = 0.25
 
 
@@ -19,9 +20,9 @@ def fw_matchers():
 def compile(value, options: dict | None = None) -> Callable[[str], bool]:
     """Compile ``value`` once and return ``text -> bool``: is the pattern found anywhere in the text?
 
-    Uses the third-party ``regex`` module (Python ``re`` syntax, plus a search timeout): a search running longer
-    than :data:`TIMEOUT_S` counts as no match. ``options`` holds the match entry's other keys (none are used).
-    Raises ValueError saying what is wrong with a pattern that does not compile.
+    Uses the third-party ``regex`` module (Python ``re`` syntax, plus a search timeout): a search running
+    longer than :data:`TIMEOUT_S` counts as no match. ``options`` holds the match entry's other keys (none are
+    used). Raises ValueError saying what is wrong with a pattern that does not compile.
     """
     import regex
 

@@ -1,4 +1,4 @@
-"""Adapter merge strategies (``adapters.merge.combination_type``), all backed by PEFT's ``add_weighted_adapter``.
+"""Adapter merge strategies (``adapters.merge.combination_type``), backed by PEFT's ``add_weighted_adapter``.
 
 The table mirrors PEFT 0.21.2 ``LoraModel._check_add_weighted_adapter`` / ``add_weighted_adapter``:
 linear, ties, dare_linear, dare_ties and magnitude_prune need all sources to share one rank (the merged

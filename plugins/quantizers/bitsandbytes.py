@@ -34,8 +34,8 @@ def _missing_requirements(device) -> list[str]:
     if not torch.cuda.is_available():
         missing.append("no CUDA GPU is available (torch.cuda.is_available() is False)")
     elif device is not None and str(device).split(":")[0] not in ("cuda", "auto"):
-        missing.append(f"the model is placed on {str(device)!r}, but bitsandbytes-quantized weights need a CUDA "
-                       "device")
+        missing.append(f"the model is placed on {str(device)!r}, but bitsandbytes-quantized weights "
+                       "need a CUDA device")
     return missing
 
 

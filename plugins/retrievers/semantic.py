@@ -1,7 +1,9 @@
-"""semantic: few-shot examples nearest to the input by embedding similarity (``prompt.retrieval.type: semantic``)."""
+"""semantic: few-shot examples most similar to the input by embedding (``retrieval.type: semantic``)."""
 from fw.hookspecs import hookimpl
 from fw.types import RetrieverPlugin
 
+#: the planned work that builds retrieval
+AREA = "issue 'Generation, category extraction, ... retrieval'"
 SCHEMA = "fw.schemas:retrievers/semantic.json"
 
 
@@ -17,4 +19,4 @@ def build_index(params: dict, train_rows, cache_dir):
     Not built yet."""
     from fw.errors import NotBuiltYetError
 
-    raise NotBuiltYetError("semantic few-shot retrieval", "issue 'Generation, category extraction, ... retrieval'")
+    raise NotBuiltYetError("semantic few-shot retrieval", AREA)

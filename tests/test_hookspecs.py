@@ -1,0 +1,30 @@
+"""Meta-tests: every hook spec is documented, exercised by a built-in plugin, and described in the README."""
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import pytest
+
+from fw import hookspecs
+from fw.registry import get_registry
+from fw.types import HOOK_FOR_KIND
+
+HOOKS = [name for name, fn in inspect.getmembers(hookspecs, inspect.isfunction) if name.startswith("fw_")]
+README = (Path(__file__).parents[1] / "README.md").read_text()
+
+
+def test_every_kind_has_a_hook_and_every_hook_a_kind():
+    assert sorted(HOOK_FOR_KIND.values()) == sorted(HOOKS)
+
+
+@pytest.mark.parametrize("hook", HOOKS)
+def test_hook_is_documented(hook):
+    assert (getattr(hookspecs, hook).__doc__ or "").strip(), f"{hook} has no docstring"
+    assert hook in README, f"{hook} is not described in README.md"
+
+
+@pytest.mark.parametrize("hook", HOOKS)
+def test_hook_is_implemented_by_a_builtin(hook):
+    kind = {v: k for k, v in HOOK_FOR_KIND.items()}[hook]
+    assert get_registry().all(kind), f"no built-in plugin implements {hook}"

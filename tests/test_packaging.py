@@ -1,0 +1,101 @@
+"""Real installs: the fw wheel into a clean venv, and the contrib plugin packages next to fw."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = """
+base_model: meta-llama/Llama-2-7b-hf
+input_features: [{name: input, type: text}]
+output_features: [{name: response, type: text}]
+adapter: {type: %s}
+"""
+
+
+def pip_install(*args: str | Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check", *map(str, args)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def contrib_site(tmp_path_factory) -> Path:
+    """Both contrib packages pip-installed (for real, built from their pyproject) into one directory."""
+    site = tmp_path_factory.mktemp("contrib-site")
+    pip_install("--no-deps", "--target", site, ROOT / "contrib" / "fw-randlora", ROOT / "contrib" / "fw-broken-example")
+    return site
+
+
+def fw_with(site: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, "-m", "fw.cli", *args], capture_output=True, text=True, env=env)
+
+
+def test_contrib_plugin_is_listed_and_broken_one_does_not_break_the_cli(contrib_site):
+    result = fw_with(contrib_site, "list-plugins", "--json")
+    assert result.returncode == 0, result.stderr
+    rows = {row["name"]: row for row in json.loads(result.stdout)}
+    assert rows["randlora"]["distribution"] == "fw-randlora" and rows["randlora"]["status"] == "ok"
+    broken = rows["broken-example"]
+    assert broken["status"].startswith("broken:") and "fw_dependency_that_is_not_installed" in broken["status"]
+    assert rows["lora"]["status"] == "ok"
+
+
+def test_config_using_the_contrib_adapter_validates(contrib_site, tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(CONFIG % "randlora")
+    assert fw_with(contrib_site, "validate", str(path)).returncode == 0
+    path.write_text(CONFIG % "{type: randlora, r: 0}")
+    result = fw_with(contrib_site, "validate", str(path))
+    assert result.returncode == 1 and "adapter.r: 0 is less than the minimum of 1" in result.stderr
+
+
+def test_contrib_adapter_wraps_a_tiny_model(contrib_site, tiny_llama_dir):
+    code = f"""
+import torch, transformers
+from fw.adapter_wrap import wrap_model
+model = transformers.AutoModelForCausalLM.from_pretrained({str(tiny_llama_dir)!r})
+peft_model = wrap_model(model, {{"type": "randlora", "r": 4, "alpha": 80}})
+ids = torch.tensor([[1, 5, 9, 12]])
+loss = peft_model(input_ids=ids, labels=ids).loss
+loss.backward()
+trainable = [p for p in peft_model.parameters() if p.requires_grad]
+print(type(peft_model.peft_config['default']).__name__, bool(trainable), bool(torch.isfinite(loss)))
+"""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(contrib_site), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split()[-3:] == ["RandLoraConfig", "True", "True"]
+
+
+def test_wheel_installs_into_a_clean_venv_and_works(tmp_path):
+    dist = tmp_path / "dist"
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(dist), str(ROOT)],
+                           capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr[-3000:]
+    (wheel,) = dist.glob("fw-*.whl")
+    env_dir = tmp_path / "clean"
+    venv.create(env_dir, with_pip=True)
+    bin_dir = env_dir / "bin"
+    install = subprocess.run([str(bin_dir / "python"), "-m", "pip", "install", "-q", str(wheel)],
+                             capture_output=True, text=True)
+    assert install.returncode == 0, install.stderr[-3000:]
+    listed = subprocess.run([str(bin_dir / "fw"), "list-plugins", "--json"], capture_output=True, text=True,
+                            cwd=tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    rows = json.loads(listed.stdout)
+    assert {r["name"] for r in rows if r["kind"] == "adapter"} >= {"lora", "vblora", "ln_tuning"}
+    assert all(r["status"] == "ok" for r in rows)
+    config = tmp_path / "c.yaml"
+    config.write_text(CONFIG % "lora")
+    assert subprocess.run([str(bin_dir / "fw"), "validate", str(config)], cwd=tmp_path).returncode == 0
+    config.write_text(CONFIG % "lorra")
+    bad = subprocess.run([str(bin_dir / "fw"), "validate", str(config)], capture_output=True, text=True, cwd=tmp_path)
+    assert bad.returncode == 1 and "Did you mean 'lora'?" in bad.stderr

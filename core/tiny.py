@@ -1,10 +1,10 @@
 """Tiny, deterministic, offline models and tokenizers for tests and the demo.
 
 Everything is built in-process (no download): a byte-level BPE tokenizer trained on a small corpus and
-randomly initialised Llama / GPT-2 causal LMs (hidden 64, 2 layers, 4 heads) saved as safetensors together with
-the tokenizer, so ``AutoModelForCausalLM.from_pretrained(path)`` and ``AutoTokenizer.from_pretrained(path)``
-load them. Sizes are chosen so that the block-structured adapters (BOFT, OFT, C3A, VBLoRA) have divisors to
-work with: every targeted dimension is a multiple of 32.
+randomly initialised Llama / GPT-2 causal LMs (hidden 64, 2 layers, 4 heads) saved as safetensors together
+with the tokenizer, so ``AutoModelForCausalLM.from_pretrained(path)`` and
+``AutoTokenizer.from_pretrained(path)`` load them. Sizes are chosen so that the block-structured adapters
+(BOFT, OFT, C3A, VBLoRA) have divisors to work with: every linear layer dimension is a multiple of 32.
 """
 from __future__ import annotations
 

@@ -89,7 +89,8 @@ def _validate_section(path: Path, section: dict[str, Any], socket: Socket, expli
         return []
     where = format_path(path + (socket.selector,))
     if not isinstance(name, str):
-        return [ConfigIssue(where, f"expected the name of a {socket.kind.replace('_', ' ')}, got {name!r}.")]
+        kind = socket.kind.replace("_", " ")
+        return [ConfigIssue(where, f"expected the name of {'an' if kind[0] in 'aeiou' else 'a'} {kind}, got {name!r}.")]
     try:
         descriptor = registry.get(socket.kind, name)
     except FwError as exc:

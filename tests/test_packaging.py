@@ -15,7 +15,7 @@ CONFIG = """
 base_model: meta-llama/Llama-2-7b-hf
 input_features: [{name: input, type: text}]
 output_features: [{name: response, type: text}]
-adapter: {type: %s}
+adapter: %s
 """
 
 
@@ -50,7 +50,7 @@ def test_contrib_plugin_is_listed_and_broken_one_does_not_break_the_cli(contrib_
 
 def test_config_using_the_contrib_adapter_validates(contrib_site, tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text(CONFIG % "randlora")
+    path.write_text(CONFIG % "{type: randlora}")
     assert fw_with(contrib_site, "validate", str(path)).returncode == 0
     path.write_text(CONFIG % "{type: randlora, r: 0}")
     result = fw_with(contrib_site, "validate", str(path))
@@ -94,8 +94,8 @@ def test_wheel_installs_into_a_clean_venv_and_works(tmp_path):
     assert {r["name"] for r in rows if r["kind"] == "adapter"} >= {"lora", "vblora", "ln_tuning"}
     assert all(r["status"] == "ok" for r in rows)
     config = tmp_path / "c.yaml"
-    config.write_text(CONFIG % "lora")
+    config.write_text(CONFIG % "{type: lora}")
     assert subprocess.run([str(bin_dir / "fw"), "validate", str(config)], cwd=tmp_path).returncode == 0
-    config.write_text(CONFIG % "lorra")
+    config.write_text(CONFIG % "{type: lorra}")
     bad = subprocess.run([str(bin_dir / "fw"), "validate", str(config)], capture_output=True, text=True, cwd=tmp_path)
     assert bad.returncode == 1 and "Did you mean 'lora'?" in bad.stderr

@@ -1,0 +1,19 @@
+"""LoKr: low-rank Kronecker product adaptation (PEFT LoKrConfig)."""
+from __future__ import annotations
+
+from fw.hookspecs import hookimpl
+from fw.types import AdapterPlugin
+
+SCHEMA = "fw.schemas:adapters/lokr.json"
+
+
+@hookimpl
+def fw_adapters():
+    return [AdapterPlugin(name="lokr", schema=SCHEMA, summary="Low-rank Kronecker product adaptation (LoKr)",
+                          build_peft_config=f"{__name__}:build_peft_config")]
+
+
+def build_peft_config(params: dict):
+    from fw.peft_mapping import build_peft_config as build
+
+    return build("LoKrConfig", params, SCHEMA)

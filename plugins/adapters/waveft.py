@@ -1,0 +1,35 @@
+"""WaveFT: learned sparse wavelet coefficients, inverse-DWT'd into the weight update (PEFT WaveFTConfig).
+
+The spec offers ``wavelet_family: haar``, which PEFT does not list; Haar is the same wavelet as Daubechies-1,
+so fw passes it as ``db1``. WaveFT has no ``r``/``alpha`` (see the schema's x-fw-hints).
+"""
+from __future__ import annotations
+
+from fw.hookspecs import hookimpl
+from fw.types import AdapterPlugin
+
+SCHEMA = "fw.schemas:adapters/waveft.json"
+WAVELET_ALIASES = {"haar": "db1"}
+
+
+@hookimpl
+def fw_adapters():
+    return [AdapterPlugin(name="waveft", schema=SCHEMA, summary="Wavelet-domain fine-tuning (WaveFT)",
+                          build_peft_config=f"{__name__}:build_peft_config",
+                          check_model=f"{__name__}:check_model")]
+
+
+def build_peft_config(params: dict):
+    from fw.peft_mapping import build_peft_config as build, with_defaults
+
+    family = with_defaults(params, SCHEMA)["wavelet_family"]
+    return build("WaveFTConfig", params, SCHEMA, wavelet_family=WAVELET_ALIASES.get(family, family))
+
+
+def check_model(params: dict, model) -> list[str]:
+    """n_frequency may not exceed in_features * out_features of any targeted layer."""
+    from fw.adapter_wrap import size_limit_problems, target_layer_shapes
+    from fw.peft_mapping import with_defaults
+
+    p = with_defaults(params, SCHEMA)
+    return size_limit_problems("n_frequency", p["n_frequency"], target_layer_shapes(model, p))

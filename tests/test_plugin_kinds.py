@@ -256,7 +256,7 @@ def test_regex_catastrophic_backtracking_times_out_as_no_match(pattern):
     hostile = "a" * 40 + "b"
     started = time.monotonic()
     assert matcher("regex", pattern)(hostile) is False
-    assert time.monotonic() - started < 2.0
+    assert time.monotonic() - started < 10.0  # a hang guard, not a speed test: unguarded, this runs for years
 
 
 def test_json_schema_parses_fenced_json_in_prose():

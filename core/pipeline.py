@@ -1,0 +1,296 @@
+"""The pipeline, composed: ``train``, ``predict`` and ``evaluate`` (what the CLI verbs call; also the API).
+
+    import fw.pipeline as pipeline
+    run = pipeline.train("config.yaml", dataset="data.csv")          # -> TrainResult (run_dir, model_dir, ...)
+    result = pipeline.predict(model_path=run.model_dir, dataset="new.csv")
+    stats = pipeline.evaluate(model_path=run.model_dir, dataset="data.csv", split="test")
+
+Data flow: config -> splits (fw.data) -> prompts (fw.prompt) -> tokens (fw.encoding) -> base model and adapter
+(fw.model_loading) -> trainer (fw.trainer) -> artifacts (fw.artifacts) -> generation (fw.inference) -> metrics.
+``trainer.type: none`` skips the training step: predict / evaluate run on the base model from ``config``.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fw import artifacts
+from fw.errors import FwError
+
+SPLITS = ("full", "train", "validation", "test")
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    model_dir: Path
+    statistics: dict
+    config: dict = field(repr=False)
+    #: the trained model and its tokenizer, still in memory (eval mode)
+    model: Any = field(default=None, repr=False)
+    tokenizer: Any = field(default=None, repr=False)
+
+
+@dataclass
+class PredictResult:
+    predictions: Any  # pandas.DataFrame
+    directory: Path
+    config: dict = field(repr=False)
+
+
+@dataclass
+class EvaluateResult:
+    statistics: dict
+    predictions: Any
+    directory: Path
+
+
+# -- config and data ---------------------------------------------------------------------------------------------
+def resolve_config(config) -> dict:
+    """A validated config dict from a path, a raw dict, or a :class:`fw.config.Config`."""
+    if hasattr(config, "data"):
+        return config.data
+    from fw.config import load_config
+
+    return load_config(config).data
+
+
+def seed_everything(seed: int) -> None:
+    import numpy
+    import torch
+
+    random.seed(seed)
+    numpy.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def load_splits(data: dict, dataset=None, training_set=None, validation_set=None, test_set=None):
+    """The three splits, cleaned (rows without input dropped with a warning, fallback labels filled)."""
+    from fw.data import Splits, clean, make_splits
+
+    splits = make_splits(data, dataset=dataset, training_set=training_set, validation_set=validation_set,
+                         test_set=test_set)
+    return Splits(*(clean(frame, data, name) if len(frame) else frame for name, frame in splits.items()))
+
+
+def rows_of(frame) -> list[dict]:
+    return frame.to_dict("records")
+
+
+def prompts_of(frame, data: dict) -> list[str]:
+    from fw.prompt import PromptRenderer
+
+    if (data.get("prompt") or {}).get("retrieval"):
+        from fw.errors import NotBuiltYetError
+
+        raise NotBuiltYetError("prompt.retrieval (few-shot context) in train/predict", "retrieval support")
+    renderer = PromptRenderer(data)
+    return [renderer.render(row) for row in rows_of(frame)]
+
+
+def targets_of(frame, data: dict) -> list[str]:
+    from fw.prompt import target_text
+
+    return [target_text(row, data) for row in rows_of(frame)]
+
+
+def encode_frame(frame, data: dict, tokenizer, split_name: str):
+    """Training rows (prompt + target, loss on the target) of ``frame``; truncation reported in one line."""
+    from fw import report
+    from fw.encoding import encode
+
+    if frame is None or not len(frame):
+        return []
+    rows, truncation = encode(prompts_of(frame, data), targets_of(frame, data), tokenizer, data)
+    if truncation.truncated_rows:
+        report.info(f"{split_name}: {truncation.summary()}")
+    return rows
+
+
+def localize_base_model(data: dict) -> dict:
+    """The config with a local ``base_model`` made absolute (the saved config then works from anywhere)."""
+    from fw.model_loading import looks_like_path, resolve_location
+
+    name = data["base_model"]
+    return {**data, "base_model": resolve_location(name)} if looks_like_path(name) else data
+
+
+# -- train -------------------------------------------------------------------------------------------------------
+def train(config, dataset=None, training_set=None, validation_set=None, test_set=None,
+          output_directory: str | Path = "results", experiment_name: str = "experiment", model_name: str = "run",
+          resume: bool = False, show_progress: bool = True) -> TrainResult:
+    """Fine-tune per the config; write ``<output_directory>/<experiment>_<run>/`` and return where it is."""
+    from fw import report
+    from fw import trainer as training
+    from fw.model_loading import apply_adapter, load_base_model
+
+    data = localize_base_model(resolve_config(config))
+    if data["trainer"]["type"] == "none":
+        raise FwError("trainer.type is none: there is nothing to train. Run fw predict / fw evaluate with --config "
+                      "to use the base model directly, or set trainer.type: finetune.")
+    artifacts.check_mergeable(data.get("adapter"))
+    splits = load_splits(data, dataset, training_set, validation_set, test_set)
+    dataset_hash = artifacts.data_hash(splits.train, splits.validation, splits.test)
+    if resume:
+        run_dir = artifacts.run_directory_to_resume(output_directory, experiment_name, model_name)
+        previous = artifacts.read_manifest(run_dir).get("data_hash")
+        if previous and previous != dataset_hash:
+            report.warn(f"--resume: the data differs from the data {run_dir} was trained on so far.")
+    else:
+        run_dir = artifacts.new_run_directory(output_directory, experiment_name, model_name)
+    artifacts.write_config(run_dir, data)
+    artifacts.write_manifest(run_dir, data, dataset_hash)
+    seed_everything(data["trainer"]["seed"])
+    model, tokenizer = load_base_model(data, for_training=True)
+    model = apply_adapter(model, data)
+    train_rows = encode_frame(splits.train, data, tokenizer, "train")
+    validation_rows = encode_frame(splits.validation, data, tokenizer, "validation")
+    statistics = training.train(model, tokenizer, train_rows, validation_rows, data, run_dir, resume=resume,
+                                show_progress=show_progress)
+    test_rows = encode_frame(splits.test, data, tokenizer, "test")
+    if test_rows:
+        statistics["test"] = training.evaluate_loss(model, tokenizer, test_rows, eval_batch_size(data))
+    artifacts.write_json(run_dir / artifacts.TRAINING_STATISTICS, statistics)
+    model_dir, model = save_trained(model, tokenizer, data, run_dir)
+    report.info(f"saved the model to {model_dir}")
+    return TrainResult(run_dir, model_dir, statistics, data, model, tokenizer)
+
+
+def eval_batch_size(data: dict) -> int:
+    return data["trainer"].get("eval_batch_size") or data["trainer"]["batch_size"]
+
+
+def save_trained(model, tokenizer, data: dict, run_dir: Path):
+    """(model dir, saved model): the adapter merged first when the postprocessor asks for it."""
+    section = data.get("adapter") or {}
+    if artifacts.is_peft_model(model) and (section.get("postprocessor") or {}).get("merge_adapter_into_base_model"):
+        model = artifacts.merge_adapter(model, section)
+    return artifacts.save_model(model, tokenizer, data, run_dir / artifacts.MODEL_DIR), model
+
+
+# -- predict / evaluate ------------------------------------------------------------------------------------------
+def model_for_inference(model_path=None, config=None):
+    """(config, model, tokenizer): a trained model from ``model_path``, or the base model of ``config``
+    (``trainer.type: none`` / in-context learning), with ``adapter.pretrained_adapter_weights`` if set."""
+    from fw.model_loading import load_base_model, load_pretrained_adapter
+
+    if model_path is not None:
+        return artifacts.load_trained(model_path, resolve_config(config) if config is not None else None)
+    if config is None:
+        raise FwError("give --model_path (a model saved by fw train) or --config (to use its base model directly).")
+    data = resolve_config(config)
+    model, tokenizer = load_base_model(data, for_training=False)
+    weights = (data.get("adapter") or {}).get("pretrained_adapter_weights")
+    if weights:
+        model = load_pretrained_adapter(model, weights, trainable=False)
+    return data, model, tokenizer
+
+
+def select_rows(data: dict, dataset, split: str):
+    """The rows to predict on: the whole ``dataset`` (``split: full``) or one of its splits."""
+    from fw.data import clean, make_splits, read_table
+
+    if dataset is None:
+        raise FwError("no data given: pass --dataset.")
+    if split not in SPLITS:
+        raise FwError(f"--split: '{split}' is not one of {', '.join(SPLITS)}.")
+    if split == "full":
+        frame = read_table(dataset)
+        column = data["preprocessing"]["split"]["column"]
+        frame = frame.drop(columns=[column]) if column in frame.columns else frame
+        return clean(frame, data, "predict")
+    frame = getattr(make_splits(data, dataset=dataset), "train" if split == "train" else split)
+    if not len(frame):
+        raise FwError(f"--split {split}: the dataset has no {split} rows.")
+    return clean(frame, data, "predict")
+
+
+def output_directory_for(output_directory, model_path, experiment_name: str, model_name: str) -> Path:
+    if output_directory is not None:
+        path = Path(output_directory)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    if model_path is not None:
+        return artifacts.find_model_dir(model_path).parent
+    return artifacts.new_run_directory("results", experiment_name, model_name)
+
+
+def generate_for(frame, data: dict, model, tokenizer, show_progress: bool):
+    """(prompts, generations, decoded outputs) for every row of ``frame``."""
+    from fw.encoding import encode_prompts
+    from fw.inference import decode_outputs, generate
+
+    from fw import report
+
+    prompts = prompts_of(frame, data)
+    encoded, truncation = encode_prompts(prompts, tokenizer, data)
+    if truncation.truncated_rows:
+        report.info(f"predict: {truncation.summary()}")
+    generations = generate(model, tokenizer, encoded, data, show_progress)
+    return prompts, generations, decode_outputs([g.text for g in generations], data)
+
+
+def predictions_frame(frame, data: dict, prompts, generations, outputs):
+    name = data["output_features"][0]["name"]
+    table = frame.reset_index(drop=True).copy()
+    table["prompt"] = prompts
+    table["raw_generation"] = [g.raw for g in generations]
+    table[f"{name}_predictions"] = outputs
+    return table
+
+
+def write_predictions(table, directory: Path) -> None:
+    table.to_parquet(directory / "predictions.parquet", index=False)
+    table.to_csv(directory / "predictions.csv", index=False)
+
+
+def predict(model_path=None, config=None, dataset=None, split: str = "full", output_directory=None,
+            experiment_name: str = "experiment", model_name: str = "run", show_progress: bool = True) -> PredictResult:
+    """Generate for every row; write ``predictions.parquet`` and ``predictions.csv``."""
+    from fw import report
+
+    data, model, tokenizer = model_for_inference(model_path, config)
+    seed_everything(data["trainer"]["seed"])
+    frame = select_rows(data, dataset, split)
+    prompts, generations, outputs = generate_for(frame, data, model, tokenizer, show_progress)
+    table = predictions_frame(frame, data, prompts, generations, outputs)
+    directory = output_directory_for(output_directory, model_path, experiment_name, model_name)
+    write_predictions(table, directory)
+    report.info(f"wrote {len(table)} predictions to {directory / 'predictions.parquet'} (and .csv)")
+    return PredictResult(table, directory, data)
+
+
+def evaluate(model_path=None, config=None, dataset=None, split: str = "full", output_directory=None,
+             experiment_name: str = "experiment", model_name: str = "run", show_progress: bool = True) -> EvaluateResult:
+    """Predict, then score against the output column: ``test_statistics.json`` (loss, perplexity, exact
+    match, token F1, BLEU / ROUGE for text outputs; accuracy for category outputs)."""
+    from fw import report
+    from fw.metrics import output_metrics
+    from fw.prompt import is_missing, output_column
+    from fw.trainer import evaluate_loss
+
+    data, model, tokenizer = model_for_inference(model_path, config)
+    seed_everything(data["trainer"]["seed"])
+    frame = select_rows(data, dataset, split)
+    column = output_column(data)
+    if column not in frame.columns:
+        raise FwError(f"fw evaluate needs the output column '{column}' in the dataset to score against. "
+                      f"Columns: {', '.join(map(str, frame.columns))}. Use fw predict for unlabeled data.")
+    frame = frame[~frame[column].map(is_missing).astype(bool)]
+    if not len(frame):
+        raise FwError(f"fw evaluate: no row has a '{column}' value to score against.")
+    prompts, generations, outputs = generate_for(frame, data, model, tokenizer, show_progress)
+    output_type = data["output_features"][0].get("type", "text")
+    targets = targets_of(frame, data)
+    scores = evaluate_loss(model, tokenizer, encode_frame(frame, data, tokenizer, "evaluate"), eval_batch_size(data))
+    scores.update(output_metrics(outputs, targets, output_type))
+    name = data["output_features"][0]["name"]
+    statistics = {name: scores, "combined": {"loss": scores.get("loss")}, "rows": len(frame)}
+    table = predictions_frame(frame, data, prompts, generations, outputs)
+    directory = output_directory_for(output_directory, model_path, experiment_name, model_name)
+    write_predictions(table, directory)
+    artifacts.write_json(directory / artifacts.TEST_STATISTICS, statistics)
+    report.info(f"wrote {directory / artifacts.TEST_STATISTICS}")
+    return EvaluateResult(statistics, table, directory)

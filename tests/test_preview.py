@@ -1,0 +1,113 @@
+"""`fw preview CONFIG --dataset D -n 3`: users see the prompts and targets the model will see."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fw import report
+from fw.cli import main
+
+CONFIG = """
+base_model: {base_model}
+input_features: [{{name: prompt, type: text}}]
+output_features: [{{name: answer, type: text}}]
+prompt:
+  template: "Q: {{question}} A:"
+"""
+DATA = "question,answer\nWhy is the sky blue?,Rayleigh scattering\n,orphan\nWhat is 2+2?,4\nLast one?,yes\n"
+
+
+@pytest.fixture(autouse=True)
+def fresh_report():
+    report.clear()
+    yield
+    report.clear()
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory) -> Path:
+    from fw.tiny import build_tokenizer
+
+    path = tmp_path_factory.mktemp("preview-tokenizer")
+    build_tokenizer(path)
+    return path
+
+
+def files(tmp_path: Path, base_model: str = "meta-llama/Llama-2-7b-hf", data: str = DATA,
+          template: str = "Q: {question} A:") -> tuple[str, str]:
+    config, dataset = tmp_path / "config.yaml", tmp_path / "data.csv"
+    config.write_text(CONFIG.format(base_model=base_model).replace("Q: {question} A:", template))
+    dataset.write_text(data)
+    return str(config), str(dataset)
+
+
+def test_preview_prints_prompts_and_targets_of_the_first_rows(tmp_path, capsys):
+    config, dataset = files(tmp_path)
+    assert main(["preview", config, "--dataset", dataset, "-n", "2"]) == 0
+    captured = capsys.readouterr()
+    assert "row 1 · prompt" in captured.out and "Q: Why is the sky blue? A:" in captured.out
+    assert "row 1 · target" in captured.out and "Rayleigh scattering" in captured.out
+    assert "row 3 · prompt" in captured.out and "Q: What is 2+2? A:" in captured.out  # row 2 has no input
+    assert "Last one?" not in captured.out
+    assert "3 row(s) in" in captured.out and "showing 2." in captured.out
+    assert "dropped 1 of 4 row(s) with no input text (empty 'question'): row 2." in captured.err
+
+
+def test_preview_with_a_tokenizer_shows_token_counts_and_the_truncation_report(tmp_path, capsys, tokenizer_dir):
+    config, dataset = files(tmp_path)
+    assert main(["preview", config, "--dataset", dataset, "-n", "1", "--tokenizer", str(tokenizer_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "row 1 · prompt · " in out and " tokens" in out and "tokens with EOS" in out
+    assert "truncation: 0 of 3 rows truncated; input 0 (no limit), output 0 (no limit), global 0 (max 256 " \
+           "tokens)" in out
+
+
+def test_preview_uses_a_local_base_model_as_tokenizer(tmp_path, capsys, tokenizer_dir):
+    config, dataset = files(tmp_path, base_model=str(tokenizer_dir))
+    assert main(["preview", config, "--dataset", dataset]) == 0
+    assert "truncation: 0 of 3 rows truncated" in capsys.readouterr().out
+
+
+def test_preview_without_the_output_column_shows_prompts_only(tmp_path, capsys):
+    config, dataset = files(tmp_path, data="question\nfirst?\nsecond?\n")
+    assert main(["preview", config, "--dataset", dataset]) == 0
+    out = capsys.readouterr().out
+    assert "Q: first? A:" in out and "Q: second? A:" in out and "target" not in out
+
+
+def test_preview_missing_dataset_is_one_error_line(tmp_path, capsys):
+    config, _ = files(tmp_path)
+    assert main(["preview", config, "--dataset", str(tmp_path / "nope.csv")]) == 1
+    assert capsys.readouterr().err.strip() == f"error: dataset file not found: {tmp_path / 'nope.csv'}"
+
+
+def test_preview_unknown_template_column(tmp_path, capsys):
+    config, dataset = files(tmp_path, template="Q: {questoin}")
+    assert main(["preview", config, "--dataset", dataset]) == 1
+    assert capsys.readouterr().err.strip() == ("error: prompt.template names column 'questoin' that the dataset "
+                                               "does not have. Columns: question, answer. Did you mean 'question'?")
+
+
+def test_preview_invalid_config(tmp_path, capsys):
+    config, dataset = files(tmp_path)
+    Path(config).write_text(Path(config).read_text().replace("type: text}]\noutput", "type: txt}]\noutput"))
+    assert main(["preview", config, "--dataset", dataset]) == 1
+    assert "input_features[0].type" in capsys.readouterr().err
+
+
+def test_preview_needs_a_positive_row_count(tmp_path, capsys):
+    config, dataset = files(tmp_path)
+    with pytest.raises(SystemExit) as caught:
+        main(["preview", config, "--dataset", dataset, "-n", "0"])
+    assert caught.value.code == 2 and "must be at least 1, got 0" in capsys.readouterr().err
+
+
+def test_registering_preview_keeps_the_cli_light():
+    code = ("import sys; from fw.cli import build_parser; parser = build_parser(); "
+            "assert 'preview' in parser.format_help(); "
+            "print(','.join(m for m in ('pandas', 'torch', 'transformers', 'fw.data') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == ""

@@ -42,6 +42,9 @@ def quiet_libraries() -> None:
     disable_progress_bars()
     for category in (FutureWarning, DeprecationWarning, UserWarning):
         warnings.filterwarnings("ignore", category=category, module=r"(transformers|peft|torch)(\..*)?")
+    from fw.quantization import quiet_quantization_libraries
+
+    quiet_quantization_libraries()
 
 
 def config_data(config) -> dict:
@@ -150,18 +153,21 @@ def ensure_pad_token(tokenizer) -> None:
         tokenizer.pad_token = tokenizer.eos_token if tokenizer.eos_token is not None else tokenizer.unk_token
 
 
-def quantization_kwargs(data: dict) -> tuple[dict, Any]:
-    """(from_pretrained kwargs, transform or None) of the configured quantizer plugin."""
-    section = data.get("quantization")
+def quantization_kwargs(data: dict, for_training: bool = False) -> tuple[dict, Any, dict | None]:
+    """(from_pretrained kwargs, transform or None) of the configured quantizer plugin; the transform is called
+    as ``transform(model, section)`` with the section this returns as third item."""
+    from fw.quantization import section_for_loading
+
+    section = section_for_loading(data.get("quantization"), for_training)
     if not section:
-        return {}, None
+        return {}, None, section
     from fw.lazy import resolve
     from fw.registry import get_registry
 
     descriptor = get_registry().get("quantizer", section.get("backend") or "bitsandbytes")
     kwargs = resolve(descriptor.load_kwargs)(section, device()) if descriptor.load_kwargs else {}
     transform = resolve(descriptor.transform) if descriptor.transform else None
-    return kwargs, transform
+    return kwargs, transform, section
 
 
 def rope_scaling_kwargs(data: dict) -> dict:
@@ -200,12 +206,12 @@ def load_base_model(config, for_training: bool = False):
     if os.path.isdir(location):
         refuse_remote_code(location, name)
     tokenizer = load_tokenizer(location, name)
-    quant_kwargs, transform = quantization_kwargs(data)
+    quant_kwargs, transform, quant_section = quantization_kwargs(data, for_training)
     dtype = choose_dtype((data.get("trainer") or {}).get("precision", "auto"))
     extra = {**rope_scaling_kwargs(data), **quant_kwargs}
     model = load_model_weights(location, name, dtype, extra)
     if transform is not None:
-        model = transform(model, data["quantization"])
+        model = transform(model, quant_section)
     if not quant_kwargs:
         model.to(device())
     sync_special_tokens(model, tokenizer)

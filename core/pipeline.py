@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fw import artifacts
+from fw import artifacts, quantization
 from fw.errors import FwError
 
 SPLITS = ("full", "train", "validation", "test")
@@ -144,6 +144,7 @@ def train(config, dataset=None, training_set=None, validation_set=None, test_set
     artifacts.write_manifest(run_dir, data, dataset_hash)
     seed_everything(data["trainer"]["seed"])
     model, tokenizer = load_base_model(data, for_training=True)
+    model = quantization.prepare_for_training(model, data)
     model = apply_adapter(model, data)
     train_rows = encode_frame(splits.train, data, tokenizer, "train")
     validation_rows = encode_frame(splits.validation, data, tokenizer, "validation")
@@ -167,6 +168,7 @@ def save_trained(model, tokenizer, data: dict, run_dir: Path):
     section = data.get("adapter") or {}
     if artifacts.is_peft_model(model) and (section.get("postprocessor") or {}).get("merge_adapter_into_base_model"):
         model = artifacts.merge_adapter(model, section)
+    model = quantization.finish_training(model, data)
     return artifacts.save_model(model, tokenizer, data, run_dir / artifacts.MODEL_DIR), model
 
 

@@ -207,7 +207,7 @@ def quantized_finetune_needs_lora(config: Config, registry: Registry) -> Iterato
     if config.get("quantization") is None or config["trainer"]["type"] != "finetune":
         return
     sections = _adapter_sections(config)
-    if not sections:
+    if not sections and not config["quantization"].get("qat"):  # QAT trains the full weights, fake-quantized
         yield ConfigIssue("quantization", "quantized fine-tuning needs a LoRA-family adapter; "
                                           "full fine-tuning of quantized weights is not possible.",
                           "add adapter: {type: lora}, or remove quantization")

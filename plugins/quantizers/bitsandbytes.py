@@ -1,4 +1,8 @@
-"""bitsandbytes: 4-bit / 8-bit weights at load time (QLoRA) via transformers' BitsAndBytesConfig."""
+"""bitsandbytes: 4-bit / 8-bit weights at load time (QLoRA) via transformers' BitsAndBytesConfig.
+
+bitsandbytes >= 0.50 quantizes and trains on CPU as well as on CUDA GPUs; older releases need a CUDA GPU.
+PEFT's ``prepare_model_for_kbit_training`` runs before the adapter is applied (fw.quantization).
+"""
 from fw.hookspecs import hookimpl
 from fw.types import QuantizerPlugin
 
@@ -22,37 +26,59 @@ def fw_quantizers():
                             load_kwargs=f"{__name__}:load_kwargs", supports_qat=False)]
 
 
+#: the first bitsandbytes release fw has seen quantize and train on CPU (older ones need a CUDA GPU)
+CPU_MIN_VERSION = "0.50.0"
+
+
+def _installed_version() -> str | None:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("bitsandbytes")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    import re
+
+    return tuple(int(part) for part in re.findall(r"\d+", version)[:3])
+
+
 def _missing_requirements(device) -> list[str]:
     """What this machine lacks for bitsandbytes loading, as user-facing phrases (empty when all is there)."""
-    import importlib.util
-
-    missing = []
-    if importlib.util.find_spec("bitsandbytes") is None:
-        missing.append("the bitsandbytes package is not installed (pip install bitsandbytes)")
+    version = _installed_version()
+    if version is None:
+        return ["the bitsandbytes package is not installed (pip install bitsandbytes, or pip install "
+                "'fw[bitsandbytes]')"]
     import torch
 
-    if not torch.cuda.is_available():
-        missing.append("no CUDA GPU is available (torch.cuda.is_available() is False)")
-    elif device is not None and str(device).split(":")[0] not in ("cuda", "auto"):
-        missing.append(f"the model is placed on {str(device)!r}, but bitsandbytes-quantized weights "
-                       "need a CUDA device")
-    return missing
+    on_cuda = torch.cuda.is_available() and str(device or "cuda").split(":")[0] in ("cuda", "auto")
+    if not on_cuda and _version_tuple(version) < _version_tuple(CPU_MIN_VERSION):
+        return [f"no CUDA GPU is available and bitsandbytes {version} runs only on one (bitsandbytes >= "
+                f"{CPU_MIN_VERSION} also runs on CPU: pip install -U bitsandbytes)"]
+    return []
 
 
 def load_kwargs(params: dict, device=None) -> dict:
-    """``from_pretrained`` kwargs for a validated ``quantization`` section: ``{"quantization_config": ...}``.
+    """``from_pretrained`` kwargs for a validated ``quantization`` section: ``{"quantization_config": ...,
+    "device_map": ...}`` (bitsandbytes quantizes while the weights are placed on the device).
 
     Raises :class:`fw.errors.FwError` naming everything that is missing (the package, a CUDA GPU).
     """
+    import warnings
+
     from fw.errors import FwError
 
     missing = _missing_requirements(device)
     if missing:
-        raise FwError("quantization with backend 'bitsandbytes' cannot run here: " + "; ".join(missing) + ".")
+        raise FwError("quantization: backend 'bitsandbytes' cannot run here: " + "; ".join(missing) + ".")
 
     import torch
     from transformers import BitsAndBytesConfig
 
+    # 8-bit matmuls on CPU cast fp32 inputs to fp16, with one warning per call
+    warnings.filterwarnings("ignore", message="MatMul8bitLt: inputs will be cast")
     p = {**DEFAULTS, **{k: v for k, v in params.items() if v is not None}}
     bits = p["bits"]
     if bits not in (4, 8):
@@ -66,4 +92,4 @@ def load_kwargs(params: dict, device=None) -> dict:
         bnb_4bit_use_double_quant=bool(p["bnb_4bit_use_double_quant"]),
         bnb_4bit_quant_type=p["bnb_4bit_quant_type"],
     )
-    return {"quantization_config": config}
+    return {"quantization_config": config, "device_map": {"": device or "cpu"}}

@@ -1,21 +1,162 @@
-"""torchao: PyTorch-native quantization applied after loading, with optional quantization-aware training."""
+"""torchao: PyTorch-native quantization of the loaded model, with optional quantization-aware training (QAT).
+
+One torchao config per ``mode`` serves both paths, so post-training quantization (PTQ) and QAT end in the
+same weight format:
+
+- PTQ (``qat: false``): transformers' ``TorchAoConfig`` quantizes the Linear layers as the model loads (the
+  output head stays in full precision). Such a model saves with ``save_pretrained`` and loads back from its
+  ``config.json`` alone, and PEFT trains LoRA on top of it (``TorchaoLoraLinear``).
+- QAT (``qat: true``, training only): ``QATConfig(step="prepare")`` swaps the Linear layers for fake-quantized
+  ones before training; :func:`convert_after_training` turns them into real quantized weights at save time. A
+  model loaded for inference is simply quantized for real (the PTQ path).
+
+Modes and the torchao configs they use (torchao 0.18):
+
+- ``int4_weight_only``: ``IntxWeightOnlyConfig(int4, groups of 32)``: runs on CPU and GPU (int4 values stored
+  unpacked in int8: half the memory of bf16 weights, not a quarter).
+- ``int8_weight_only``: ``IntxWeightOnlyConfig(int8, per output channel)``.
+- ``int8_dynamic``: ``Int8DynamicActivationIntxWeightConfig(int8 weights per channel)``: activations are
+  quantized per token in every forward pass. Quantized activations carry no gradient, so training on an
+  int8_dynamic base always runs on fake quantization (fw.quantization.section_for_loading), inference on the
+  real kernels.
+- ``float8``: ``Float8DynamicActivationFloat8WeightConfig``: fp8 weights and fp8 matmuls, which torchao only
+  runs on CUDA GPUs of compute capability >= 8.9 (H100, L4, RTX 40xx).
+"""
 from fw.hookspecs import hookimpl
 from fw.types import QuantizerPlugin
 
 SCHEMA = "fw.schemas:quantizers/torchao.json"
+#: weights sharing one scale in int4 mode; divides the width of every common architecture
+INT4_GROUP_SIZE = 32
+FLOAT8_MIN_CAPABILITY = (8, 9)
+#: set on a QAT-prepared model; fw.quantization calls it before the model is saved
+AFTER_TRAINING_ATTRIBUTE = "fw_after_training"
 
 
 @hookimpl
 def fw_quantizers():
     return [QuantizerPlugin(name="torchao", schema=SCHEMA,
                             summary="PyTorch-native int4/int8/float8 quantization after load, with QAT",
-                            transform=f"{__name__}:transform", supports_qat=True)]
+                            load_kwargs=f"{__name__}:load_kwargs", transform=f"{__name__}:transform",
+                            supports_qat=True)]
+
+
+# -- what this machine can run -----------------------------------------------------------------------------------
+def require_torchao() -> None:
+    import importlib.util
+
+    from fw.errors import FwError
+
+    if importlib.util.find_spec("torchao") is None:
+        raise FwError("quantization.backend: torchao is not installed. Install it with `pip install torchao` "
+                      "(or `pip install 'fw[train]'`).")
+    from fw.quantization import quiet_quantization_libraries
+
+    quiet_quantization_libraries()
+
+
+def float8_problem(device) -> str | None:
+    """Why fp8 matmuls cannot run on ``device`` (None when they can)."""
+    import torch
+
+    if not torch.cuda.is_available() or str(device or "cuda").split(":")[0] != "cuda":
+        return "this machine has no CUDA GPU"
+    capability = torch.cuda.get_device_capability()
+    if capability < FLOAT8_MIN_CAPABILITY:
+        return f"the GPU {torch.cuda.get_device_name()} has compute capability {capability[0]}.{capability[1]}"
+    return None
+
+
+def check_runnable(params: dict, device) -> None:
+    from fw.errors import FwError
+
+    require_torchao()
+    mode = params.get("mode")
+    if mode is None:
+        raise FwError("quantization.mode: torchao needs a mode: int4_weight_only, int8_weight_only, int8_dynamic "
+                      "or float8.")
+    if mode == "float8" and (problem := float8_problem(device)):
+        raise FwError(f"quantization.mode: float8 needs a CUDA GPU with compute capability >= 8.9 (H100, L4, "
+                      f"RTX 40xx) and {problem}. Use mode int8_weight_only or int4_weight_only here.")
+
+
+# -- the torchao config of each mode -----------------------------------------------------------------------------
+def base_config(mode: str):
+    """The torchao post-training config of ``mode`` (QAT derives its fake quantization from the same one)."""
+    import torch
+    from torchao.quantization import (Float8DynamicActivationFloat8WeightConfig, Int8DynamicActivationIntxWeightConfig,
+                                      IntxWeightOnlyConfig, PerAxis, PerGroup)
+
+    if mode == "int4_weight_only":
+        return IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=PerGroup(INT4_GROUP_SIZE))
+    if mode == "int8_weight_only":
+        return IntxWeightOnlyConfig(weight_dtype=torch.int8, granularity=PerAxis(0))
+    if mode == "int8_dynamic":
+        return Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int8, weight_granularity=PerAxis(0))
+    if mode == "float8":
+        return Float8DynamicActivationFloat8WeightConfig()
+    from fw.errors import FwError
+
+    raise FwError(f"quantization.mode: {mode!r} is not a torchao mode (int4_weight_only, int8_weight_only, "
+                  "int8_dynamic, float8).")
+
+
+def torchao_config(mode: str):
+    from transformers import TorchAoConfig
+
+    return TorchAoConfig(quant_type=base_config(mode))
+
+
+# -- the plugin hooks --------------------------------------------------------------------------------------------
+def load_kwargs(params: dict, device=None) -> dict:
+    """PTQ: ``TorchAoConfig`` for ``from_pretrained``. QAT: nothing at load (see :func:`transform`)."""
+    check_runnable(params, device)
+    if params.get("qat"):
+        return {}
+    return {"quantization_config": torchao_config(params["mode"]), "device_map": {"": device or "cpu"}}
 
 
 def transform(model, params: dict):
-    """Quantize (or, with ``qat: true``, fake-quantize) a loaded model in place. Not built yet."""
-    from fw.errors import NotBuiltYetError
+    """QAT only: fake-quantize every Linear layer but the output head, before the adapter and training."""
+    if not params.get("qat"):
+        return model
+    from torchao.quantization import quantize_
+    from torchao.quantization.qat import QATConfig
 
-    mode = params.get("mode")
-    what = "torchao quantization-aware training" if params.get("qat") else "torchao quantization"
-    raise NotBuiltYetError(f"{what} (mode {mode!r})", "issue 'Full PEFT breadth'")
+    output_head = model.get_output_embeddings()
+
+    def body_linear(module, name: str) -> bool:
+        import torch
+
+        return isinstance(module, torch.nn.Linear) and module is not output_head
+
+    quantize_(model, QATConfig(base_config(params["mode"]), step="prepare"), filter_fn=body_linear)
+    setattr(model, AFTER_TRAINING_ATTRIBUTE, f"{__name__}:convert_after_training")
+    return model
+
+
+def convert_after_training(model, params: dict):
+    """QAT at save time: fake-quantized layers become real quantized weights, marked so that transformers saves
+    them (safetensors) and loads them back from ``config.json``. An adapter that was not merged is saved on its
+    own: it was trained against the fake-quantized base, which ``fw predict`` loads quantized for real."""
+    from fw.artifacts import is_peft_model
+
+    if is_peft_model(model):
+        return model
+    from torchao.quantization import quantize_
+    from torchao.quantization.qat import QATConfig
+
+    quantize_(model, QATConfig(base_config(params["mode"]), step="convert"))
+    mark_quantized(model, torchao_config(params["mode"]))
+    delattr(model, AFTER_TRAINING_ATTRIBUTE)
+    return model
+
+
+def mark_quantized(model, config) -> None:
+    """What ``from_pretrained(quantization_config=...)`` leaves on a model, so ``save_pretrained`` serializes the
+    torchao weights and writes the ``quantization_config`` that loads them back."""
+    from transformers.quantizers import AutoHfQuantizer
+
+    model.hf_quantizer = AutoHfQuantizer.from_config(config, pre_quantized=False)
+    model.config.quantization_config = config
+    model.is_quantized = True

@@ -17,20 +17,22 @@ class Generation:
     text: str
 
 
-def generation_config(data: dict, tokenizer):
-    """``transformers.GenerationConfig`` of the ``generation`` section (nulls left out; ``max_new_tokens``
-    wins over ``max_length``), with the tokenizer's special token ids where the section has none."""
-    from transformers import GenerationConfig
+def generation_config(data: dict, tokenizer, model=None, longest_prompt: int = 0):
+    """``transformers.GenerationConfig`` of the ``generation`` section (see :mod:`fw.generation_settings`), with
+    the tokenizer's special token ids where the section has none. Saved next to the model."""
+    from fw.errors import FwError
+    from fw.generation_settings import plan
 
-    section = {key: value for key, value in (data.get("generation") or {}).items() if value is not None}
-    if section.get("max_new_tokens") is not None:
-        section.pop("max_length", None)
-    if not section.get("do_sample", True):
-        for key in ("temperature", "top_k", "top_p", "typical_p"):
-            section.pop(key, None)
-    for key in ("pad_token_id", "bos_token_id", "eos_token_id"):
-        section.setdefault(key, getattr(tokenizer, key))
-    return GenerationConfig(**section)
+    try:
+        return plan(data, tokenizer, model, longest_prompt).config
+    except FwError:  # max_new_tokens null and nothing to fall back on without the model: leave it to transformers
+        from transformers import GenerationConfig
+
+        from fw.generation_settings import transformers_fields
+
+        fields = transformers_fields(data, tokenizer, 1)
+        fields.pop("max_new_tokens")
+        return GenerationConfig(**fields)
 
 
 def left_pad(sequences: list[list[int]], pad_id: int):
@@ -55,11 +57,15 @@ def generate(model, tokenizer, prompt_ids, data: dict, show_progress: bool = Fal
     import torch
 
     from fw.encoding import length_sorted_batches
+    from fw.generation_settings import plan as generation_plan
 
     sequences = as_id_lists(prompt_ids)
     trainer = data.get("trainer") or {}
-    batch_size = trainer.get("eval_batch_size") or trainer.get("batch_size") or 1
-    config = generation_config(data, tokenizer)
+    longest = max((len(sequence) for sequence in sequences), default=0)
+    processors, label_tokens = constrained_processors(data, tokenizer)
+    settings = generation_plan(data, tokenizer, model, longest, processors,
+                               max_new_tokens=label_tokens + 1 if label_tokens else None)
+    batch_size = settings.batch_size or trainer.get("eval_batch_size") or trainer.get("batch_size") or 1
     torch.manual_seed(trainer.get("seed", 42))
     device = next(model.parameters()).device
     results: list[Generation | None] = [None] * len(sequences)
@@ -69,7 +75,7 @@ def generate(model, tokenizer, prompt_ids, data: dict, show_progress: bool = Fal
         for indices in batches:
             ids, mask = left_pad([sequences[i] for i in indices], tokenizer.pad_token_id)
             output = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
-                                    generation_config=config)
+                                    **settings.generate_kwargs(ids.shape[1]))
             new_tokens = output[:, ids.shape[1]:]
             for row, index in enumerate(indices):
                 tokens = new_tokens[row].tolist()
@@ -77,6 +83,17 @@ def generate(model, tokenizer, prompt_ids, data: dict, show_progress: bool = Fal
                                             text=tokenizer.decode(tokens, skip_special_tokens=True).strip())
             advance(len(indices))
     return results  # type: ignore[return-value]
+
+
+def constrained_processors(data: dict, tokenizer) -> tuple[list, int]:
+    """([label-trie processor factory], longest label in tokens) when ``constrain_to_vocabulary`` is on, else
+    ([], 0). The caller caps the generation at the longest label + EOS: nothing longer can be generated."""
+    from fw.constrained import is_constrained, processor_factory
+
+    if not is_constrained(data):
+        return [], 0
+    factory, depth = processor_factory(data, tokenizer)
+    return [factory], depth
 
 
 class progress_bar:
@@ -106,24 +123,14 @@ class progress_bar:
 # -- output values -----------------------------------------------------------------------------------------------
 def decode_outputs(texts: list[str], data: dict) -> list[str]:
     """Generated texts as output values: as-is for text outputs; for category outputs the first
-    ``decoder.match`` label whose matcher accepts the text (config order), else ``fallback_label``."""
-    feature = data["output_features"][0]
-    if feature.get("type") != "category":
-        return list(texts)
-    decoder = feature.get("decoder") or {}
-    matchers = compile_matchers(decoder.get("match") or {})
-    fallback = (feature.get("preprocessing") or {}).get("fallback_label")
-    return [next((label for label, matches in matchers if matches(text)), fallback) for text in texts]
+    ``decoder.match`` label whose matcher accepts the text (config order), else ``fallback_label``
+    (see :mod:`fw.category`)."""
+    from fw.category import output_values
+
+    return output_values(texts, data).values
 
 
 def compile_matchers(match: dict) -> list[tuple[str, object]]:
-    from fw.lazy import resolve
-    from fw.registry import get_registry
+    from fw.category import compile_matchers as compile_all
 
-    registry = get_registry()
-    compiled = []
-    for label, entry in match.items():
-        descriptor = registry.get("matcher", entry.get("type", "contains"))
-        options = {key: value for key, value in entry.items() if key not in ("type", "value")}
-        compiled.append((label, resolve(descriptor.compile)(entry.get("value"), options)))
-    return compiled
+    return compile_all(match)

@@ -1,6 +1,6 @@
 """Evaluation metrics: loss / perplexity (teacher-forced, response tokens only), and on generated outputs
 exact match, token-level F1, BLEU (sacrebleu) and ROUGE (rouge_score) when those packages are importable;
-accuracy for category outputs.
+for category outputs accuracy, macro-F1, per-class precision / recall, a confusion matrix and the fallback rate.
 """
 from __future__ import annotations
 
@@ -73,11 +73,41 @@ def text_metrics(predictions, targets) -> dict:
     return result
 
 
-def category_metrics(predictions, targets) -> dict:
-    pairs = list(zip(predictions, targets))
-    accuracy = sum(str(p) == str(t) for p, t in pairs) / len(pairs) if pairs else float("nan")
-    return {"accuracy": accuracy}
+def category_metrics(predictions, targets, matched=None, labels=None) -> dict:
+    """accuracy, macro_f1, per_class precision / recall / f1 / support, confusion_matrix (rows: true label,
+    columns: predicted label, in ``labels`` order then any other label seen), and fallback_rate (share of rows
+    where no match entry matched and fallback_label was used; with ``matched``)."""
+    predicted, expected = [str(p) for p in predictions], [str(t) for t in targets]
+    order = list(dict.fromkeys([str(label) for label in labels or []] + sorted(set(expected) | set(predicted))))
+    index = {label: position for position, label in enumerate(order)}
+    matrix = [[0] * len(order) for _ in order]
+    for truth, guess in zip(expected, predicted):
+        matrix[index[truth]][index[guess]] += 1
+    per_class = {label: class_scores(matrix, index[label]) for label in order}
+    scored = [scores["f1"] for label, scores in per_class.items() if scores["support"] or
+              sum(row[index[label]] for row in matrix)]
+    result = {"accuracy": sum(t == g for t, g in zip(expected, predicted)) / len(expected) if expected
+              else float("nan"),
+              "macro_f1": sum(scored) / len(scored) if scored else float("nan"),
+              "per_class": per_class,
+              "confusion_matrix": {"labels": order, "matrix": matrix}}
+    if matched is not None:
+        result["fallback_rate"] = (sum(not m for m in matched) / len(matched)) if matched else float("nan")
+    return result
 
 
-def output_metrics(predictions, targets, output_type: str) -> dict:
-    return category_metrics(predictions, targets) if output_type == "category" else text_metrics(predictions, targets)
+def class_scores(matrix: list[list[int]], k: int) -> dict:
+    """precision, recall, f1 and support of class ``k`` from a confusion matrix (0 where undefined)."""
+    true_positive = matrix[k][k]
+    predicted = sum(row[k] for row in matrix)
+    support = sum(matrix[k])
+    precision = true_positive / predicted if predicted else 0.0
+    recall = true_positive / support if support else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"precision": precision, "recall": recall, "f1": f1, "support": support}
+
+
+def output_metrics(predictions, targets, output_type: str, matched=None, labels=None) -> dict:
+    if output_type == "category":
+        return category_metrics(predictions, targets, matched, labels)
+    return text_metrics(predictions, targets)

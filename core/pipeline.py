@@ -220,9 +220,12 @@ def output_directory_for(output_directory, model_path, experiment_name: str, mod
 
 
 def generate_for(frame, data: dict, model, tokenizer, show_progress: bool):
-    """(prompts, generations, decoded outputs) for every row of ``frame``."""
+    """(prompts, generations, :class:`fw.category.Outputs`) for every row of ``frame``; with
+    ``decoder.label_scoring`` the labels are ranked by likelihood instead of generated (no raw generation)."""
+    from fw.category import output_values
     from fw.encoding import encode_prompts
-    from fw.inference import decode_outputs, generate
+    from fw.inference import Generation, generate
+    from fw.label_scoring import is_label_scoring, score_labels
 
     from fw import report
 
@@ -230,8 +233,11 @@ def generate_for(frame, data: dict, model, tokenizer, show_progress: bool):
     encoded, truncation = encode_prompts(prompts, tokenizer, data)
     if truncation.truncated_rows:
         report.info(f"predict: {truncation.summary()}")
+    if is_label_scoring(data):
+        outputs = score_labels(model, tokenizer, encoded, data, show_progress)
+        return prompts, [Generation(raw="", text=label) for label in outputs.values], outputs
     generations = generate(model, tokenizer, encoded, data, show_progress)
-    return prompts, generations, decode_outputs([g.text for g in generations], data)
+    return prompts, generations, output_values([g.text for g in generations], data)
 
 
 def predictions_frame(frame, data: dict, prompts, generations, outputs):
@@ -239,7 +245,9 @@ def predictions_frame(frame, data: dict, prompts, generations, outputs):
     table = frame.reset_index(drop=True).copy()
     table["prompt"] = prompts
     table["raw_generation"] = [g.raw for g in generations]
-    table[f"{name}_predictions"] = outputs
+    table[f"{name}_predictions"] = getattr(outputs, "values", outputs)
+    for column, values in getattr(outputs, "columns", {}).items():
+        table[column] = values
     return table
 
 
@@ -267,8 +275,10 @@ def predict(model_path=None, config=None, dataset=None, split: str = "full", out
 def evaluate(model_path=None, config=None, dataset=None, split: str = "full", output_directory=None,
              experiment_name: str = "experiment", model_name: str = "run", show_progress: bool = True) -> EvaluateResult:
     """Predict, then score against the output column: ``test_statistics.json`` (loss, perplexity, exact
-    match, token F1, BLEU / ROUGE for text outputs; accuracy for category outputs)."""
+    match, token F1, BLEU / ROUGE for text outputs; accuracy, macro-F1, per-class precision / recall, confusion
+    matrix and fallback rate for category outputs)."""
     from fw import report
+    from fw.constrained import labels_of
     from fw.metrics import output_metrics
     from fw.prompt import is_missing, output_column
     from fw.trainer import evaluate_loss
@@ -287,7 +297,7 @@ def evaluate(model_path=None, config=None, dataset=None, split: str = "full", ou
     output_type = data["output_features"][0].get("type", "text")
     targets = targets_of(frame, data)
     scores = evaluate_loss(model, tokenizer, encode_frame(frame, data, tokenizer, "evaluate"), eval_batch_size(data))
-    scores.update(output_metrics(outputs, targets, output_type))
+    scores.update(output_metrics(outputs.values, targets, output_type, outputs.matched, labels_of(data)))
     name = data["output_features"][0]["name"]
     statistics = {name: scores, "combined": {"loss": scores.get("loss")}, "rows": len(frame)}
     table = predictions_frame(frame, data, prompts, generations, outputs)

@@ -50,6 +50,7 @@ def derive_defaults(config: Config, raw: Config) -> None:
                 decoder.setdefault("type", "category_extractor" if kind == "category" else "text_extractor")
                 if decoder["type"] == "category_extractor":
                     decoder.setdefault("constrain_to_vocabulary", False)
+                    decoder.setdefault("label_scoring", False)
 
 
 def template_fields(template: str) -> list[str]:
@@ -234,6 +235,20 @@ def quantizer_mode_and_qat(config: Config, registry: Registry) -> Iterator[Confi
                           f"QAT requires backend: {' or '.join(qat_backends) or 'torchao'}")
 
 
+@rule
+def initializer_fits_config(config: Config, registry: Registry) -> Iterator[ConfigIssue]:
+    """The initializer plugin's own check against its adapter section and the rest of the config."""
+    from fw.lazy import resolve
+
+    for path, section in _adapter_sections(config).items():
+        name = "default" if section.get("init_lora_weights") is True else section.get("init_lora_weights")
+        if not isinstance(name, str) or not registry.has("initializer", name):
+            continue
+        check = registry.get("initializer", name).check_config
+        for key, message in resolve(check)(section, config) if check else []:
+            yield ConfigIssue(f"{path}.{key}", message)
+
+
 # -- generation ---------------------------------------------------------------------------------------
 @rule
 def generation_combinations(config: Config, registry: Registry) -> Iterator[ConfigIssue]:
@@ -295,3 +310,67 @@ def adapter_without_training(config: Config, registry: Registry) -> Iterator[Con
             yield ConfigWarning(path, "trainer.type is none, so a fresh adapter is never trained and "
                                       "changes nothing.", "set pretrained_adapter_weights, or remove it")
 
+
+
+# -- generation strategies, constrained decoding, label scoring (fw.generation_settings, fw.constrained) -------
+@rule
+def generation_keys_transformers_dropped(config: Config, registry: Registry) -> Iterator[ConfigIssue]:
+    g = config["generation"]
+    if g.get("force_words_ids"):
+        yield ConfigIssue("generation.force_words_ids", "needs constrained beam search, which transformers 5 "
+                                                        "removed (it only exists as remote code on the Hub).",
+                          "for classification use output_features[0].decoder.constrain_to_vocabulary: true; "
+                          "to favour words use generation.sequence_bias")
+    for index, pair in enumerate(g.get("forced_decoder_ids") or []):
+        if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(v, int) for v in pair)
+                and pair[0] >= 1 and pair[1] >= 0):
+            yield ConfigIssue(f"generation.forced_decoder_ids[{index}]", f"expected [position >= 1, token_id], "
+                                                                          f"got {pair!r}.",
+                              "position 1 is the first generated token")
+    bias = g.get("sequence_bias")
+    if isinstance(bias, dict):
+        for key in bias:
+            if not all(part.isdigit() for part in str(key).replace(",", " ").split()) or not str(key).strip():
+                yield ConfigIssue(f"generation.sequence_bias.{key}", "keys are token ids separated by spaces or "
+                                                                     "commas, e.g. '12 13': -2.0.")
+
+
+@rule
+def generation_strategy_conflicts(config: Config, registry: Registry) -> Iterator[ConfigIssue]:
+    g = config["generation"]
+    if g.get("penalty_alpha") and g["num_beams"] > 1:
+        yield ConfigIssue("generation.penalty_alpha", f"contrastive search decodes one beam, but num_beams is "
+                                                      f"{g['num_beams']}.",
+                          "set num_beams: 1 for contrastive search, or remove penalty_alpha for beam search")
+    if g.get("prompt_lookup_num_tokens") and (g["num_beams"] > 1 or g.get("penalty_alpha")):
+        yield ConfigIssue("generation.prompt_lookup_num_tokens", "prompt-lookup decoding works with greedy "
+                                                                 "decoding or sampling only.",
+                          "set num_beams: 1 and no penalty_alpha, or prompt_lookup_num_tokens: null")
+
+
+@rule
+def category_decoding_choices(config: Config, registry: Registry) -> Iterator[ConfigIssue]:
+    feature = config["output_features"][0]
+    decoder, path = feature["decoder"], "output_features[0].decoder"
+    if decoder.get("type") != "category_extractor":
+        for key in ("constrain_to_vocabulary", "label_scoring"):
+            if decoder.get(key):
+                yield ConfigIssue(f"{path}.{key}", "only applies to a category output (category_extractor).")
+        return
+    if decoder.get("constrain_to_vocabulary") and decoder.get("label_scoring"):
+        yield ConfigIssue(f"{path}.label_scoring", "label scoring does not generate, so constrain_to_vocabulary "
+                                                   "cannot apply; choose one.",
+                          "label_scoring: rank labels by likelihood; constrain_to_vocabulary: generate a label")
+    g = config["generation"]
+    if decoder.get("constrain_to_vocabulary") and (g.get("min_new_tokens") or 0) > 0:
+        yield ConfigIssue("generation.min_new_tokens", "with constrain_to_vocabulary a generation ends right after "
+                                                       "its label, so a minimum length can make every token invalid.",
+                          "remove generation.min_new_tokens")
+    if decoder.get("label_scoring"):
+        labels = [str(label) for label in decoder.get("match") or {}]
+        for label in labels:
+            longer = [other for other in labels if other != label and other.startswith(label)]
+            if longer:
+                yield ConfigWarning(f"{path}.match.{label}", f"is a prefix of {', '.join(map(repr, longer))}: label "
+                                                             "scoring sums token log-probabilities, which favours "
+                                                             "the shorter label.")

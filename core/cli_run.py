@@ -96,8 +96,14 @@ def _print_statistics(statistics: dict) -> None:
         if output in ("combined", "rows") or not isinstance(metrics, dict):
             continue
         for metric, value in metrics.items():
+            if isinstance(value, (dict, list)):  # per_class / confusion_matrix: printed below
+                continue
             table.add_row(output, metric, "-" if value is None else f"{value:.4f}")
     _console().print(table)
+    from fw.metrics import category_tables
+
+    for extra in category_tables(statistics):
+        _console().print(extra)
 
 
 def register(verbs) -> None:

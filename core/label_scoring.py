@@ -33,7 +33,8 @@ def score_batch(model, prompts: list[list[int]], labels: list[list[int]], pad_id
         mask[row, :len(sequence)] = 1
         target[row, len(prompt):len(sequence)] = True
     device = next(model.parameters()).device
-    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
+    with torch.no_grad():
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
     log_probs = logits[:, :-1].log_softmax(dim=-1).gather(-1, ids[:, 1:, None].to(device)).squeeze(-1)
     scores = (log_probs * target[:, 1:].to(device)).sum(dim=-1)
     return scores.view(len(prompts), len(labels)).cpu()

@@ -1,0 +1,182 @@
+"""Category outputs for in-context learning (trainer none): match entries in config order, fallback_label,
+tolerant JSON, safe regexes, label scoring with probabilities, the category metrics, and the spec's
+category snippets running fw evaluate end to end on the tiny model."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+import fw
+from fw import pipeline
+from fw.cli import main as fw_main
+from fw.category import extract_labels
+from fw.config import load_config
+from fw.label_scoring import label_ids, score_batch, score_labels
+from fw.metrics import category_metrics
+
+SNIPPETS = sorted(Path("/work/shared/spec/snippets").glob("category_*.yaml"))
+
+
+def category_config(match: dict, fallback="neutral", base="unused", **decoder) -> dict:
+    return load_config({
+        "base_model": str(base), "input_features": [{"name": "input"}],
+        "output_features": [{"name": "label", "type": "category", "preprocessing": {"fallback_label": fallback},
+                             "decoder": {"type": "category_extractor", "match": match, **decoder}}],
+        "prompt": {"template": "Review: {input}\nSentiment:"},
+        "trainer": {"type": "none", "batch_size": 4, "seed": 0},
+        "generation": {"max_new_tokens": 4, "do_sample": False}}).data
+
+
+def contains(*labels) -> dict:
+    return {label: {"type": "contains", "value": label} for label in labels}
+
+
+def reviews(rows: int = 8) -> pd.DataFrame:
+    labels = ["positive", "negative", "neutral", "positive"]
+    return pd.DataFrame({"input": [f"the movie number {i} was {['good', 'bad', 'ok', 'great'][i % 4]}"
+                                   for i in range(rows)],
+                         "label": [labels[i % 4] for i in range(rows)]})
+
+
+# -- matching ----------------------------------------------------------------------------------------------------
+def test_match_entries_are_tried_in_config_order_first_match_wins():
+    text = ["positive, not negative"]
+    assert extract_labels(text, category_config(contains("positive", "negative"))).values == ["positive"]
+    assert extract_labels(text, category_config(contains("negative", "positive"))).values == ["negative"]
+
+
+def test_unmatched_generations_get_the_fallback_label_and_count_as_fallbacks():
+    outputs = extract_labels(["I cannot say", "NEGATIVE!"], category_config(contains("positive", "negative")))
+    assert outputs.values == ["neutral", "negative"] and outputs.matched == [False, True]
+
+
+def test_missing_labels_in_the_data_get_the_fallback_label(tmp_path, tiny_llama_dir):
+    data = category_config(contains("positive", "negative"), base=tiny_llama_dir)
+    frame = reviews(4)
+    frame.loc[1, "label"] = None
+    result = pipeline.evaluate(config=data, dataset=frame, output_directory=tmp_path, show_progress=False)
+    assert result.predictions["label"].tolist()[1] == "neutral" and result.statistics["rows"] == 4
+
+
+def test_json_schema_tolerates_prose_and_code_fences():
+    match = {"positive": {"type": "json_schema", "value": {"sentiment": "positive"}},
+             "negative": {"type": "json_schema", "value": {"sentiment": "negative"}}}
+    texts = ['{"sentiment": "negative"}', 'Sure! ```json\n{"sentiment": "positive", "score": 0.9}\n```',
+             'Here it is: {"sentiment": "negative"} hope that helps', "{broken json", '{"sentiment": "meh"}']
+    outputs = extract_labels(texts, category_config(match))
+    assert outputs.values == ["negative", "positive", "negative", "neutral", "neutral"]
+
+
+def test_a_bad_regex_is_a_config_error_naming_the_label():
+    with pytest.raises(fw.ConfigError) as error:
+        category_config({"positive": {"type": "regex", "value": "(unclosed"}})
+    assert "output_features[0].decoder.match.positive.value: label 'positive': invalid regular expression" \
+        in str(error.value)
+
+
+def test_regexes_are_compiled_once_not_per_row(monkeypatch):
+    import fw.plugins.matchers.regex as regex_matcher
+
+    calls = []
+    original = regex_matcher.compile
+    monkeypatch.setattr(regex_matcher, "compile", lambda *args: calls.append(args) or original(*args))
+    data = category_config({"positive": {"type": "regex", "value": r"(?i)\bpos"},
+                            "negative": {"type": "regex", "value": r"(?i)\bneg"}})
+    calls.clear()
+    assert extract_labels(["pos", "neg", "x"] * 100, data).values[:3] == ["positive", "negative", "neutral"]
+    assert len(calls) == 2
+
+
+def test_a_catastrophic_regex_cannot_hang_on_hostile_output():
+    data = category_config({"positive": {"type": "regex", "value": r"(x+x+)+y"}})
+    start = time.perf_counter()
+    assert extract_labels(["x" * 5000], data).values == ["neutral"]
+    assert time.perf_counter() - start < 2
+
+
+# -- metrics -----------------------------------------------------------------------------------------------------
+def test_category_metrics():
+    scores = category_metrics(["a", "a", "b", "c"], ["a", "b", "b", "b"], matched=[True, True, True, False],
+                              labels=["a", "b", "c"])
+    assert scores["accuracy"] == 0.5 and scores["fallback_rate"] == 0.25
+    assert scores["confusion_matrix"] == {"labels": ["a", "b", "c"], "matrix": [[1, 0, 0], [1, 1, 1], [0, 0, 0]]}
+    assert scores["per_class"]["a"] == {"precision": 0.5, "recall": 1.0, "f1": pytest.approx(2 / 3), "support": 1}
+    assert scores["per_class"]["b"]["precision"] == 1.0 and scores["per_class"]["b"]["recall"] == pytest.approx(1 / 3)
+    assert scores["macro_f1"] == pytest.approx((2 / 3 + 0.5 + 0.0) / 3)
+
+
+# -- label scoring -----------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny(tiny_llama_dir):
+    return AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval(), AutoTokenizer.from_pretrained(tiny_llama_dir)
+
+
+def test_label_scoring_gives_normalised_probabilities_and_is_batch_independent(tiny, tiny_llama_dir):
+    model, tokenizer = tiny
+    data = category_config(contains("positive", "negative", "neutral"), label_scoring=True, base=tiny_llama_dir)
+    ids = [tokenizer(f"Review: film {i}\nSentiment:").input_ids for i in range(6)]
+    batched = score_labels(model, tokenizer, ids, data)
+    one_by_one = score_labels(model, tokenizer, ids, {**data, "trainer": {**data["trainer"], "batch_size": 1}})
+    for row, single in zip(batched.columns["label_probabilities"], one_by_one.columns["label_probabilities"]):
+        assert sum(row.values()) == pytest.approx(1.0)
+        assert row == pytest.approx(single, abs=1e-5)
+    assert batched.values == one_by_one.values
+    assert batched.columns["label_probability"] == [max(r.values()) for r in batched.columns["label_probabilities"]]
+
+
+def test_label_scores_are_the_summed_token_log_likelihoods(tiny):
+    model, tokenizer = tiny
+    prompt = tokenizer("Review: fine\nSentiment:").input_ids
+    label = label_ids(tokenizer, ["positive"])[0]
+    score = score_batch(model, [prompt], [label], tokenizer.pad_token_id)[0, 0]
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt + label])).logits.log_softmax(-1)[0]
+    expected = sum(logits[len(prompt) - 1 + i, token] for i, token in enumerate(label))
+    assert float(score) == pytest.approx(float(expected), abs=1e-4)
+
+
+def test_label_scoring_predictions_have_probability_columns(tmp_path, tiny_llama_dir):
+    data = category_config(contains("positive", "negative", "neutral"), label_scoring=True, base=tiny_llama_dir)
+    result = pipeline.predict(config=data, dataset=reviews(), output_directory=tmp_path, show_progress=False)
+    table = pd.read_parquet(tmp_path / "predictions.parquet")
+    assert {"label_predictions", "label_probabilities", "label_probability"} <= set(table.columns)
+    assert set(result.predictions["label_predictions"]) <= {"positive", "negative", "neutral"}
+
+
+def test_label_scoring_with_constrained_decoding_is_a_config_error():
+    with pytest.raises(fw.ConfigError, match="label_scoring: label scoring does not generate"):
+        category_config(contains("positive"), label_scoring=True, constrain_to_vocabulary=True)
+
+
+# -- in-context learning end to end ------------------------------------------------------------------------------
+def test_fw_predict_writes_labels_and_raw_generations(tmp_path, tiny_llama_dir):
+    data = category_config(contains("positive", "negative"), base=tiny_llama_dir)
+    pipeline.predict(config=data, dataset=reviews(), output_directory=tmp_path, show_progress=False)
+    table = pd.read_csv(tmp_path / "predictions.csv")
+    assert {"raw_generation", "label_predictions"} <= set(table.columns)
+    assert set(table["label_predictions"]) <= {"positive", "negative", "neutral"}
+
+
+@pytest.mark.parametrize("snippet", SNIPPETS, ids=lambda path: path.stem)
+def test_spec_category_snippets_run_fw_evaluate_end_to_end(tmp_path, tiny_llama_dir, snippet):
+    raw = yaml.safe_load(snippet.read_text())
+    raw["base_model"] = str(tiny_llama_dir)
+    raw["generation"] = {"max_new_tokens": 4}
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text(yaml.safe_dump(raw))
+    dataset = tmp_path / "data.csv"
+    reviews(8).to_csv(dataset, index=False)
+    assert fw_main(["evaluate", "--config", str(config_file), "--dataset", str(dataset),
+                        "--output_directory", str(tmp_path / "out"), "--no_progress"]) == 0
+    stats = json.loads((tmp_path / "out" / "test_statistics.json").read_text())["label"]
+    assert {"accuracy", "macro_f1", "per_class", "confusion_matrix", "fallback_rate", "loss"} <= set(stats)
+    assert sum(map(sum, stats["confusion_matrix"]["matrix"])) == 8
+    if raw["output_features"][0]["decoder"].get("constrain_to_vocabulary"):
+        assert stats["fallback_rate"] == 0.0

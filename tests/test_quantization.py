@@ -254,3 +254,12 @@ def test_a_bitsandbytes_model_goes_through_prepare_model_for_kbit_training(monke
     model.is_loaded_in_4bit = True
     quantization.prepare_for_training(model, {"trainer": {"enable_gradient_checkpointing": True}})
     assert calls == [{"use_gradient_checkpointing": True, "gradient_checkpointing_kwargs": {"use_reentrant": False}}]
+
+
+def test_qat_lora_trains_exactly_like_lora_on_the_real_quantized_base(tmp_path, tiny_llama_dir):
+    """Weight-only fake quantization computes what the real quantized weights compute, and the QAT swap keeps
+    the adapter's random initialization: the two runs have the same losses."""
+    adapter = {"type": "lora", "r": 4}
+    real = train(tmp_path / "real", config(tiny_llama_dir, torchao("int8_weight_only"), adapter))
+    fake = train(tmp_path / "fake", config(tiny_llama_dir, torchao("int8_weight_only", qat=True), adapter))
+    assert fake.statistics["train_loss_per_step"] == pytest.approx(real.statistics["train_loss_per_step"], abs=1e-4)

@@ -130,7 +130,10 @@ def transform(model, params: dict):
 
         return isinstance(module, torch.nn.Linear) and module is not output_head
 
-    quantize_(model, QATConfig(base_config(params["mode"]), step="prepare"), filter_fn=body_linear)
+    import torch
+
+    with torch.random.fork_rng(devices=[]):  # the swap builds new Linear modules: keep the adapter's random init
+        quantize_(model, QATConfig(base_config(params["mode"]), step="prepare"), filter_fn=body_linear)
     setattr(model, AFTER_TRAINING_ATTRIBUTE, f"{__name__}:convert_after_training")
     return model
 

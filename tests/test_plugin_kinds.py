@@ -220,10 +220,15 @@ def test_bitsandbytes_load_kwargs_builds_the_transformers_config(monkeypatch):
     assert config.load_in_8bit and config.llm_int8_threshold == 5.0
 
 
-def test_torchao_transform_is_not_built_yet():
-    transform = resolve(descriptor("fw.plugins.quantizers.torchao", "torchao").transform)
-    with pytest.raises(NotBuiltYetError, match="Full PEFT breadth"):
-        transform(None, {"backend": "torchao", "mode": "int4_weight_only", "qat": True})
+def test_torchao_quantizes_at_load_and_fake_quantizes_only_for_qat():
+    """PTQ: a TorchAoConfig for from_pretrained and no transform; QAT: nothing at load, the transform swaps
+    layers (end to end in tests/test_quantization.py)."""
+    plugin = descriptor("fw.plugins.quantizers.torchao", "torchao")
+    load_kwargs, transform = resolve(plugin.load_kwargs), resolve(plugin.transform)
+    ptq = {"backend": "torchao", "mode": "int8_weight_only", "qat": False}
+    assert type(load_kwargs(ptq, "cpu")["quantization_config"]).__name__ == "TorchAoConfig"
+    assert transform("model", ptq) == "model"
+    assert load_kwargs({**ptq, "qat": True}, "cpu") == {}
 
 
 # -- matchers --------------------------------------------------------------------------------------------

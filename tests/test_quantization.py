@@ -162,7 +162,8 @@ def test_bitsandbytes_not_installed_says_what_is_missing(tiny_llama_dir, monkeyp
     monkeypatch.setattr(bitsandbytes, "_installed_version", lambda: None)
     with pytest.raises(FwError, match=r"^quantization: backend 'bitsandbytes' cannot run here: the bitsandbytes "
                                       r"package is not installed \(pip install bitsandbytes, or pip install "
-                                      r"'fw\[bitsandbytes\]'\).$"):
+                                      r"'fw\[bitsandbytes\]'; bitsandbytes >= 0.50.0 also runs without a "
+                                      r"CUDA GPU\).$"):
         load_base_model(config(tiny_llama_dir, {"bits": 4}))
 
 

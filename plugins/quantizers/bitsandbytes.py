@@ -50,7 +50,7 @@ def _missing_requirements(device) -> list[str]:
     version = _installed_version()
     if version is None:
         return ["the bitsandbytes package is not installed (pip install bitsandbytes, or pip install "
-                "'fw[bitsandbytes]')"]
+                f"'fw[bitsandbytes]'; bitsandbytes >= {CPU_MIN_VERSION} also runs without a CUDA GPU)"]
     import torch
 
     on_cuda = torch.cuda.is_available() and str(device or "cuda").split(":")[0] in ("cuda", "auto")

@@ -156,7 +156,9 @@ def save_model(model, tokenizer, data: dict, model_dir: Path) -> Path:
     from fw.inference import generation_config
 
     with atomic_directory(Path(model_dir)) as directory:
-        model.save_pretrained(str(directory), safe_serialization=True)
+        from fw.initialization import save_kwargs
+
+        model.save_pretrained(str(directory), safe_serialization=True, **save_kwargs(model))
         tokenizer.save_pretrained(str(directory))
         generation_config(data, tokenizer).save_pretrained(str(directory))
         (directory / MODEL_CONFIG_FILE).write_text(config_yaml(data), encoding="utf-8")

@@ -170,13 +170,6 @@ def quantization_kwargs(data: dict, for_training: bool = False) -> tuple[dict, A
     return kwargs, transform, section
 
 
-def rope_scaling_kwargs(data: dict) -> dict:
-    rope = (data.get("model_parameters") or {}).get("rope_scaling") or {}
-    if not rope.get("rope_type"):
-        return {}
-    return {"rope_scaling": {"rope_type": rope["rope_type"], "factor": rope.get("factor") or 1.0}}
-
-
 def load_model_weights(location: str, name: str, dtype, extra: dict):
     """``AutoModelForCausalLM.from_pretrained`` with SDPA attention (eager when unsupported)."""
     from transformers import AutoModelForCausalLM
@@ -208,7 +201,9 @@ def load_base_model(config, for_training: bool = False):
     tokenizer = load_tokenizer(location, name)
     quant_kwargs, transform, quant_section = quantization_kwargs(data, for_training)
     dtype = choose_dtype((data.get("trainer") or {}).get("precision", "auto"))
-    extra = {**rope_scaling_kwargs(data), **quant_kwargs}
+    from fw.rope import rope_kwargs
+
+    extra = {**rope_kwargs(location, data, hub_token()), **quant_kwargs}
     model = load_model_weights(location, name, dtype, extra)
     if transform is not None:
         model = transform(model, quant_section)
@@ -228,9 +223,11 @@ def sync_special_tokens(model, tokenizer) -> None:
 
 
 # -- adapter -----------------------------------------------------------------------------------------------------
-def apply_adapter(model, config):
+def apply_adapter(model, config, training=None):
     """The model ready to train: wrapped with the ``adapter`` section (or continuing from
-    ``adapter.pretrained_adapter_weights``); every parameter trainable when there is no adapter (full fine-tune)."""
+    ``adapter.pretrained_adapter_weights``); every parameter trainable when there is no adapter (full fine-tune).
+    ``training`` (:class:`fw.initialization.TrainingData`) gives data-driven initializers (eva, corda) the
+    training rows for their pass before training, and AdaLoRA the planned step count."""
     data = config_data(config)
     if data.get("adapters"):
         from fw.errors import NotBuiltYetError
@@ -242,26 +239,10 @@ def apply_adapter(model, config):
         return model
     if section.get("pretrained_adapter_weights"):
         return load_pretrained_adapter(model, section["pretrained_adapter_weights"], trainable=True)
-    from fw.adapter_wrap import wrap_model
+    from fw.rank_allocation import with_total_step
+    from fw.initialization import wrap_with_initializer
 
-    wrapped = wrap_model(model, section)
-    run_initializer(section)
-    return wrapped
-
-
-def run_initializer(section: dict) -> None:
-    """Initializers that need a data pass (eva, corda, loftq) must really run it: call the plugin's step."""
-    value = section.get("init_lora_weights")
-    if not isinstance(value, str) or value == "default":
-        return
-    from fw.lazy import resolve
-    from fw.registry import get_registry
-
-    registry = get_registry()
-    if registry.has("initializer", value):
-        descriptor = registry.get("initializer", value)
-        if descriptor.prepare:
-            resolve(descriptor.prepare)()
+    return wrap_with_initializer(model, with_total_step(section, training), training)
 
 
 def load_pretrained_adapter(model, source: str, trainable: bool):

@@ -145,9 +145,9 @@ def train(config, dataset=None, training_set=None, validation_set=None, test_set
     seed_everything(data["trainer"]["seed"])
     model, tokenizer = load_base_model(data, for_training=True)
     model = quantization.prepare_for_training(model, data)
-    model = apply_adapter(model, data)
     train_rows = encode_frame(splits.train, data, tokenizer, "train")
     validation_rows = encode_frame(splits.validation, data, tokenizer, "validation")
+    model = apply_adapter(model, data, training_data(train_rows, tokenizer, data, show_progress))
     statistics = training.train(model, tokenizer, train_rows, validation_rows, data, run_dir, resume=resume,
                                 show_progress=show_progress)
     test_rows = encode_frame(splits.test, data, tokenizer, "test")
@@ -157,6 +157,15 @@ def train(config, dataset=None, training_set=None, validation_set=None, test_set
     model_dir, model = save_trained(model, tokenizer, data, run_dir)
     report.info(f"saved the model to {model_dir}")
     return TrainResult(run_dir, model_dir, statistics, data, model, tokenizer)
+
+
+def training_data(train_rows, tokenizer, data: dict, show_progress: bool):
+    """What the adapter may see before training: rows for EVA / CorDA calibration, the planned step count."""
+    from fw.initialization import TrainingData
+    from fw.trainer import plan
+
+    planned = plan(train_rows, data["trainer"]).total_steps if train_rows else None
+    return TrainingData(train_rows, tokenizer, data["trainer"]["batch_size"], planned, show_progress)
 
 
 def eval_batch_size(data: dict) -> int:

@@ -151,16 +151,13 @@ def evaluate_loss(model, tokenizer, rows, batch_size: int) -> dict:
 
 # -- extras: NEFTune, gradient checkpointing ----------------------------------------------------------------------
 def add_neftune(model, alpha: float):
-    """Uniform noise of scale alpha / sqrt(length * dim) on input embeddings, in training mode only."""
-    import torch
+    """NEFTune with transformers' own forward hook (what its Trainer registers): uniform noise of scale
+    alpha / sqrt(length * dim) on the input embeddings, in training mode only. Returns the hook handle."""
+    from transformers.integrations.neftune import neftune_post_forward_hook
 
-    def hook(module, inputs, output):
-        if module.training:
-            magnitude = alpha / math.sqrt(output.size(1) * output.size(2))
-            output = output + torch.zeros_like(output).uniform_(-magnitude, magnitude)
-        return output
-
-    return model.get_input_embeddings().register_forward_hook(hook)
+    embeddings = model.get_input_embeddings()
+    embeddings.neftune_noise_alpha = alpha
+    return embeddings.register_forward_hook(neftune_post_forward_hook)
 
 
 def enable_gradient_checkpointing(model) -> None:
@@ -233,6 +230,8 @@ class Plan:
 def plan(train_rows, trainer: dict) -> Plan:
     batches = micro_batches(train_rows, trainer["batch_size"])
     accumulation = trainer["gradient_accumulation_steps"]
+    #: ``callback(global_step)`` run after every optimizer step, before the gradients are cleared (AdaLoRA)
+    after_step: list = field(default_factory=list)
     steps_per_epoch = math.ceil(len(batches) / accumulation)
     total = steps_per_epoch * trainer["epochs"]
     if trainer.get("train_steps"):
@@ -256,6 +255,9 @@ def train(model, tokenizer, train_rows, validation_rows, config: dict, run_dir: 
         enable_gradient_checkpointing(model)
     alpha = (config.get("model_parameters") or {}).get("neftune_noise_alpha") or 0
     hook = add_neftune(model, alpha) if alpha else None
+    from fw.rank_allocation import step_callbacks
+
+    layout.after_step = step_callbacks(model)
     optimizer = build_optimizer(model, config)
     scheduler = build_scheduler(optimizer, layout.total_steps, trainer)
     position, history = Position(), History()
@@ -363,5 +365,7 @@ def end_of_epoch(model, tokenizer, validation_rows, trainer, position: Position,
     else:
         history.epochs_without_improvement += 1
         patience = trainer["early_stop"]
+        for callback in layout.after_step:
+            callback(position.step)
         if patience is not None and patience >= 0 and history.epochs_without_improvement >= max(patience, 1):
             history.stopped_early = True

@@ -54,8 +54,12 @@ class InitializerPlugin(PluginDescriptor):
     needs_data: bool = False
     #: adapter types this initializer can initialize
     adapters: tuple[str, ...] = ("lora",)
-    #: optional ``"module:function"`` that runs the data pass / post-wrap step
+    #: optional ``"module:function"``; ``function(model, section, calibration, wrap) -> wrapped model``: wraps the
+    #: model itself when the initializer needs a data pass or a step before / after wrapping (fw.initialization)
     prepare: str | None = None
+    #: optional ``"module:function"``; ``function(section, config) -> list[tuple[key, message]]``: combinations
+    #: with the adapter section or the rest of the config (quantization) this initializer cannot work with
+    check_config: str | None = None
 
 
 @dataclass(frozen=True)

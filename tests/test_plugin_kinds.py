@@ -153,11 +153,11 @@ def test_initializer_sub_configs():
     assert not is_valid("initializers", "pissa", {"niter": 4})
 
 
-@pytest.mark.parametrize("name", ["eva", "corda", "loftq"])
-def test_initializer_data_pass_is_not_built_yet(name):
-    prepare = resolve(descriptor(INIT, name).prepare)
-    with pytest.raises(NotBuiltYetError, match="Full PEFT breadth"):
-        prepare(model=None, params={}, train_rows=[])
+@pytest.mark.parametrize("name", ["eva", "corda", "loftq", "pissa", "olora"])
+def test_initializers_with_a_prepare_step_resolve(name):
+    """The steps themselves are exercised in tests/test_initializers.py."""
+    assert callable(resolve(descriptor(INIT, name).prepare))
+    assert descriptor(INIT, name).needs_data == (name in ("eva", "corda"))
 
 
 # -- quantizers ------------------------------------------------------------------------------------------

@@ -5,6 +5,8 @@ from fw.hookspecs import hookimpl
 from fw.types import AdapterPlugin
 
 SCHEMA = "fw.schemas:adapters/adalora.json"
+#: the spec's total_step, used when the adapter is wrapped without a training plan (total_step: null)
+SPEC_TOTAL_STEP = 10000
 
 
 @hookimpl
@@ -18,7 +20,10 @@ def build_peft_config(params: dict):
     from fw.peft_mapping import build_peft_config as build, with_defaults
     from fw.plugins.adapters.lora import lora_overrides
 
-    return build("AdaLoraConfig", params, SCHEMA, **lora_overrides(with_defaults(params, SCHEMA)))
+    overrides = lora_overrides(with_defaults(params, SCHEMA))
+    if params.get("total_step") is None:  # fw train fills in the planned step count before this point
+        overrides["total_step"] = SPEC_TOTAL_STEP
+    return build("AdaLoraConfig", params, SCHEMA, **overrides)
 
 
 def check_params(params: dict, explicit_keys: set[str] | None = None) -> list[tuple[str, str]]:
@@ -30,7 +35,7 @@ def check_params(params: dict, explicit_keys: set[str] | None = None) -> list[tu
     problems = []
     if p["use_dora"]:
         problems.append(("use_dora", "AdaLoRA does not support DoRA; use `type: lora` with use_dora: true"))
-    if p["tinit"] >= p["total_step"] - p["tfinal"]:
+    if p["total_step"] is not None and p["tinit"] >= p["total_step"] - p["tfinal"]:
         problems.append(("tinit", f"tinit ({p['tinit']}) must be smaller than total_step - tfinal "
                                   f"({p['total_step']} - {p['tfinal']}) to leave AdaLoRA a rank budgeting "
                                   "phase; "

@@ -11,11 +11,17 @@ and silently give AdaLoRA's own initialization.
 from fw.hookspecs import hookimpl
 from fw.types import InitializerPlugin
 
-_AREA = "issue 'Full PEFT breadth'"
+#: initializers that fold part of the pretrained weight into the adapter (the base keeps the residual), so they
+#: need the real floating-point weights: PEFT refuses quantized ones
+_REWRITE_BASE = ("pissa", "olora", "corda")
 
 
 def _schema(name: str) -> str:
     return f"fw.schemas:initializers/{name}.json"
+
+
+def _check(name: str) -> str:
+    return f"{__name__}:check_{name}"
 
 
 @hookimpl
@@ -27,41 +33,204 @@ def fw_initializers():
         InitializerPlugin(name="gaussian", schema=_schema("gaussian"), peft_value="gaussian",
                           summary="Gaussian A scaled by the rank, zero B"),
         InitializerPlugin(name="pissa", schema=_schema("pissa"), peft_value="pissa",
+                          prepare=f"{__name__}:prepare_residual", check_config=_check("unquantized"),
                           summary="PiSSA: A and B from the top-r singular vectors of the weight"),
         InitializerPlugin(name="olora", schema=_schema("olora"), peft_value="olora",
+                          prepare=f"{__name__}:prepare_residual", check_config=_check("olora"),
                           summary="OLoRA: orthonormal A and B from a QR decomposition of the weight"),
         InitializerPlugin(name="orthogonal", schema=_schema("orthogonal"), peft_value="orthogonal",
+                          check_config=_check("orthogonal"),
                           summary="Orthogonal initialization of A and B"),
         InitializerPlugin(name="eva", schema=_schema("eva"), peft_value="eva", config_key="eva_config",
                           needs_data=True, prepare=f"{__name__}:prepare_eva",
                           summary="EVA: data-driven init from the SVD of layer input activations"),
         InitializerPlugin(name="corda", schema=_schema("corda"), peft_value="corda",
-                          config_key="corda_config",
+                          config_key="corda_config", check_config=_check("unquantized"),
                           needs_data=True, prepare=f"{__name__}:prepare_corda",
                           summary="CorDA: context-oriented decomposition from activation covariance"),
         InitializerPlugin(name="loftq", schema=_schema("loftq"), peft_value="loftq",
-                          config_key="loftq_config",
+                          config_key="loftq_config", check_config=_check("loftq"),
                           prepare=f"{__name__}:prepare_loftq",
                           summary="LoftQ: quantize the base weights and initialize LoRA to cancel the error"),
     ]
 
 
-def prepare_eva(*args, **kwargs):
-    """Run EVA's calibration pass (PEFT ``initialize_lora_eva_weights``). Not built yet."""
-    from fw.errors import NotBuiltYetError
-
-    raise NotBuiltYetError("EVA initialization's data pass", _AREA)
-
-
-def prepare_corda(*args, **kwargs):
-    """Run CorDA's covariance pass (PEFT ``preprocess_corda``). Not built yet."""
-    from fw.errors import NotBuiltYetError
-
-    raise NotBuiltYetError("CorDA initialization's data pass", _AREA)
+# -- validation: combinations PEFT cannot initialize ---------------------------------------------------------------
+def check_unquantized(section: dict, config: dict) -> list[tuple[str, str]]:
+    """PiSSA / OLoRA / CorDA decompose the pretrained weight, which PEFT only does on float weights."""
+    if not config.get("quantization"):
+        return []
+    name = section.get("init_lora_weights")
+    return [("init_lora_weights", f"'{name}' decomposes the pretrained weights, which PEFT can only do on "
+                                  "unquantized (float) weights, but a quantization section is set. Remove "
+                                  "quantization, or use init_lora_weights: loftq (quantization-aware) or default")]
 
 
-def prepare_loftq(*args, **kwargs):
-    """Run LoftQ's quantize-and-initialize step. Not built yet."""
-    from fw.errors import NotBuiltYetError
+def check_olora(section: dict, config: dict) -> list[tuple[str, str]]:
+    """OLoRA dequantizes and re-quantizes bitsandbytes weights itself (PEFT ``olora_init``); torchao's
+    quantized tensors it cannot decompose."""
+    if _quantization_backend(config) in (None, "bitsandbytes"):
+        return []
+    return [("init_lora_weights", f"'olora' decomposes the pretrained weights, which PEFT can do on float or "
+                                  f"bitsandbytes weights but not on {_quantization_backend(config)!r} quantized ones. "
+                                  "Use quantization backend bitsandbytes, remove quantization, or use "
+                                  "init_lora_weights: default")]
 
-    raise NotBuiltYetError("LoftQ initialization's data pass", _AREA)
+
+def check_orthogonal(section: dict, config: dict) -> list[tuple[str, str]]:
+    """PEFT's orthogonal init splits the rank in two halves (even rank only) and casts to the base dtype."""
+    problems = []
+    r = section.get("r")
+    if isinstance(r, int) and r % 2:
+        problems.append(("r", f"init_lora_weights: orthogonal needs an even rank, got {r}; use r: {r + 1} or "
+                              f"{max(r - 1, 2)}"))
+    odd = {key: rank for key, rank in (section.get("rank_pattern") or {}).items() if isinstance(rank, int) and rank % 2}
+    if odd:
+        listed = ", ".join(f"{key}: {rank}" for key, rank in odd.items())
+        problems.append(("rank_pattern", f"init_lora_weights: orthogonal needs even ranks, got {listed}"))
+    if _quantization_backend(config) == "bitsandbytes":
+        problems.append(("init_lora_weights", "'orthogonal' builds A and B in the dtype of the base weight, which "
+                                              "is an integer storage type under bitsandbytes quantization. Use "
+                                              "init_lora_weights: default or gaussian with bitsandbytes"))
+    return problems
+
+
+def check_loftq(section: dict, config: dict) -> list[tuple[str, str]]:
+    """LoftQ quantizes the float model itself; on an already quantized model only bitsandbytes 4-bit works
+    (PEFT ``replace_lora_weights_loftq``)."""
+    quantization = config.get("quantization")
+    if not quantization:
+        return []
+    backend, bits = _quantization_backend(config), quantization.get("bits")
+    if backend != "bitsandbytes" or bits != 4:
+        return [("init_lora_weights", f"'loftq' on a quantized model needs bitsandbytes 4-bit quantization "
+                                      f"(PEFT replace_lora_weights_loftq), got backend {backend!r} with bits {bits}. "
+                                      "Use quantization: {backend: bitsandbytes, bits: 4}, or remove quantization "
+                                      "(LoftQ then quantizes the weights itself)")]
+    loftq_bits = (section.get("loftq_config") or {}).get("loftq_bits", 4)
+    if loftq_bits != 4:
+        return [("loftq_config.loftq_bits", f"must be 4 to match the 4-bit quantized model, got {loftq_bits}")]
+    return []
+
+
+def _quantization_backend(config: dict) -> str | None:
+    quantization = config.get("quantization")
+    if not quantization:
+        return None
+    return quantization.get("backend") or "bitsandbytes"
+
+
+# -- prepare steps (run by fw.initialization.wrap_with_initializer) ----------------------------------------------
+def prepare_residual(model, section: dict, calibration, wrap):
+    """PiSSA / OLoRA: PEFT initializes while wrapping; keep the initial adapter so the saved one is converted
+    to a plain LoRA adapter for the original base model."""
+    from fw.initialization import keep_initial_adapter
+
+    wrapped = wrap(model)
+    keep_initial_adapter(wrapped)
+    return wrapped
+
+
+#: EVA cycles over its calibration batches until every layer's components converge; stop after this many passes
+EVA_MAX_PASSES = 50
+
+
+def prepare_eva(model, section: dict, calibration, wrap):
+    """EVA (PEFT ``initialize_lora_eva_weights``): wrap, then an incremental SVD of every target layer's inputs
+    over ``eva_config.n_samples`` training rows; A becomes the top right-singular vectors (ranks possibly
+    redistributed across layers, ``rho``)."""
+    from peft import initialize_lora_eva_weights
+
+    from fw.errors import FwError
+    from fw.initialization import model_device
+
+    options = section.get("eva_config") or {}
+    wrapped = wrap(model)
+    batches = calibration.batches(options.get("n_samples", 128), model_device(wrapped))
+    limit = EVA_MAX_PASSES * len(batches)
+    with calibration.progress("EVA calibration", limit) as advance:
+        calls = 0
+
+        def forward(target, inputs):
+            nonlocal calls
+            calls += 1
+            if calls > limit:
+                raise FwError(_eva_not_converged(section, options, len(batches)))
+            advance()
+            return target(**inputs)
+
+        initialize_lora_eva_weights(wrapped, dataloader=batches, forward_fn=forward, show_progress_bar=False,
+                                    adapter_name=wrapped.active_adapter)
+    return wrapped
+
+
+def _eva_not_converged(section: dict, options: dict, count: int) -> str:
+    components = round(section.get("r", 8) * options.get("rho", 2.0))
+    return (f"adapter.eva_config: EVA's SVD did not converge within {EVA_MAX_PASSES} passes over {count} "
+            f"calibration batch(es). Every batch must hold at least r * rho = {components} counted tokens (response "
+            "tokens only while use_label_mask is true). Raise eva_config.n_samples or trainer.batch_size, set "
+            "eva_config.use_label_mask: false, or lower eva_config.tau / rho.")
+
+
+def prepare_corda(model, section: dict, calibration, wrap):
+    """CorDA (PEFT ``preprocess_corda``): collect the covariance of every target layer's inputs over
+    ``corda_config.n_samples`` training rows on the base model, then wrap (PEFT decomposes W @ C)."""
+    from peft.tuners.lora.corda import preprocess_corda
+
+    from fw.initialization import inference_mode, keep_initial_adapter, model_device, peft_config_for
+
+    options = section.get("corda_config") or {}
+    # PEFT's covariance hook takes one sequence per forward pass (it squeezes the batch dimension)
+    batches = calibration.batches(options.get("n_samples", 128), model_device(model), batch_size=1)
+
+    def run_model():
+        with calibration.progress("CorDA calibration", len(batches)) as advance, inference_mode(model):
+            for batch in batches:
+                model(**{key: value for key, value in batch.items() if key != "labels"})
+                advance()
+
+    preprocess_corda(model, peft_config_for(model, section), run_model=run_model)
+    wrapped = wrap(model)
+    keep_initial_adapter(wrapped)
+    return wrapped
+
+
+def loftq_missing() -> list[str]:
+    """What this machine lacks for PEFT's LoftQ (bitsandbytes quantizes on a CUDA GPU in PEFT 0.21)."""
+    import importlib.util
+
+    import torch
+
+    missing = []
+    if importlib.util.find_spec("bitsandbytes") is None:
+        missing.append("the bitsandbytes package (pip install bitsandbytes)")
+    if not torch.cuda.is_available():
+        missing.append("a CUDA GPU")
+    return missing
+
+
+def prepare_loftq(model, section: dict, calibration, wrap):
+    """LoftQ: on a float model PEFT quantizes each target weight and initializes A / B from the SVD of the
+    quantization error while wrapping; on a bitsandbytes 4-bit model (``quantization`` set) the adapter is
+    wrapped with default init and PEFT's ``replace_lora_weights_loftq`` then fits A / B to the error of the
+    already quantized weights."""
+    import peft
+
+    from fw.errors import FwError
+
+    missing = loftq_missing()
+    if missing:
+        raise FwError(f"adapter.init_lora_weights: loftq needs {' and '.join(missing)}: PEFT {peft.__version__} "
+                      "quantizes the weights with bitsandbytes on a CUDA GPU (peft.utils.loftq_utils). Run on a "
+                      "CUDA machine with bitsandbytes installed, or use init_lora_weights: pissa on CPU.")
+    if not _is_bnb_quantized(model):
+        return wrap(model)
+    from peft import replace_lora_weights_loftq
+
+    wrapped = wrap(model, init_lora_weights="default", loftq_config=None)
+    replace_lora_weights_loftq(wrapped)
+    return wrapped
+
+
+def _is_bnb_quantized(model) -> bool:
+    return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False))

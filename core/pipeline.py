@@ -131,6 +131,7 @@ def train(config, dataset=None, training_set=None, validation_set=None, test_set
         raise FwError("trainer.type is none: there is nothing to train. Run fw predict / fw evaluate with --config "
                       "to use the base model directly, or set trainer.type: finetune.")
     artifacts.check_mergeable(data.get("adapter"))
+    quantization.check_runnable(data, for_training=True)
     splits = load_splits(data, dataset, training_set, validation_set, test_set)
     dataset_hash = artifacts.data_hash(splits.train, splits.validation, splits.test)
     if resume:

@@ -68,3 +68,11 @@ def finish_training(model, data: dict):
     if not isinstance(step, str):
         return model
     return resolve(step)(model, data.get("quantization") or {})
+
+
+def check_runnable(data: dict, for_training: bool) -> None:
+    """Fail before any work is done when this machine cannot run the configured quantization (the quantizer's
+    ``load_kwargs`` raises the FwError: a missing package, no suitable GPU)."""
+    from fw.model_loading import quantization_kwargs
+
+    quantization_kwargs(data, for_training)

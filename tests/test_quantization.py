@@ -85,6 +85,13 @@ def test_float8_without_an_h100_class_gpu_is_one_clear_error(tiny_llama_dir):
         load_base_model(config(tiny_llama_dir, torchao("float8")))
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a CUDA GPU")
+def test_fw_train_fails_on_float8_before_creating_a_run(tmp_path, tiny_llama_dir):
+    with pytest.raises(FwError, match="^quantization.mode: float8 needs a CUDA GPU"):
+        train(tmp_path, config(tiny_llama_dir, torchao("float8"), {"type": "lora"}))
+    assert not (tmp_path / "results").exists()
+
+
 def test_torchao_not_installed_says_how_to_install(tiny_llama_dir, monkeypatch):
     import importlib.util
 

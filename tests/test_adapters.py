@@ -133,7 +133,8 @@ def test_lora_maps_spec_names_to_peft_fields():
                    alpha_pattern={"q_proj": 3.0}, layer_replication=[[0, 1], [0, 2]], target_modules=".*q_proj")
     assert (config.r, config.lora_alpha, config.lora_dropout, config.bias) == (4, 8, 0.1, "lora_only")
     assert config.use_rslora and config.use_dora and config.init_lora_weights is True
-    assert config.rank_pattern == {"q_proj": 2} and config.alpha_pattern == {"q_proj": 3.0}
+    # the spec's substring keys, as the regex PEFT matches against the end of module names
+    assert config.rank_pattern == {".*q_proj.*": 2} and config.alpha_pattern == {".*q_proj.*": 3.0}
     assert config.layer_replication == [[0, 1], [0, 2]] and config.target_modules == ".*q_proj"
     assert build("lora").lora_alpha == 16 and build("lora").lora_dropout == 0.05
 
@@ -196,7 +197,7 @@ def test_oft_r_with_an_explicit_block_size_is_an_error():
 
 def test_other_cross_field_rules():
     assert check_params("adalora") == [] and check_params("ia3") == [] and check_params("vblora") == []
-    assert [key for key, _ in check_params("adalora", use_dora=True, tinit=9000, tfinal=2000)] == \
+    assert [key for key, _ in check_params("adalora", use_dora=True, tinit=9000, tfinal=2000, total_step=10000)] == \
         ["use_dora", "tinit"]
     assert check_params("ia3", target_modules=["k_proj"], feedforward_modules=["down_proj"])[0][0] == \
         "feedforward_modules"

@@ -1,6 +1,8 @@
 """LoRA: low-rank adaptation, with DoRA, rsLoRA, LoRA+ and the LoRA initializers (PEFT LoraConfig)."""
 from __future__ import annotations
 
+import re
+
 from fw.hookspecs import hookimpl
 from fw.types import AdapterPlugin
 
@@ -30,7 +32,23 @@ def lora_overrides(params: dict) -> dict:
     for key, class_name in SUBCONFIGS.items():
         if params.get(key) is not None:
             overrides[key] = subconfig(class_name, params[key])
+    for key, field in (("rank_pattern", "rank_pattern"), ("alpha_pattern", "alpha_pattern")):
+        if params.get(key):
+            overrides[field] = substring_patterns(params[key])
     return overrides
+
+
+#: a pattern key made only of these characters is a module name (part), not a regular expression
+_PLAIN_NAME = re.compile(r"[\w.]+")
+
+
+def substring_patterns(patterns: dict) -> dict:
+    """rank_pattern / alpha_pattern keys as the spec defines them, matched by *substring* against module names
+    (``q_proj``, ``layers.0``, ``self_attn``). PEFT matches a key as a regex against the end of the dotted name
+    (``(.*\.)?(key)$``), so a plain name becomes ``.*<name>.*``; a key that is already a regex is kept as PEFT
+    reads it. When several keys match a module, the first one wins (PEFT)."""
+    return {(f".*{re.escape(key)}.*" if _PLAIN_NAME.fullmatch(key) else key): value
+            for key, value in patterns.items()}
 
 
 def init_lora_value(value: str | bool) -> str | bool:

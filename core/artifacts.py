@@ -220,6 +220,8 @@ def load_trained(model_path: str | Path, config: dict | None = None):
         base, _ = load_base_model({**data, "base_model": adapter_base(model_dir, data)}, for_training=False)
         model = load_pretrained_adapter(base, str(model_dir), trainable=False)
     else:
+        # full or merged weights saved quantized (torchao QAT / merge, bitsandbytes) carry their own
+        # quantization_config in config.json: from_pretrained restores them, quantizing again would be wrong
         model, _ = load_base_model({**data, "base_model": str(model_dir.resolve()), "quantization": None},
                                    for_training=False)
     tokenizer = load_tokenizer(str(model_dir))

@@ -126,7 +126,10 @@ def test_every_adapter_trains_saves_and_reloads_to_the_same_logits(tmp_path, tin
     result = pipeline.train(data, training_set=table(8), output_directory=tmp_path, show_progress=False)
     assert (result.model_dir / "adapter_config.json").is_file()
     _, reloaded, _ = load_trained(result.model_dir)
-    assert torch.equal(logits(reloaded), logits(result.model))
+    if adapter == "adalora":  # PEFT reloads AdaLoRA resized to its allocated ranks: same values, other matmul shapes
+        assert torch.allclose(logits(reloaded), logits(result.model), atol=1e-6)
+    else:
+        assert torch.equal(logits(reloaded), logits(result.model))
     base = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
     assert not torch.allclose(logits(base), logits(reloaded)), "training changed nothing"
 

@@ -42,13 +42,11 @@ def cmd_preview(args: argparse.Namespace) -> int:
     has_target = output_column(config) in frame.columns
     frame = clean(frame, config, "train" if has_target else "predict")  # the rows training would see
     renderer = PromptRenderer(config)
-    prompts = [renderer.render(row) for _, row in frame.iterrows()]
-    targets = [target_text(row, config) for _, row in frame.iterrows()] if has_target else None
     tokenizer = _tokenizer(args.tokenizer, config)
+    prompts = _prompts(renderer, frame, config, args.dataset, tokenizer)
+    targets = [target_text(row, config) for _, row in frame.iterrows()] if has_target else None
     rows, report = _encoded(prompts, targets, tokenizer, config)
     console = Console(highlight=False, soft_wrap=True)
-    if renderer.mode != "column" and (config.get("prompt") or {}).get("retrieval"):
-        console.print("[dim]prompt.retrieval is set: {__context__} is shown empty here.[/dim]")
     for shown, index in enumerate(frame.index[:args.rows]):
         _show_row(console, index, prompts[shown], targets[shown] if targets else None,
                   rows[shown] if rows else None)
@@ -56,6 +54,17 @@ def cmd_preview(args: argparse.Namespace) -> int:
     if report is not None:
         console.print(report.summary())
     return 0
+
+
+def _prompts(renderer, frame, config: dict, dataset: str, tokenizer) -> list[str]:
+    """The rendered prompts; with ``prompt.retrieval``, the examples retrieved from the dataset's training split
+    (as ``fw train`` retrieves them; fewer for prompts over the input budget when a tokenizer is known)."""
+    from fw import retrieval
+
+    if retrieval.section(config) is None:
+        return [renderer.render(row) for _, row in frame.iterrows()]
+    retriever = retrieval.prepare(config, retrieval.training_split(config, dataset))
+    return retrieval.few_shot_prompts(renderer, frame.to_dict("records"), retriever, config, tokenizer, "preview")
 
 
 def _tokenizer(path: str | None, config: dict):

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fw import artifacts, quantization
+from fw import artifacts, quantization, retrieval
 from fw.errors import FwError
 
 SPLITS = ("full", "train", "validation", "test")
@@ -79,14 +79,15 @@ def rows_of(frame) -> list[dict]:
     return frame.to_dict("records")
 
 
-def prompts_of(frame, data: dict) -> list[str]:
+def prompts_of(frame, data: dict, tokenizer=None, retriever=None, split_name: str = "predict") -> list[str]:
+    """The prompts of ``frame``; with ``prompt.retrieval``, few-shot examples from ``retriever`` (fw.retrieval)."""
     from fw.prompt import PromptRenderer
 
-    if (data.get("prompt") or {}).get("retrieval"):
-        from fw.errors import NotBuiltYetError
-
-        raise NotBuiltYetError("prompt.retrieval (few-shot context) in train/predict", "retrieval support")
     renderer = PromptRenderer(data)
+    if retrieval.section(data):
+        if retriever is None:
+            raise FwError("prompt.retrieval is set but no examples index was prepared (fw.retrieval.prepare).")
+        return retrieval.few_shot_prompts(renderer, rows_of(frame), retriever, data, tokenizer, split_name)
     return [renderer.render(row) for row in rows_of(frame)]
 
 
@@ -96,14 +97,15 @@ def targets_of(frame, data: dict) -> list[str]:
     return [target_text(row, data) for row in rows_of(frame)]
 
 
-def encode_frame(frame, data: dict, tokenizer, split_name: str):
+def encode_frame(frame, data: dict, tokenizer, split_name: str, retriever=None):
     """Training rows (prompt + target, loss on the target) of ``frame``; truncation reported in one line."""
     from fw import report
     from fw.encoding import encode
 
     if frame is None or not len(frame):
         return []
-    rows, truncation = encode(prompts_of(frame, data), targets_of(frame, data), tokenizer, data)
+    prompts = prompts_of(frame, data, tokenizer, retriever, split_name)
+    rows, truncation = encode(prompts, targets_of(frame, data), tokenizer, data)
     if truncation.truncated_rows:
         report.info(f"{split_name}: {truncation.summary()}")
     return rows
@@ -133,6 +135,7 @@ def train(config, dataset=None, training_set=None, validation_set=None, test_set
     artifacts.check_mergeable(data.get("adapter"))
     quantization.check_runnable(data, for_training=True)
     splits = load_splits(data, dataset, training_set, validation_set, test_set)
+    retriever = retrieval.prepare(data, splits.train)
     dataset_hash = artifacts.data_hash(splits.train, splits.validation, splits.test)
     if resume:
         run_dir = artifacts.run_directory_to_resume(output_directory, experiment_name, model_name)
@@ -146,16 +149,17 @@ def train(config, dataset=None, training_set=None, validation_set=None, test_set
     seed_everything(data["trainer"]["seed"])
     model, tokenizer = load_base_model(data, for_training=True)
     model = quantization.prepare_for_training(model, data)
-    train_rows = encode_frame(splits.train, data, tokenizer, "train")
-    validation_rows = encode_frame(splits.validation, data, tokenizer, "validation")
+    train_rows = encode_frame(splits.train, data, tokenizer, "train", retriever)
+    validation_rows = encode_frame(splits.validation, data, tokenizer, "validation", retriever)
     model = apply_adapter(model, data, training_data(train_rows, tokenizer, data, show_progress))
     statistics = training.train(model, tokenizer, train_rows, validation_rows, data, run_dir, resume=resume,
                                 show_progress=show_progress)
-    test_rows = encode_frame(splits.test, data, tokenizer, "test")
+    test_rows = encode_frame(splits.test, data, tokenizer, "test", retriever)
     if test_rows:
         statistics["test"] = training.evaluate_loss(model, tokenizer, test_rows, eval_batch_size(data))
     artifacts.write_json(run_dir / artifacts.TRAINING_STATISTICS, statistics)
     model_dir, model = save_trained(model, tokenizer, data, run_dir)
+    retrieval.save_with_model(retriever, model_dir)
     report.info(f"saved the model to {model_dir}")
     return TrainResult(run_dir, model_dir, statistics, data, model, tokenizer)
 
@@ -229,7 +233,7 @@ def output_directory_for(output_directory, model_path, experiment_name: str, mod
     return artifacts.new_run_directory("results", experiment_name, model_name)
 
 
-def generate_for(frame, data: dict, model, tokenizer, show_progress: bool):
+def generate_for(frame, data: dict, model, tokenizer, show_progress: bool, retriever=None):
     """(prompts, generations, :class:`fw.category.Outputs`) for every row of ``frame``; with
     ``decoder.label_scoring`` the labels are ranked by likelihood instead of generated (no raw generation)."""
     from fw.category import output_values
@@ -239,7 +243,7 @@ def generate_for(frame, data: dict, model, tokenizer, show_progress: bool):
 
     from fw import report
 
-    prompts = prompts_of(frame, data)
+    prompts = prompts_of(frame, data, tokenizer, retriever)
     encoded, truncation = encode_prompts(prompts, tokenizer, data)
     if truncation.truncated_rows:
         report.info(f"predict: {truncation.summary()}")
@@ -274,7 +278,8 @@ def predict(model_path=None, config=None, dataset=None, split: str = "full", out
     data, model, tokenizer = model_for_inference(model_path, config)
     seed_everything(data["trainer"]["seed"])
     frame = select_rows(data, dataset, split)
-    prompts, generations, outputs = generate_for(frame, data, model, tokenizer, show_progress)
+    retriever = retrieval.for_inference(data, model_path, dataset)
+    prompts, generations, outputs = generate_for(frame, data, model, tokenizer, show_progress, retriever)
     table = predictions_frame(frame, data, prompts, generations, outputs)
     directory = output_directory_for(output_directory, model_path, experiment_name, model_name)
     write_predictions(table, directory)
@@ -303,10 +308,12 @@ def evaluate(model_path=None, config=None, dataset=None, split: str = "full", ou
     frame = frame[~frame[column].map(is_missing).astype(bool)]
     if not len(frame):
         raise FwError(f"fw evaluate: no row has a '{column}' value to score against.")
-    prompts, generations, outputs = generate_for(frame, data, model, tokenizer, show_progress)
+    retriever = retrieval.for_inference(data, model_path, dataset)
+    prompts, generations, outputs = generate_for(frame, data, model, tokenizer, show_progress, retriever)
     output_type = data["output_features"][0].get("type", "text")
     targets = targets_of(frame, data)
-    scores = evaluate_loss(model, tokenizer, encode_frame(frame, data, tokenizer, "evaluate"), eval_batch_size(data))
+    scores = evaluate_loss(model, tokenizer, encode_frame(frame, data, tokenizer, "evaluate", retriever),
+                           eval_batch_size(data))
     scores.update(output_metrics(outputs.values, targets, output_type, outputs.matched, labels_of(data)))
     name = data["output_features"][0]["name"]
     statistics = {name: scores, "combined": {"loss": scores.get("loss")}, "rows": len(frame)}

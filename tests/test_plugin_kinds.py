@@ -20,7 +20,7 @@ import jsonschema
 import pytest
 import yaml
 
-from fw.errors import FwError, NotBuiltYetError
+from fw.errors import FwError
 from fw.lazy import resolve
 from fw.schema_store import load_schema
 
@@ -338,11 +338,12 @@ def test_retriever_schemas():
     assert not is_valid("retrievers", "semantic", {"type": "semantic", "model_name": None})
 
 
-@pytest.mark.parametrize("name", ["random", "semantic"])
-def test_retriever_index_is_not_built_yet(name):
-    build_index = resolve(descriptor(f"fw.plugins.retrievers.{name}", name).build_index)
-    with pytest.raises(NotBuiltYetError, match="retrieval"):
-        build_index({"type": name, "k": 2}, [], None)
+def test_random_retriever_index_queries_k_distinct_positions_never_excluded(tmp_path):
+    build_index = resolve(descriptor("fw.plugins.retrievers.random", "random").build_index)
+    index = build_index({"type": "random", "k": 2, "seed": 1}, ["a", "b", "c", "d"], tmp_path)
+    picks = index.query(["a", "z"], 2, [{0}, set()])
+    assert len(picks[0]) == 2 and 0 not in picks[0] and len(set(picks[1])) == 2
+    assert picks == index.query(["a", "z"], 2, [{0}, set()])  # seeded (semantic: tests/test_retrieval.py)
 
 
 # -- the spec's snippets validate against these schemas --------------------------------------------------

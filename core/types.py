@@ -101,7 +101,10 @@ class RetrieverPlugin(PluginDescriptor):
     """Few-shot example retrieval, chosen by ``prompt.retrieval.type``."""
 
     kind: ClassVar[str] = "retriever"
-    #: ``"module:function"``; ``function(params, train_rows, cache_dir) -> index`` with ``.query(row, k)``
+    #: ``"module:function"``; ``function(params, texts, directory) -> index``: ``params`` is the
+    #: ``prompt.retrieval`` section plus ``seed``, ``texts`` the training rows' input texts, ``directory`` where the
+    #: index keeps its files (load them when present, else write them); ``index.query(texts, k, exclude)`` returns,
+    #: per query text, up to k example positions, best first, none in that query's ``exclude`` set (fw.retrieval)
     build_index: str = ""
 
 

@@ -276,3 +276,14 @@ def test_preview_shows_the_retrieved_context(tmp_path, tiny_llama_dir, capsys):
     out = capsys.readouterr().out
     assert "Examples:" in out and '{"question": "tell me about the' in out and '"answer": "train-' in out
     assert "Q: tell me about the apple" in out
+
+
+def test_an_unreachable_hub_model_name_is_one_line_naming_the_key(monkeypatch, tiny_llama_dir):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    data = config(tiny_llama_dir, {"type": "semantic", "model_name": "no-such-org/no-such-encoder", "k": 2})
+    with pytest.raises(FwError) as error:
+        retrieval.prepare(data, train_rows())
+    assert str(error.value).startswith("prompt.retrieval.model_name: cannot download 'no-such-org/no-such-encoder'")
+    assert "\n" not in str(error.value)

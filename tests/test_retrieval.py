@@ -195,6 +195,19 @@ def test_in_context_learning_draws_examples_from_the_datasets_training_split(tmp
     assert all(example["answer"].startswith("train-") for examples in found for example in examples)
 
 
+def test_retrieval_splits_a_dataset_without_a_split_column_itself(tmp_path, tiny_llama_dir):
+    data = config(tiny_llama_dir, {"type": "random", "k": 2}, SHORT_TEMPLATE, trainer={"type": "none", "seed": 3},
+                  adapter=None)
+    frame = table().drop(columns=["split"])
+    result = pipeline.predict(config=data, dataset=frame, output_directory=tmp_path / "out", show_progress=False)
+    train_split = pipeline.load_splits(data, dataset=frame).train  # 80% at random, seeded
+    allowed = set(train_split["answer"])
+    found = contexts(list(result.predictions["prompt"]))
+    assert len(found) == len(frame) and all(len(examples) == 2 for examples in found)
+    assert {example["answer"] for examples in found for example in examples} <= allowed
+    assert len(allowed) < len(frame)
+
+
 def test_the_cli_trains_and_predicts_with_retrieval(tmp_path, tiny_llama_dir):
     config_file, dataset = tmp_path / "config.yaml", tmp_path / "data.csv"
     config_file.write_text(yaml.safe_dump(config(tiny_llama_dir, {"type": "random", "k": 1}, SHORT_TEMPLATE)))

@@ -191,9 +191,13 @@ def find_model_dir(model_path: str | Path) -> Path:
     path = Path(model_path).expanduser()
     if not path.exists():
         raise FwError(f"--model_path: '{model_path}' does not exist (expected results/<experiment>_<run>/model).")
-    if (path / MODEL_DIR / "config.json").is_file() or (path / MODEL_DIR / "adapter_config.json").is_file():
+    from fw.multi_adapter import is_multi_adapter_dir
+
+    if (path / MODEL_DIR / "config.json").is_file() or (path / MODEL_DIR / "adapter_config.json").is_file() \
+            or is_multi_adapter_dir(path / MODEL_DIR):
         return path / MODEL_DIR
-    if not ((path / "config.json").is_file() or (path / "adapter_config.json").is_file()):
+    if not ((path / "config.json").is_file() or (path / "adapter_config.json").is_file()
+            or is_multi_adapter_dir(path)):
         raise FwError(f"--model_path: '{model_path}' holds no saved model (no config.json or adapter_config.json). "
                       "Give the model/ folder written by fw train.")
     return path
@@ -210,13 +214,20 @@ def saved_config(model_dir: Path) -> dict:
                   "give --config as well.")
 
 
-def load_trained(model_path: str | Path, config: dict | None = None):
-    """(config, model, tokenizer) of a model saved by ``fw train`` (adapter on its base, or full weights)."""
+def load_trained(model_path: str | Path, config: dict | None = None, adapter: str | None = None):
+    """(config, model, tokenizer) of a model saved by ``fw train`` (adapter on its base, or full weights).
+    Several named adapters (``adapters:``) are all loaded, ``adapter`` (or the configured one) active."""
+    from fw import multi_adapter
     from fw.model_loading import load_base_model, load_pretrained_adapter, load_tokenizer
 
     model_dir = find_model_dir(model_path)
     data = config or saved_config(model_dir)
-    if (model_dir / "adapter_config.json").is_file():
+    multi_adapter.check_requested(data, adapter)
+    if data.get("adapters") or multi_adapter.is_multi_adapter_dir(model_dir):
+        base, _ = load_base_model({**data, "base_model": multi_adapter.saved_base_model(model_dir, data)},
+                                  for_training=False)
+        model = multi_adapter.load_saved(base, model_dir, data, adapter)
+    elif (model_dir / "adapter_config.json").is_file():
         base, _ = load_base_model({**data, "base_model": adapter_base(model_dir, data)}, for_training=False)
         model = load_pretrained_adapter(base, str(model_dir), trainable=False)
     else:

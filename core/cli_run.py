@@ -5,6 +5,8 @@
     fw predict --model_path results/experiment_run/model --dataset new.csv
     fw evaluate --model_path results/experiment_run/model --dataset data.csv --split test
     fw evaluate --config icl.yaml --dataset data.csv                 # trainer.type none: the base model directly
+    fw train --config multi.yaml --dataset a.csv --adapter task_a     # several named adapters: train one
+    fw predict --model_path results/experiment_run/model --dataset new.csv --adapter merged
 """
 from __future__ import annotations
 
@@ -23,6 +25,9 @@ def _data_flags(parser: argparse.ArgumentParser, sets: bool) -> None:
     parser.add_argument("--experiment_name", default="experiment", help="experiment name (default experiment)")
     parser.add_argument("--model_name", default="run", help="run name (default run)")
     parser.add_argument("--no_progress", action="store_true", help="no progress bars")
+    parser.add_argument("--adapter", default=None, metavar="NAME",
+                        help="with several named adapters (adapters:): the one to train / to predict with "
+                             "(default adapters.active)")
 
 
 def _require_config_file(path: str | None) -> None:
@@ -40,7 +45,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                             validation_set=args.validation_set, test_set=args.test_set,
                             output_directory=args.output_directory or "results",
                             experiment_name=args.experiment_name, model_name=args.model_name,
-                            resume=args.resume, show_progress=not args.no_progress)
+                            resume=args.resume, show_progress=not args.no_progress, adapter=args.adapter)
     _print_training(result)
     return 0
 
@@ -51,7 +56,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     _require_config_file(args.config)
     result = pipeline.predict(model_path=args.model_path, config=args.config, dataset=args.dataset, split=args.split,
                               output_directory=args.output_directory, experiment_name=args.experiment_name,
-                              model_name=args.model_name, show_progress=not args.no_progress)
+                              model_name=args.model_name, show_progress=not args.no_progress,
+                              adapter=args.adapter)
     _console().print(f"[green]✓[/green] {len(result.predictions)} predictions in {result.directory}")
     return 0
 
@@ -63,7 +69,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     result = pipeline.evaluate(model_path=args.model_path, config=args.config, dataset=args.dataset,
                                split=args.split, output_directory=args.output_directory,
                                experiment_name=args.experiment_name, model_name=args.model_name,
-                               show_progress=not args.no_progress)
+                               show_progress=not args.no_progress, adapter=args.adapter)
     _print_statistics(result.statistics)
     _console().print(f"[green]✓[/green] test_statistics.json and predictions in {result.directory}")
     return 0

@@ -223,16 +223,18 @@ def sync_special_tokens(model, tokenizer) -> None:
 
 
 # -- adapter -----------------------------------------------------------------------------------------------------
-def apply_adapter(model, config, training=None):
+def apply_adapter(model, config, training=None, adapter_name: str | None = None):
     """The model ready to train: wrapped with the ``adapter`` section (or continuing from
     ``adapter.pretrained_adapter_weights``); every parameter trainable when there is no adapter (full fine-tune).
     ``training`` (:class:`fw.initialization.TrainingData`) gives data-driven initializers (eva, corda) the
-    training rows for their pass before training, and AdaLoRA the planned step count."""
+    training rows for their pass before training, and AdaLoRA the planned step count.
+    With ``adapters`` (several named ones) every adapter is attached and only ``adapter_name`` (``--adapter``,
+    else ``adapters.active``) trains: see :mod:`fw.multi_adapter`."""
     data = config_data(config)
     if data.get("adapters"):
-        from fw.errors import NotBuiltYetError
+        from fw.multi_adapter import prepare_for_training
 
-        raise NotBuiltYetError("training several named adapters (the `adapters` section)", "multi-adapter support")
+        return prepare_for_training(model, data, adapter_name)[0]
     section = data.get("adapter")
     if not section:
         model.requires_grad_(True)

@@ -122,9 +122,10 @@ def localize_base_model(data: dict) -> dict:
 # -- train -------------------------------------------------------------------------------------------------------
 def train(config, dataset=None, training_set=None, validation_set=None, test_set=None,
           output_directory: str | Path = "results", experiment_name: str = "experiment", model_name: str = "run",
-          resume: bool = False, show_progress: bool = True) -> TrainResult:
-    """Fine-tune per the config; write ``<output_directory>/<experiment>_<run>/`` and return where it is."""
-    from fw import report
+          resume: bool = False, show_progress: bool = True, adapter: str | None = None) -> TrainResult:
+    """Fine-tune per the config; write ``<output_directory>/<experiment>_<run>/`` and return where it is.
+    ``adapter`` names the adapter of an ``adapters:`` section to train (default: ``adapters.active``)."""
+    from fw import multi_adapter, report
     from fw import trainer as training
     from fw.model_loading import apply_adapter, load_base_model
 
@@ -134,6 +135,7 @@ def train(config, dataset=None, training_set=None, validation_set=None, test_set
                       "to use the base model directly, or set trainer.type: finetune.")
     artifacts.check_mergeable(data.get("adapter"))
     quantization.check_runnable(data, for_training=True)
+    trained = multi_adapter.trained_name(data, adapter)
     splits = load_splits(data, dataset, training_set, validation_set, test_set)
     retriever = retrieval.prepare(data, splits.train)
     dataset_hash = artifacts.data_hash(splits.train, splits.validation, splits.test)
@@ -151,12 +153,16 @@ def train(config, dataset=None, training_set=None, validation_set=None, test_set
     model = quantization.prepare_for_training(model, data)
     train_rows = encode_frame(splits.train, data, tokenizer, "train", retriever)
     validation_rows = encode_frame(splits.validation, data, tokenizer, "validation", retriever)
-    model = apply_adapter(model, data, training_data(train_rows, tokenizer, data, show_progress))
-    statistics = training.train(model, tokenizer, train_rows, validation_rows, data, run_dir, resume=resume,
-                                show_progress=show_progress)
+    model = apply_adapter(model, data, training_data(train_rows, tokenizer, data, show_progress), adapter_name=trained)
+    statistics = training.train(model, tokenizer, train_rows, validation_rows,
+                                multi_adapter.training_view(data, trained) if trained else data, run_dir,
+                                resume=resume, show_progress=show_progress)
     test_rows = encode_frame(splits.test, data, tokenizer, "test", retriever)
     if test_rows:
         statistics["test"] = training.evaluate_loss(model, tokenizer, test_rows, eval_batch_size(data))
+    if trained:
+        statistics["adapter"] = trained
+        multi_adapter.finish_training(model, data)
     artifacts.write_json(run_dir / artifacts.TRAINING_STATISTICS, statistics)
     model_dir, model = save_trained(model, tokenizer, data, run_dir)
     retrieval.save_with_model(retriever, model_dir)
@@ -187,17 +193,23 @@ def save_trained(model, tokenizer, data: dict, run_dir: Path):
 
 
 # -- predict / evaluate ------------------------------------------------------------------------------------------
-def model_for_inference(model_path=None, config=None):
+def model_for_inference(model_path=None, config=None, adapter: str | None = None):
     """(config, model, tokenizer): a trained model from ``model_path``, or the base model of ``config``
-    (``trainer.type: none`` / in-context learning), with ``adapter.pretrained_adapter_weights`` if set."""
+    (``trainer.type: none`` / in-context learning), with ``adapter.pretrained_adapter_weights`` if set.
+    ``adapter`` picks one of several named adapters (``--adapter``)."""
+    from fw import multi_adapter
     from fw.model_loading import load_base_model, load_pretrained_adapter
 
     if model_path is not None:
-        return artifacts.load_trained(model_path, resolve_config(config) if config is not None else None)
+        return artifacts.load_trained(model_path, resolve_config(config) if config is not None else None,
+                                      adapter=adapter)
     if config is None:
         raise FwError("give --model_path (a model saved by fw train) or --config (to use its base model directly).")
     data = resolve_config(config)
+    multi_adapter.check_requested(data, adapter)
     model, tokenizer = load_base_model(data, for_training=False)
+    if data.get("adapters"):
+        return data, multi_adapter.for_inference(model, data, adapter), tokenizer
     weights = (data.get("adapter") or {}).get("pretrained_adapter_weights")
     if weights:
         model = load_pretrained_adapter(model, weights, trainable=False)
@@ -271,11 +283,12 @@ def write_predictions(table, directory: Path) -> None:
 
 
 def predict(model_path=None, config=None, dataset=None, split: str = "full", output_directory=None,
-            experiment_name: str = "experiment", model_name: str = "run", show_progress: bool = True) -> PredictResult:
+            experiment_name: str = "experiment", model_name: str = "run", show_progress: bool = True,
+            adapter: str | None = None) -> PredictResult:
     """Generate for every row; write ``predictions.parquet`` and ``predictions.csv``."""
     from fw import report
 
-    data, model, tokenizer = model_for_inference(model_path, config)
+    data, model, tokenizer = model_for_inference(model_path, config, adapter)
     seed_everything(data["trainer"]["seed"])
     frame = select_rows(data, dataset, split)
     retriever = retrieval.for_inference(data, model_path, dataset)
@@ -288,7 +301,8 @@ def predict(model_path=None, config=None, dataset=None, split: str = "full", out
 
 
 def evaluate(model_path=None, config=None, dataset=None, split: str = "full", output_directory=None,
-             experiment_name: str = "experiment", model_name: str = "run", show_progress: bool = True) -> EvaluateResult:
+             experiment_name: str = "experiment", model_name: str = "run", show_progress: bool = True,
+             adapter: str | None = None) -> EvaluateResult:
     """Predict, then score against the output column: ``test_statistics.json`` (loss, perplexity, exact
     match, token F1, BLEU / ROUGE for text outputs; accuracy, macro-F1, per-class precision / recall, confusion
     matrix and fallback rate for category outputs)."""
@@ -298,7 +312,7 @@ def evaluate(model_path=None, config=None, dataset=None, split: str = "full", ou
     from fw.prompt import is_missing, output_column
     from fw.trainer import evaluate_loss
 
-    data, model, tokenizer = model_for_inference(model_path, config)
+    data, model, tokenizer = model_for_inference(model_path, config, adapter)
     seed_everything(data["trainer"]["seed"])
     frame = select_rows(data, dataset, split)
     column = output_column(data)

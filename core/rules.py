@@ -194,12 +194,22 @@ def _merge_sources_compatible(adapters: dict, merge: dict, registry: Registry) -
     if not registry.has("merge_strategy", combination):
         return
     strategy = registry.get("merge_strategy", combination)
-    ranks = {name: section.get("r") for name, section in sections.items()}
+    from fw.multi_adapter import peft_rank
+
+    ranks = {name: peft_rank(section) for name, section in sections.items()}
     if strategy.requires_equal_ranks and len(set(ranks.values())) > 1:
         listed = ", ".join(f"{name} r={rank}" for name, rank in ranks.items())
         yield ConfigIssue("adapters.merge.combination_type",
                           f"{combination!r} needs sources of equal rank, got {listed}.",
                           "use combination_type svd or cat, or give the adapters the same r")
+
+
+@rule
+def multi_adapter_fits_peft(config: Config, registry: Registry) -> Iterator[ConfigIssue]:
+    """Several named adapters: what PEFT refuses (mixed methods, merging AdaLoRA / DoRA, mixed target forms)."""
+    from fw.multi_adapter import config_issues
+
+    yield from config_issues(config, registry)
 
 
 # -- quantization -----------------------------------------------------------------------------------

@@ -118,6 +118,15 @@ def test_the_merge_is_built_after_training_saved_and_active(tmp_path, tiny_llama
     merged = logits(reloaded)
     assert torch.allclose(merged, with_adapter(reloaded, "task_a"), atol=1e-5), "cat with weights [1, 0] is exact"
 
+    deployed = config(tiny_llama_dir, merge=merge, trainer={"type": "none"},
+                      adapters={name: {"type": "lora", "r": 4, "pretrained_adapter_weights": str(result.model_dir)}
+                                for name in ("task_a", "task_b")})
+    _, rebuilt, _ = pipeline.model_for_inference(config=deployed)
+    assert rebuilt.active_adapter == "merged" and torch.allclose(logits(rebuilt), merged, atol=1e-5)
+    predicted = pipeline.predict(config=deployed, dataset=spell_digits(2), adapter="task_b",
+                                 output_directory=tmp_path / "predict", show_progress=False)
+    assert len(predicted.predictions) == 2
+
 
 # -- the training target --------------------------------------------------------------------------------------
 def test_training_the_merged_adapter_is_refused_with_the_way_out(tmp_path, tiny_llama_dir):

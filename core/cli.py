@@ -163,6 +163,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INVALID
     except KeyboardInterrupt:
         return 130
+    except OSError as exc:  # disk full, permission denied...: the environment, not a bug; no traceback
+        where = f" ({exc.filename})" if exc.filename else ""
+        say(f"error: {exc.strerror or exc}{where}. Nothing half-written was left behind; free space or fix "
+            "the permissions, then run again (fw train --resume continues from the last checkpoint).", "red")
+        return EXIT_INVALID
 
 
 if __name__ == "__main__":

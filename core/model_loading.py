@@ -36,7 +36,9 @@ def quiet_libraries() -> None:
 
     import transformers
     from huggingface_hub.utils import disable_progress_bars
+    from huggingface_hub.utils import logging as hub_logging
 
+    hub_logging.set_verbosity_error()  # no "Retrying in 8s" lines: a failure becomes one FwError line
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
     disable_progress_bars()
@@ -198,6 +200,10 @@ def load_base_model(config, for_training: bool = False):
     location = resolve_location(name)
     if os.path.isdir(location):
         refuse_remote_code(location, name)
+    else:
+        from fw import report
+
+        report.info(f"base_model: loading '{name}' from the Hugging Face Hub (or its local cache)")
     tokenizer = load_tokenizer(location, name)
     quant_kwargs, transform, quant_section = quantization_kwargs(data, for_training)
     dtype = choose_dtype((data.get("trainer") or {}).get("precision", "auto"))

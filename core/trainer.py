@@ -26,9 +26,14 @@ class Position:
     epoch: int = 0
     batch: int = 0
     step: int = 0
+    #: ``batch`` at the last optimizer-step boundary (what an interrupted run can be resumed from)
+    committed_batch: int = 0
 
     def as_dict(self) -> dict:
         return {"epoch": self.epoch, "batch": self.batch, "step": self.step}
+
+    def committed(self) -> dict:
+        return {"epoch": self.epoch, "batch": self.committed_batch, "step": self.step}
 
 
 @dataclass
@@ -225,13 +230,13 @@ class Plan:
     steps_per_epoch: int
     total_steps: int
     epochs: int
+    #: ``callback(global_step)`` run after every optimizer step, before the gradients are cleared (AdaLoRA)
+    after_step: list = field(default_factory=list)
 
 
 def plan(train_rows, trainer: dict) -> Plan:
     batches = micro_batches(train_rows, trainer["batch_size"])
     accumulation = trainer["gradient_accumulation_steps"]
-    #: ``callback(global_step)`` run after every optimizer step, before the gradients are cleared (AdaLoRA)
-    after_step: list = field(default_factory=list)
     steps_per_epoch = math.ceil(len(batches) / accumulation)
     total = steps_per_epoch * trainer["epochs"]
     if trainer.get("train_steps"):
@@ -250,14 +255,14 @@ def train(model, tokenizer, train_rows, validation_rows, config: dict, run_dir: 
     trainer = config["trainer"]
     checkpoints = Path(run_dir) / "checkpoints"
     layout = plan(train_rows, trainer)
+    from fw.rank_allocation import step_callbacks
+
+    layout.after_step = step_callbacks(model)
     model.train()
     if trainer["enable_gradient_checkpointing"]:
         enable_gradient_checkpointing(model)
     alpha = (config.get("model_parameters") or {}).get("neftune_noise_alpha") or 0
     hook = add_neftune(model, alpha) if alpha else None
-    from fw.rank_allocation import step_callbacks
-
-    layout.after_step = step_callbacks(model)
     optimizer = build_optimizer(model, config)
     scheduler = build_scheduler(optimizer, layout.total_steps, trainer)
     position, history = Position(), History()
@@ -267,6 +272,10 @@ def train(model, tokenizer, train_rows, validation_rows, config: dict, run_dir: 
     try:
         run_epochs(model, tokenizer, train_rows, validation_rows, config, layout, optimizer, scheduler,
                    position, history, checkpoints, reporter)
+    except BaseException:
+        reporter.close()
+        save_interrupted(checkpoints, model, optimizer, scheduler, position, history)
+        raise
     finally:
         reporter.close()
         if hook is not None:
@@ -275,6 +284,23 @@ def train(model, tokenizer, train_rows, validation_rows, config: dict, run_dir: 
         ckpt.restore_best(checkpoints, model)
     model.eval()
     return {**history.as_dict(), "steps": position.step, "total_steps": layout.total_steps}
+
+
+def save_interrupted(checkpoints: Path, model, optimizer, scheduler, position: Position, history: History) -> None:
+    """Ctrl-C, out of memory, a crash: keep the work done so far as a checkpoint at the last optimizer step
+    (the weights and optimizer are exactly there; a half-accumulated gradient is simply redone on resume)."""
+    from fw import report
+
+    if position.step == 0:
+        return
+    try:
+        path = ckpt.save_checkpoint(checkpoints, position.step, model, optimizer, scheduler, position.committed(),
+                                    history.as_dict())
+    except Exception as exc:  # the original error matters more; say why nothing was saved
+        report.warn(f"training stopped at step {position.step}; could not write a checkpoint: {exc}")
+        return
+    report.warn(f"training stopped at step {position.step}; checkpoint saved in {path}. "
+                "Run the same fw train command with --resume to continue.")
 
 
 def restore(checkpoints: Path, model, optimizer, scheduler) -> tuple[Position, History]:
@@ -287,7 +313,9 @@ def restore(checkpoints: Path, model, optimizer, scheduler) -> tuple[Position, H
     state = ckpt.load_checkpoint(latest, model, optimizer, scheduler)
     report.info(f"resuming from {latest} (epoch {state['position']['epoch'] + 1}, "
                 f"step {state['position']['step']})")
-    return Position(**state["position"]), History.from_dict(state["history"])
+    position = Position(**state["position"])
+    position.committed_batch = position.batch
+    return position, History.from_dict(state["history"])
 
 
 def run_epochs(model, tokenizer, train_rows, validation_rows, config, layout: Plan, optimizer, scheduler,
@@ -303,7 +331,7 @@ def run_epochs(model, tokenizer, train_rows, validation_rows, config, layout: Pl
             history.training["loss"].append(sum(epoch_losses) / len(epoch_losses))
         end_of_epoch(model, tokenizer, validation_rows, trainer, position, history, checkpoints, reporter)
         if finished_epoch:
-            position.epoch, position.batch = position.epoch + 1, 0
+            position.epoch, position.batch, position.committed_batch = position.epoch + 1, 0, 0
         ckpt.save_checkpoint(checkpoints, position.step, model, optimizer, scheduler, position.as_dict(),
                              history.as_dict())
         if not finished_epoch:
@@ -337,8 +365,11 @@ def run_one_epoch(model, tokenizer, train_rows, trainer, layout: Plan, optimizer
         lr = optimizer.param_groups[0]["lr"]
         optimizer.step()
         scheduler.step()
+        for callback in layout.after_step:
+            callback(position.step)
         optimizer.zero_grad(set_to_none=True)
         position.step += 1
+        position.committed_batch = position.batch
         history.train_loss_per_step.append(group_loss)
         history.learning_rate_per_step.append(lr)
         elapsed = max(time.perf_counter() - started, 1e-9)
@@ -365,7 +396,5 @@ def end_of_epoch(model, tokenizer, validation_rows, trainer, position: Position,
     else:
         history.epochs_without_improvement += 1
         patience = trainer["early_stop"]
-        for callback in layout.after_step:
-            callback(position.step)
         if patience is not None and patience >= 0 and history.epochs_without_improvement >= max(patience, 1):
             history.stopped_early = True

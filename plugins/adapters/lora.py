@@ -43,7 +43,7 @@ _PLAIN_NAME = re.compile(r"[\w.]+")
 
 
 def substring_patterns(patterns: dict) -> dict:
-    """rank_pattern / alpha_pattern keys as the spec defines them, matched by *substring* against module names
+    r"""rank_pattern / alpha_pattern keys as the spec defines them, matched by *substring* against module names
     (``q_proj``, ``layers.0``, ``self_attn``). PEFT matches a key as a regex against the end of the dotted name
     (``(.*\.)?(key)$``), so a plain name becomes ``.*<name>.*``; a key that is already a regex is kept as PEFT
     reads it. When several keys match a module, the first one wins (PEFT)."""

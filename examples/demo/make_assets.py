@@ -54,8 +54,10 @@ def build_base_model(path: Path, hidden: int = 128, layers: int = 4, heads: int 
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    from fw.model_loading import quiet_libraries
     from fw.tiny import DEFAULT_CORPUS, build_tokenizer
 
+    quiet_libraries()
     corpus = DEFAULT_CORPUS + ([" ".join(WORDS), "\n".join(WORDS + list(CATEGORIES)),
                                 "Which kind are most of these words: apple tiger lemon\nAnswer: fruit"] * 8)
     tokenizer = build_tokenizer(path, corpus)

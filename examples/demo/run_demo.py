@@ -34,8 +34,8 @@ METRICS = (("exact_match", "exact match (higher is better)", "{:.1%}"),
            ("perplexity", "perplexity (lower is better)", "{:.2f}"))
 
 
-def fw(*args: str) -> None:
-    command = [sys.executable, "-m", "fw.cli", *map(str, args), "--no_progress"]
+def fw(*args: str, progress: bool = False) -> None:
+    command = [sys.executable, "-m", "fw.cli", *map(str, args), *([] if progress else ["--no_progress"])]
     print(f"$ fw {' '.join(map(str, args))}", flush=True)
     subprocess.run(command, cwd=ROOT, check=True)
 
@@ -63,7 +63,7 @@ def main() -> int:
     fw("evaluate", "--config", WORK / "base_config.yaml", "--dataset", DATASET, "--split", "test",
        "--output_directory", WORK / "base_eval")
     fw("train", "--config", CONFIG, "--dataset", DATASET, "--output_directory", WORK / "runs",
-       "--experiment_name", "demo")
+       "--experiment_name", "demo", progress=True)
     model = WORK / "runs" / "demo_run" / "model"
     fw("evaluate", "--model_path", model, "--dataset", DATASET, "--split", "test")
 

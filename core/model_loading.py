@@ -34,6 +34,9 @@ def quiet_libraries() -> None:
     its own progress and turns real problems into FwError lines."""
     import warnings
 
+    from fw.quantization import quiet_quantization_libraries
+
+    quiet_quantization_libraries()  # first: transformers may import torchao, which logs on import
     import transformers
     from huggingface_hub.utils import disable_progress_bars
     from huggingface_hub.utils import logging as hub_logging
@@ -44,9 +47,6 @@ def quiet_libraries() -> None:
     disable_progress_bars()
     for category in (FutureWarning, DeprecationWarning, UserWarning):
         warnings.filterwarnings("ignore", category=category, module=r"(transformers|peft|torch)(\..*)?")
-    from fw.quantization import quiet_quantization_libraries
-
-    quiet_quantization_libraries()
 
 
 def config_data(config) -> dict:

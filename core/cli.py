@@ -54,16 +54,11 @@ def cmd_list_plugins(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return EXIT_OK
-    from rich.table import Table
-    table = Table(title="fw plugins", show_lines=False)
-    for column in ("kind", "name", "summary", "distribution", "status"):
-        table.add_column(column, overflow="fold", no_wrap=column in ("kind", "name", "distribution"))
-    for row in rows:
-        status = row["status"]
-        style = "green" if status == "ok" else "red"
-        table.add_row(row["kind"], row["name"], row["summary"], f"{row['distribution']} {row['version']}",
-                      f"[{style}]{status}[/{style}]")
-    _console().print(table)
+    from fw.console import plain_table
+    cells = [[row["kind"], row["name"], f"{row['distribution']} {row['version']}", row["summary"], row["status"]]
+             for row in rows]
+    styles = [None if row["status"] == "ok" else "red" for row in rows]
+    print(plain_table(["kind", "name", "distribution", "summary", "status"], cells, styles))
     return EXIT_OK
 
 

@@ -21,3 +21,18 @@ def paint(text: str, style: str, stream: TextIO) -> str:
 def say(text: str, style: str | None = None, *, err: bool = True) -> None:
     stream = sys.stderr if err else sys.stdout
     print(paint(text, style, stream) if style else text, file=stream)
+
+
+def plain_table(header: list[str], rows: list[list[str]], styles: list[str | None] | None = None,
+                stream: TextIO | None = None) -> str:
+    """Columns aligned with spaces (the last one free-running); rich's table renderer costs ~0.1 s per call,
+    which matters for `fw list-plugins`. ``styles`` colors whole rows (None = plain)."""
+    stream = stream or sys.stdout
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header) - 1)]
+
+    def line(cells) -> str:
+        return "  ".join([str(c).ljust(w) for c, w in zip(cells, widths)] + [str(cells[-1])]).rstrip()
+
+    body = [paint(line(row), style, stream) if style else line(row)
+            for row, style in zip(rows, styles or [None] * len(rows))]
+    return "\n".join([paint(line(header), "bold", stream), *body])

@@ -23,11 +23,6 @@ class UsageError(FwError):
     pass
 
 
-def _console(stderr: bool = False):
-    from rich.console import Console
-    return Console(stderr=stderr, highlight=False, soft_wrap=True)
-
-
 def _kind(value: str) -> str:
     kind = KIND_ALIASES.get(value, value)
     if kind not in KINDS:

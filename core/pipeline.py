@@ -138,16 +138,7 @@ def train(config, dataset=None, training_set=None, validation_set=None, test_set
     trained = multi_adapter.trained_name(data, adapter)
     splits = load_splits(data, dataset, training_set, validation_set, test_set)
     retriever = retrieval.prepare(data, splits.train)
-    dataset_hash = artifacts.data_hash(splits.train, splits.validation, splits.test)
-    if resume:
-        run_dir = artifacts.run_directory_to_resume(output_directory, experiment_name, model_name)
-        previous = artifacts.read_manifest(run_dir).get("data_hash")
-        if previous and previous != dataset_hash:
-            report.warn(f"--resume: the data differs from the data {run_dir} was trained on so far.")
-    else:
-        run_dir = artifacts.new_run_directory(output_directory, experiment_name, model_name)
-    artifacts.write_config(run_dir, data)
-    artifacts.write_manifest(run_dir, data, dataset_hash)
+    run_dir = prepare_run_directory(data, splits, output_directory, experiment_name, model_name, resume)
     seed_everything(data["trainer"]["seed"])
     model, tokenizer = load_base_model(data, for_training=True)
     model = quantization.prepare_for_training(model, data)
@@ -168,6 +159,25 @@ def train(config, dataset=None, training_set=None, validation_set=None, test_set
     retrieval.save_with_model(retriever, model_dir)
     report.info(f"saved the model to {model_dir}")
     return TrainResult(run_dir, model_dir, statistics, data, model, tokenizer)
+
+
+def prepare_run_directory(data: dict, splits, output_directory, experiment_name: str, model_name: str,
+                          resume: bool) -> Path:
+    """A new ``<experiment>_<run>`` directory (or, with ``resume``, the latest one that has a checkpoint) holding
+    the resolved config and the manifest."""
+    from fw import report
+
+    dataset_hash = artifacts.data_hash(splits.train, splits.validation, splits.test)
+    if resume:
+        run_dir = artifacts.run_directory_to_resume(output_directory, experiment_name, model_name)
+        previous = artifacts.read_manifest(run_dir).get("data_hash")
+        if previous and previous != dataset_hash:
+            report.warn(f"--resume: the data differs from the data {run_dir} was trained on so far.")
+    else:
+        run_dir = artifacts.new_run_directory(output_directory, experiment_name, model_name)
+    artifacts.write_config(run_dir, data)
+    artifacts.write_manifest(run_dir, data, dataset_hash)
+    return run_dir
 
 
 def training_data(train_rows, tokenizer, data: dict, show_progress: bool):

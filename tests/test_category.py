@@ -21,7 +21,10 @@ from fw.config import load_config
 from fw.label_scoring import label_ids, score_batch, score_labels
 from fw.metrics import category_metrics
 
-SNIPPETS = sorted(Path("/work/shared/spec/snippets").glob("category_*.yaml"))
+from spec_location import SNIPPETS as SNIPPET_DIR
+from spec_location import needs_snippets
+
+SNIPPETS = sorted(SNIPPET_DIR.glob("category_*.yaml"))
 
 
 def category_config(match: dict, fallback="neutral", base="unused", **decoder) -> dict:
@@ -164,6 +167,7 @@ def test_fw_predict_writes_labels_and_raw_generations(tmp_path, tiny_llama_dir):
     assert set(table["label_predictions"]) <= {"positive", "negative", "neutral"}
 
 
+@needs_snippets
 @pytest.mark.parametrize("snippet", SNIPPETS, ids=lambda path: path.stem)
 def test_spec_category_snippets_run_fw_evaluate_end_to_end(tmp_path, tiny_llama_dir, snippet):
     raw = yaml.safe_load(snippet.read_text())

@@ -28,7 +28,7 @@ KIND_DIRS = ("initializers", "quantizers", "matchers", "merges", "retrievers")
 SCHEMA_ROOT = importlib.resources.files("fw.schemas")
 SCHEMA_FILES = sorted(f"{kind}/{entry.name}" for kind in KIND_DIRS
                       for entry in SCHEMA_ROOT.joinpath(kind).iterdir() if entry.name.endswith(".json"))
-SNIPPETS = Path("/work/shared/spec/snippets")
+from spec_location import SNIPPETS  # noqa: E402
 
 PLUGIN_MODULES = {
     "fw.plugins.initializers.lora_inits": "fw_initializers",

@@ -8,8 +8,9 @@ import pytest
 
 import fw
 
-SNIPPETS = Path(__file__).resolve().parents[2] / "shared" / "spec" / "snippets"
-pytestmark = pytest.mark.skipif(not SNIPPETS.is_dir(), reason=f"spec snippets not found at {SNIPPETS}")
+from spec_location import SNIPPETS, needs_snippets
+
+pytestmark = needs_snippets
 
 
 def expected_rejections() -> dict[str, list[str]]:

@@ -42,6 +42,11 @@ class EncodedRow:
         return len(self.input_ids)
 
     @property
+    def trained_tokens(self) -> int:
+        """Tokens the loss is taken on: labels after the first position (nothing predicts position 0)."""
+        return sum(label != IGNORE_INDEX for label in self.labels[1:])
+
+    @property
     def prompt_length(self) -> int:
         """Tokens before the first trained token."""
         return next((i for i, label in enumerate(self.labels) if label != IGNORE_INDEX), len(self.labels))

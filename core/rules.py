@@ -321,6 +321,15 @@ def adapter_without_training(config: Config, registry: Registry) -> Iterator[Con
                                       "changes nothing.", "set pretrained_adapter_weights, or remove it")
 
 
+@rule
+def token_budget_needs_packing(config: Config, registry: Registry) -> Iterator[ConfigIssue]:
+    trainer = config["trainer"]
+    if trainer.get("max_tokens_per_batch") is not None and not trainer.get("packing"):
+        yield ConfigIssue("trainer.max_tokens_per_batch", "is the budget of a packed micro-batch, but "
+                                                          "trainer.packing is false.",
+                          "set trainer.packing: true, or remove max_tokens_per_batch (batch_size counts rows)")
+
+
 
 # -- generation strategies, constrained decoding, label scoring (fw.generation_settings, fw.constrained) -------
 @rule

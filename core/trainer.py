@@ -8,6 +8,11 @@ early stopping, a rich progress bar (loss, lr, tokens/s) and TensorBoard event f
 Reproducible: micro-batches are length-sorted once, and each epoch visits them in an order drawn from a
 generator seeded with ``trainer.seed + epoch``; with the RNG states restored from a checkpoint, a resumed run
 replays exactly what an uninterrupted run does (checkpoints are only taken on optimizer-step boundaries).
+
+The loss of an optimizer step is the mean over the trained (response) tokens of all its micro-batches, so it
+does not depend on how rows are batched. Speed (see fw.packing, fw.loss): ``trainer.packing`` packs rows into
+padding-free token budgets, ``trainer.chunked_loss`` runs the output head only on response tokens, in chunks,
+``trainer.compile`` torch.compiles the decoder.
 """
 from __future__ import annotations
 
@@ -120,7 +125,7 @@ def epoch_order(count: int, seed: int, epoch: int) -> list[int]:
 
 
 def to_device(batch: dict, device) -> dict:
-    return {key: value.to(device) for key, value in batch.items()}
+    return {key: value.to(device) if hasattr(value, "to") else value for key, value in batch.items()}
 
 
 def collate(rows, tokenizer, padding_side: str = "right") -> dict:
@@ -232,16 +237,62 @@ class Plan:
     epochs: int
     #: ``callback(global_step)`` run after every optimizer step, before the gradients are cleared (AdaLoRA)
     after_step: list = field(default_factory=list)
+    #: micro-batches are packed rows (fw.packing); ``flash_kwargs``: with flash attention's cu_seqlens
+    packed: bool = False
+    flash_kwargs: bool = False
+    #: ``loss_sum(model, batch) -> (sum of token losses, tokens)`` (fw.loss)
+    loss_sum: object = None
+
+    def batch(self, rows, tokenizer) -> dict:
+        from fw.packing import collate_packed
+
+        return collate_packed(rows, self.flash_kwargs) if self.packed else collate(rows, tokenizer)
 
 
 def plan(train_rows, trainer: dict) -> Plan:
-    batches = micro_batches(train_rows, trainer["batch_size"])
+    from fw.packing import packed_batches
+
+    packed = bool(trainer.get("packing"))
+    batches = packed_batches(train_rows, trainer) if packed else micro_batches(train_rows, trainer["batch_size"])
     accumulation = trainer["gradient_accumulation_steps"]
     steps_per_epoch = math.ceil(len(batches) / accumulation)
     total = steps_per_epoch * trainer["epochs"]
     if trainer.get("train_steps"):
         total = min(total, trainer["train_steps"])
-    return Plan(batches, accumulation, steps_per_epoch, total, trainer["epochs"])
+    return Plan(batches, accumulation, steps_per_epoch, total, trainer["epochs"], packed=packed)
+
+
+def prepare_speedups(model, tokenizer, train_rows, trainer: dict, layout: Plan) -> None:
+    """Attention kernel and row-separation check for packing, torch.compile, the loss path (fw.loss)."""
+    from fw import loss, packing
+
+    if layout.packed:
+        packing.choose_attention(model)
+        layout.flash_kwargs = packing.uses_flash_kwargs(model)
+        packing.check_rows_separated(model, train_rows)
+    if trainer.get("compile"):
+        compile_model(model)
+    first = to_device(layout.batch([train_rows[i] for i in layout.batches[0]], tokenizer), model_device(model))
+    layout.loss_sum = loss.choose(model, first, trainer.get("chunked_loss", True))
+
+
+def compile_model(model) -> None:
+    """``torch.compile`` the decoder in place (``nn.Module.compile``: parameter names, hence checkpoints, stay
+    as they are); both loss paths run through it."""
+    from fw.errors import FwError
+    from fw.loss import transformers_model
+
+    try:
+        transformers_model(model).get_decoder().compile()
+    except Exception as exc:  # noqa: BLE001 - torch raises many kinds here; the user needs the one line
+        raise FwError(f"trainer.compile: torch.compile failed ({type(exc).__name__}: {exc}); "
+                      "set trainer.compile: false.") from exc
+
+
+def group_tokens(train_rows, layout: Plan, order: list[int], start: int, size: int) -> int:
+    """Trained tokens in the micro-batches ``order[start:start + size]``: the loss of an optimizer step is the
+    mean over these, the same however the rows are batched or packed."""
+    return sum(train_rows[i].trained_tokens for index in order[start:start + size] for i in layout.batches[index])
 
 
 def train(model, tokenizer, train_rows, validation_rows, config: dict, run_dir: Path, resume: bool = False,
@@ -263,6 +314,7 @@ def train(model, tokenizer, train_rows, validation_rows, config: dict, run_dir: 
         enable_gradient_checkpointing(model)
     alpha = (config.get("model_parameters") or {}).get("neftune_noise_alpha") or 0
     hook = add_neftune(model, alpha) if alpha else None
+    prepare_speedups(model, tokenizer, train_rows, trainer, layout)
     optimizer = build_optimizer(model, config)
     scheduler = build_scheduler(optimizer, layout.total_steps, trainer)
     position, history = Position(), History()
@@ -346,17 +398,18 @@ def run_one_epoch(model, tokenizer, train_rows, trainer, layout: Plan, optimizer
     order = epoch_order(len(layout.batches), trainer["seed"], position.epoch)
     device = model_device(model)
     clip = trainer["gradient_clipping"]["clipglobalnorm"]
-    group_loss, group_tokens, started = 0.0, 0, time.perf_counter()
+    group_loss, seen_tokens, started = 0.0, 0, time.perf_counter()
     count = len(order)
     while position.batch < count and position.step < layout.total_steps:
         index = position.batch
         group_start = (index // layout.accumulation) * layout.accumulation
         group_size = min(layout.accumulation, count - group_start)
-        batch = to_device(collate([train_rows[i] for i in layout.batches[order[index]]], tokenizer), device)
-        loss = model(**batch).loss
-        (loss / group_size).backward()
-        group_loss += float(loss.detach()) / group_size
-        group_tokens += int(batch["attention_mask"].sum())
+        targets = max(1, group_tokens(train_rows, layout, order, group_start, group_size))
+        batch = to_device(layout.batch([train_rows[i] for i in layout.batches[order[index]]], tokenizer), device)
+        loss_sum, _ = layout.loss_sum(model, batch)
+        (loss_sum / targets).backward()
+        group_loss += float(loss_sum.detach()) / targets
+        seen_tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
         position.batch += 1
         if position.batch - group_start < group_size:
             continue
@@ -373,8 +426,8 @@ def run_one_epoch(model, tokenizer, train_rows, trainer, layout: Plan, optimizer
         history.train_loss_per_step.append(group_loss)
         history.learning_rate_per_step.append(lr)
         elapsed = max(time.perf_counter() - started, 1e-9)
-        reporter.step(position.step, group_loss, lr, group_tokens / elapsed)
-        group_loss, group_tokens, started = 0.0, 0, time.perf_counter()
+        reporter.step(position.step, group_loss, lr, seen_tokens / elapsed)
+        group_loss, seen_tokens, started = 0.0, 0, time.perf_counter()
         if every and position.step % every == 0 and position.batch < count:
             ckpt.save_checkpoint(checkpoints, position.step, model, optimizer, scheduler, position.as_dict(),
                                  history.as_dict())

@@ -25,8 +25,15 @@ test: install
 demo: install
 	$(BIN)/python examples/demo/run_demo.py
 
+# Training speed (bench/train_speed.py) needs a CUDA GPU; without one it runs its CPU --smoke check instead.
 bench: install
 	$(BIN)/python bench/cli_speed.py
+	@if $(BIN)/python -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then \
+		$(BIN)/python bench/train_speed.py; \
+	else \
+		echo "no CUDA GPU: running bench/train_speed.py --smoke (tiny model on CPU; no speed figures)"; \
+		$(BIN)/python bench/train_speed.py --smoke; \
+	fi
 
 clean:
 	rm -rf $(VENV) results build dist *.egg-info

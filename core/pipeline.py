@@ -99,13 +99,18 @@ def targets_of(frame, data: dict) -> list[str]:
 
 def encode_frame(frame, data: dict, tokenizer, split_name: str, retriever=None):
     """Training rows (prompt + target, loss on the target) of ``frame``; truncation reported in one line."""
+    if frame is None or not len(frame):
+        return []
+    return encode_pairs(prompts_of(frame, data, tokenizer, retriever, split_name), targets_of(frame, data),
+                        tokenizer, data, split_name)
+
+
+def encode_pairs(prompts: list[str], targets: list[str], tokenizer, data: dict, split_name: str):
+    """Rendered prompts + targets as training rows; truncation reported in one line."""
     from fw import report
     from fw.encoding import encode
 
-    if frame is None or not len(frame):
-        return []
-    prompts = prompts_of(frame, data, tokenizer, retriever, split_name)
-    rows, truncation = encode(prompts, targets_of(frame, data), tokenizer, data)
+    rows, truncation = encode(prompts, targets, tokenizer, data)
     if truncation.truncated_rows:
         report.info(f"{split_name}: {truncation.summary()}")
     return rows
@@ -255,9 +260,9 @@ def output_directory_for(output_directory, model_path, experiment_name: str, mod
     return artifacts.new_run_directory("results", experiment_name, model_name)
 
 
-def generate_for(frame, data: dict, model, tokenizer, show_progress: bool, retriever=None):
-    """(prompts, generations, :class:`fw.category.Outputs`) for every row of ``frame``; with
-    ``decoder.label_scoring`` the labels are ranked by likelihood instead of generated (no raw generation)."""
+def generate_for(prompts: list[str], data: dict, model, tokenizer, show_progress: bool):
+    """(generations, :class:`fw.category.Outputs`) for every rendered prompt; with ``decoder.label_scoring`` the
+    labels are ranked by likelihood instead of generated (no raw generation)."""
     from fw.category import output_values
     from fw.encoding import encode_prompts
     from fw.inference import Generation, generate
@@ -265,15 +270,14 @@ def generate_for(frame, data: dict, model, tokenizer, show_progress: bool, retri
 
     from fw import report
 
-    prompts = prompts_of(frame, data, tokenizer, retriever)
     encoded, truncation = encode_prompts(prompts, tokenizer, data)
     if truncation.truncated_rows:
         report.info(f"predict: {truncation.summary()}")
     if is_label_scoring(data):
         outputs = score_labels(model, tokenizer, encoded, data, show_progress)
-        return prompts, [Generation(raw="", text=label) for label in outputs.values], outputs
+        return [Generation(raw="", text=label) for label in outputs.values], outputs
     generations = generate(model, tokenizer, encoded, data, show_progress)
-    return prompts, generations, output_values([g.text for g in generations], data)
+    return generations, output_values([g.text for g in generations], data)
 
 
 def predictions_frame(frame, data: dict, prompts, generations, outputs):
@@ -302,7 +306,8 @@ def predict(model_path=None, config=None, dataset=None, split: str = "full", out
     seed_everything(data["trainer"]["seed"])
     frame = select_rows(data, dataset, split)
     retriever = retrieval.for_inference(data, model_path, dataset)
-    prompts, generations, outputs = generate_for(frame, data, model, tokenizer, show_progress, retriever)
+    prompts = prompts_of(frame, data, tokenizer, retriever)
+    generations, outputs = generate_for(prompts, data, model, tokenizer, show_progress)
     table = predictions_frame(frame, data, prompts, generations, outputs)
     directory = output_directory_for(output_directory, model_path, experiment_name, model_name)
     write_predictions(table, directory)
@@ -333,10 +338,11 @@ def evaluate(model_path=None, config=None, dataset=None, split: str = "full", ou
     if not len(frame):
         raise FwError(f"fw evaluate: no row has a '{column}' value to score against.")
     retriever = retrieval.for_inference(data, model_path, dataset)
-    prompts, generations, outputs = generate_for(frame, data, model, tokenizer, show_progress, retriever)
+    prompts = prompts_of(frame, data, tokenizer, retriever)  # rendered once: generation and loss share them
+    generations, outputs = generate_for(prompts, data, model, tokenizer, show_progress)
     output_type = data["output_features"][0].get("type", "text")
     targets = targets_of(frame, data)
-    scores = evaluate_loss(model, tokenizer, encode_frame(frame, data, tokenizer, "evaluate", retriever),
+    scores = evaluate_loss(model, tokenizer, encode_pairs(prompts, targets, tokenizer, data, "evaluate"),
                            eval_batch_size(data))
     scores.update(output_metrics(outputs.values, targets, output_type, outputs.matched, labels_of(data)))
     name = data["output_features"][0]["name"]

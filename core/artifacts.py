@@ -218,24 +218,25 @@ def load_trained(model_path: str | Path, config: dict | None = None, adapter: st
     """(config, model, tokenizer) of a model saved by ``fw train`` (adapter on its base, or full weights).
     Several named adapters (``adapters:``) are all loaded, ``adapter`` (or the configured one) active."""
     from fw import multi_adapter
-    from fw.model_loading import load_base_model, load_pretrained_adapter, load_tokenizer
+    from fw.model_loading import load_base_model, load_pretrained_adapter
 
     model_dir = find_model_dir(model_path)
     data = config or saved_config(model_dir)
     multi_adapter.check_requested(data, adapter)
+    saved_tokenizer = str(model_dir)
     if data.get("adapters") or multi_adapter.is_multi_adapter_dir(model_dir):
-        base, _ = load_base_model({**data, "base_model": multi_adapter.saved_base_model(model_dir, data)},
-                                  for_training=False)
+        base, tokenizer = load_base_model({**data, "base_model": multi_adapter.saved_base_model(model_dir, data)},
+                                          for_training=False, tokenizer_from=saved_tokenizer)
         model = multi_adapter.load_saved(base, model_dir, data, adapter)
     elif (model_dir / "adapter_config.json").is_file():
-        base, _ = load_base_model({**data, "base_model": adapter_base(model_dir, data)}, for_training=False)
+        base, tokenizer = load_base_model({**data, "base_model": adapter_base(model_dir, data)}, for_training=False,
+                                          tokenizer_from=saved_tokenizer)
         model = load_pretrained_adapter(base, str(model_dir), trainable=False)
     else:
         # full or merged weights saved quantized (torchao QAT / merge, bitsandbytes) carry their own
         # quantization_config in config.json: from_pretrained restores them, quantizing again would be wrong
-        model, _ = load_base_model({**data, "base_model": str(model_dir.resolve()), "quantization": None},
-                                   for_training=False)
-    tokenizer = load_tokenizer(str(model_dir))
+        model, tokenizer = load_base_model({**data, "base_model": str(model_dir.resolve()), "quantization": None},
+                                           for_training=False, tokenizer_from=saved_tokenizer)
     model.eval()
     return data, model, tokenizer
 

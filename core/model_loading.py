@@ -192,8 +192,9 @@ def load_model_weights(location: str, name: str, dtype, extra: dict):
         raise FwError(hub_error_message(name, exc)) from None
 
 
-def load_base_model(config, for_training: bool = False):
-    """(model, tokenizer) for ``config['base_model']``, on the best device, in eval mode unless training."""
+def load_base_model(config, for_training: bool = False, tokenizer_from: str | None = None):
+    """(model, tokenizer) for ``config['base_model']``, on the best device, in eval mode unless training.
+    ``tokenizer_from``: load the tokenizer from there instead (a saved run's ``model/``)."""
     quiet_libraries()
     data = config_data(config)
     name = data["base_model"]
@@ -204,7 +205,7 @@ def load_base_model(config, for_training: bool = False):
         from fw import report
 
         report.info(f"base_model: loading '{name}' from the Hugging Face Hub (or its local cache)")
-    tokenizer = load_tokenizer(location, name)
+    tokenizer = load_tokenizer(tokenizer_from) if tokenizer_from else load_tokenizer(location, name)
     quant_kwargs, transform, quant_section = quantization_kwargs(data, for_training)
     dtype = choose_dtype((data.get("trainer") or {}).get("precision", "auto"))
     from fw.rope import rope_kwargs

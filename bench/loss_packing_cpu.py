@@ -1,4 +1,4 @@
-"""CPU micro-benchmark of fw.loss (chunked loss) and fw.packing (padding-free packing). Not a test.
+"""CPU micro-benchmark of fw.train.loss (chunked loss) and fw.train.packing (padding-free packing). Not a test.
 
     .venv/bin/python bench/loss_packing_cpu.py
 
@@ -45,7 +45,7 @@ def rss_mb() -> float:
 def loss_variant(name: str) -> dict:
     import torch
 
-    from fw import loss
+    from fw.train import loss
 
     model = small_llama(VOCAB)
     ids = torch.randint(5, VOCAB, (ROWS, LENGTH), generator=torch.Generator().manual_seed(0))
@@ -78,8 +78,8 @@ def lengths(count: int) -> list[int]:
 def packing_variant(name: str) -> dict:
     import torch
 
-    from fw import loss, packing
-    from fw.encoding import EncodedRow, collate
+    from fw.train import loss, packing
+    from fw.data.tokens import EncodedRow, collate
 
     model = small_llama(32_000)
     generator = torch.Generator().manual_seed(1)
@@ -92,7 +92,7 @@ def packing_variant(name: str) -> dict:
         groups = packing.packed_batches(rows, trainer)
         batches = [packing.collate_packed([rows[i] for i in group]) for group in groups]
     else:
-        from fw.encoding import length_sorted_batches
+        from fw.data.tokens import length_sorted_batches
 
         groups = length_sorted_batches([len(row) for row in rows], 8)
         batches = [collate([rows[i] for i in group], pad_token_id=0) for group in groups]

@@ -15,7 +15,7 @@ BATCH_SIZES = (1, 8, 32)
 
 
 def config(base: str, batch_size: int, label_scoring: bool = False) -> dict:
-    from fw.config import load_config
+    from fw.config.load import load_config
 
     output = {"name": "label", "type": "category", "preprocessing": {"fallback_label": "neutral"},
               "decoder": {"type": "category_extractor", "label_scoring": label_scoring,
@@ -50,9 +50,9 @@ def main() -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from fw.inference import generate
-    from fw.label_scoring import score_labels
-    from fw.tiny import build_tiny_llama
+    from fw.infer.generation import generate
+    from fw.infer.label_scoring import score_labels
+    from fw.model.tiny import build_tiny_llama
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     with tempfile.TemporaryDirectory() as directory:

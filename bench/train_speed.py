@@ -21,7 +21,7 @@ What is compared (the same on both sides):
   exactly the same rows (the same real tokens); the first ``--warmup-steps`` steps are not timed.
 
 The reference is ``transformers.Trainer`` with a minimal collator that pads each batch to its longest row. The
-fw side is fw's own trainer (``fw.trainer.train``) on rows of :class:`fw.encoding.EncodedRow`, with the fast
+fw side is fw's own trainer (``fw.train.trainer.train``) on rows of :class:`fw.data.tokens.EncodedRow`, with the fast
 trainer options of the config switched on where the installed fw has them (``trainer.packing``,
 ``trainer.compile``, ...; read from ``schemas/core.json``), else its defaults.
 
@@ -337,7 +337,7 @@ def fast_trainer_options(settings: Settings) -> dict:
 
 def fw_config(settings: Settings) -> dict:
     """A validated fw config (every default filled) with the benchmark's LoRA and trainer settings."""
-    from fw.config import load_config
+    from fw.config.load import load_config
 
     device, _ = device_and_dtype(settings)
     trainer = {"batch_size": settings.batch_rows, "epochs": 1, "learning_rate": settings.learning_rate,
@@ -354,15 +354,15 @@ def fw_config(settings: Settings) -> dict:
 
 
 def train_fw(model, rows, settings: Settings, clock: StepClock, run_dir: Path) -> dict:
-    """fw's trainer on :class:`fw.encoding.EncodedRow` rows. Two of its module functions are wrapped, not
+    """fw's trainer on :class:`fw.data.tokens.EncodedRow` rows. Two of its module functions are wrapped, not
     changed: ``to_device`` (every batch passes it on its way to the model: its non-pad tokens are counted) and
     the progress ``Reporter`` (its ``step`` stamps the end of every optimizer step). The batch fw fetches once
     before training (to pick its loss path) is counted in the first step, which is never timed."""
     from types import SimpleNamespace
 
-    from fw import trainer as fw_trainer
-    from fw.encoding import EncodedRow
-    from fw.model_loading import apply_adapter
+    from fw.train import trainer as fw_trainer
+    from fw.data.tokens import EncodedRow
+    from fw.model.loading import apply_adapter
 
     config = fw_config(settings)
     model = apply_adapter(model, config)
@@ -397,7 +397,7 @@ def run_side(side: str, workload: str, settings: Settings) -> dict:
     """Train one side on one workload in this process; the measurements as a JSON-able dict."""
     import torch
 
-    from fw.model_loading import quiet_libraries
+    from fw.model.loading import quiet_libraries
 
     quiet_libraries()
     started = time.perf_counter()

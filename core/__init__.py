@@ -19,17 +19,17 @@ __all__ = ["ConfigError", "FwError", "get_registry", "list_plugins", "load_confi
            "__version__"]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from fw.config import load_config, validate_config
+    from fw.config.load import load_config, validate_config
     from fw.errors import ConfigError, FwError
-    from fw.registry import get_registry
+    from fw.plugin.registry import get_registry
 
 _LAZY = {
-    "load_config": "fw.config",
-    "validate_config": "fw.config",
-    "Config": "fw.config",
+    "load_config": "fw.config.load",
+    "validate_config": "fw.config.load",
+    "Config": "fw.config.load",
     "ConfigError": "fw.errors",
     "FwError": "fw.errors",
-    "get_registry": "fw.registry",
+    "get_registry": "fw.plugin.registry",
 }
 
 
@@ -42,5 +42,5 @@ def __getattr__(name: str) -> Any:
 
 def list_plugins(kind: str | None = None):
     """Every registered plugin (optionally of one kind), as RegisteredPlugin entries."""
-    from fw.registry import get_registry
+    from fw.plugin.registry import get_registry
     return get_registry().all(kind)

@@ -7,7 +7,7 @@
     config.yaml                 the resolved config (every default filled in)
     manifest.json               fw / torch / transformers / peft versions, data hash, seed, timestamps
     training_statistics.json    per-step loss and lr, per-epoch train / validation loss and perplexity
-    checkpoints/                resumable checkpoints (see fw.checkpoint)
+    checkpoints/                resumable checkpoints (see fw.train.checkpoint)
     tensorboard/                TensorBoard event files
     predictions.parquet|.csv    from fw predict / fw evaluate
     test_statistics.json        from fw evaluate
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import yaml
 
-from fw.checkpoint import atomic_directory, write_json_atomic
+from fw.train.checkpoint import atomic_directory, write_json_atomic
 from fw.errors import FwError
 
 MODEL_DIR = "model"
@@ -65,7 +65,7 @@ def existing_run_directories(output_directory: str | Path, experiment_name: str,
 
 def run_directory_to_resume(output_directory, experiment_name: str, model_name: str = "run") -> Path:
     """The newest run directory of this experiment that has a checkpoint."""
-    from fw.checkpoint import latest_checkpoint
+    from fw.train.checkpoint import latest_checkpoint
 
     for candidate in reversed(existing_run_directories(output_directory, experiment_name, model_name)):
         if latest_checkpoint(candidate / "checkpoints") is not None:
@@ -153,10 +153,10 @@ def is_peft_model(model) -> bool:
 
 def save_model(model, tokenizer, data: dict, model_dir: Path) -> Path:
     """Write ``model_dir`` atomically in save_pretrained layout (+ tokenizer, generation config, fw config)."""
-    from fw.inference import generation_config
+    from fw.infer.generation import generation_config
 
     with atomic_directory(Path(model_dir)) as directory:
-        from fw.initialization import save_kwargs
+        from fw.model.initialization import save_kwargs
 
         model.save_pretrained(str(directory), safe_serialization=True, **save_kwargs(model))
         tokenizer.save_pretrained(str(directory))
@@ -176,7 +176,7 @@ def check_mergeable(section: dict | None) -> None:
     """Refuse early (before training) when the adapter asks for a merge PEFT cannot do."""
     if not section or not (section.get("postprocessor") or {}).get("merge_adapter_into_base_model"):
         return
-    from fw.registry import get_registry
+    from fw.plugin.registry import get_registry
 
     descriptor = get_registry().get("adapter", section["type"])
     if not descriptor.mergeable:
@@ -191,7 +191,7 @@ def find_model_dir(model_path: str | Path) -> Path:
     path = Path(model_path).expanduser()
     if not path.exists():
         raise FwError(f"--model_path: '{model_path}' does not exist (expected results/<experiment>_<run>/model).")
-    from fw.multi_adapter import is_multi_adapter_dir
+    from fw.model.multi_adapter import is_multi_adapter_dir
 
     if (path / MODEL_DIR / "config.json").is_file() or (path / MODEL_DIR / "adapter_config.json").is_file() \
             or is_multi_adapter_dir(path / MODEL_DIR):
@@ -207,7 +207,7 @@ def saved_config(model_dir: Path) -> dict:
     """The fw config saved with a model (``model/fw_config.yaml``, else the run's ``config.yaml``)."""
     for candidate in (model_dir / MODEL_CONFIG_FILE, model_dir.parent / CONFIG_FILE):
         if candidate.is_file():
-            from fw.config import load_config
+            from fw.config.load import load_config
 
             return load_config(candidate).data
     raise FwError(f"--model_path: no fw config next to {model_dir} ({MODEL_CONFIG_FILE} or ../{CONFIG_FILE}); "
@@ -217,8 +217,8 @@ def saved_config(model_dir: Path) -> dict:
 def load_trained(model_path: str | Path, config: dict | None = None, adapter: str | None = None):
     """(config, model, tokenizer) of a model saved by ``fw train`` (adapter on its base, or full weights).
     Several named adapters (``adapters:``) are all loaded, ``adapter`` (or the configured one) active."""
-    from fw import multi_adapter
-    from fw.model_loading import load_base_model, load_pretrained_adapter
+    from fw.model import multi_adapter
+    from fw.model.loading import load_base_model, load_pretrained_adapter
 
     model_dir = find_model_dir(model_path)
     data = config or saved_config(model_dir)

@@ -5,8 +5,8 @@
     result = pipeline.predict(model_path=run.model_dir, dataset="new.csv")
     stats = pipeline.evaluate(model_path=run.model_dir, dataset="data.csv", split="test")
 
-Data flow: config -> splits (fw.data) -> prompts (fw.prompt) -> tokens (fw.encoding) -> base model and adapter
-(fw.model_loading) -> trainer (fw.trainer) -> artifacts (fw.artifacts) -> generation (fw.inference) -> metrics.
+Data flow: config -> splits (fw.data.tables) -> prompts (fw.data.prompt) -> tokens (fw.data.tokens) -> base model and adapter
+(fw.model.loading) -> trainer (fw.train.trainer) -> artifacts (fw.artifacts) -> generation (fw.infer.generation) -> metrics.
 ``trainer.type: none`` skips the training step: predict / evaluate run on the base model from ``config``.
 """
 from __future__ import annotations
@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fw import artifacts, quantization, retrieval
+from fw import artifacts
+from fw.model import quantization
+from fw.data import retrieval
 from fw.errors import FwError
 
 SPLITS = ("full", "train", "validation", "test")
@@ -49,10 +51,10 @@ class EvaluateResult:
 
 # -- config and data ---------------------------------------------------------------------------------------------
 def resolve_config(config) -> dict:
-    """A validated config dict from a path, a raw dict, or a :class:`fw.config.Config`."""
+    """A validated config dict from a path, a raw dict, or a :class:`fw.config.load.Config`."""
     if hasattr(config, "data"):
         return config.data
-    from fw.config import load_config
+    from fw.config.load import load_config
 
     return load_config(config).data
 
@@ -68,7 +70,7 @@ def seed_everything(seed: int) -> None:
 
 def load_splits(data: dict, dataset=None, training_set=None, validation_set=None, test_set=None):
     """The three splits, cleaned (rows without input dropped with a warning, fallback labels filled)."""
-    from fw.data import Splits, clean, make_splits
+    from fw.data.tables import Splits, clean, make_splits
 
     splits = make_splits(data, dataset=dataset, training_set=training_set, validation_set=validation_set,
                          test_set=test_set)
@@ -80,19 +82,19 @@ def rows_of(frame) -> list[dict]:
 
 
 def prompts_of(frame, data: dict, tokenizer=None, retriever=None, split_name: str = "predict") -> list[str]:
-    """The prompts of ``frame``; with ``prompt.retrieval``, few-shot examples from ``retriever`` (fw.retrieval)."""
-    from fw.prompt import PromptRenderer
+    """The prompts of ``frame``; with ``prompt.retrieval``, few-shot examples from ``retriever`` (fw.data.retrieval)."""
+    from fw.data.prompt import PromptRenderer
 
     renderer = PromptRenderer(data)
     if retrieval.section(data):
         if retriever is None:
-            raise FwError("prompt.retrieval is set but no examples index was prepared (fw.retrieval.prepare).")
+            raise FwError("prompt.retrieval is set but no examples index was prepared (fw.data.retrieval.prepare).")
         return retrieval.few_shot_prompts(renderer, rows_of(frame), retriever, data, tokenizer, split_name)
     return [renderer.render(row) for row in rows_of(frame)]
 
 
 def targets_of(frame, data: dict) -> list[str]:
-    from fw.prompt import target_text
+    from fw.data.prompt import target_text
 
     return [target_text(row, data) for row in rows_of(frame)]
 
@@ -108,7 +110,7 @@ def encode_frame(frame, data: dict, tokenizer, split_name: str, retriever=None):
 def encode_pairs(prompts: list[str], targets: list[str], tokenizer, data: dict, split_name: str):
     """Rendered prompts + targets as training rows; truncation reported in one line."""
     from fw import report
-    from fw.encoding import encode
+    from fw.data.tokens import encode
 
     rows, truncation = encode(prompts, targets, tokenizer, data)
     if truncation.truncated_rows:
@@ -118,7 +120,7 @@ def encode_pairs(prompts: list[str], targets: list[str], tokenizer, data: dict, 
 
 def localize_base_model(data: dict) -> dict:
     """The config with a local ``base_model`` made absolute (the saved config then works from anywhere)."""
-    from fw.model_loading import looks_like_path, resolve_location
+    from fw.model.loading import looks_like_path, resolve_location
 
     name = data["base_model"]
     return {**data, "base_model": resolve_location(name)} if looks_like_path(name) else data
@@ -130,9 +132,10 @@ def train(config, dataset=None, training_set=None, validation_set=None, test_set
           resume: bool = False, show_progress: bool = True, adapter: str | None = None) -> TrainResult:
     """Fine-tune per the config; write ``<output_directory>/<experiment>_<run>/`` and return where it is.
     ``adapter`` names the adapter of an ``adapters:`` section to train (default: ``adapters.active``)."""
-    from fw import multi_adapter, report
-    from fw import trainer as training
-    from fw.model_loading import apply_adapter, load_base_model
+    from fw.model import multi_adapter
+    from fw import report
+    from fw.train import trainer as training
+    from fw.model.loading import apply_adapter, load_base_model
 
     data = localize_base_model(resolve_config(config))
     if data["trainer"]["type"] == "none":
@@ -187,8 +190,8 @@ def prepare_run_directory(data: dict, splits, output_directory, experiment_name:
 
 def training_data(train_rows, tokenizer, data: dict, show_progress: bool):
     """What the adapter may see before training: rows for EVA / CorDA calibration, the planned step count."""
-    from fw.initialization import TrainingData
-    from fw.trainer import plan
+    from fw.model.initialization import TrainingData
+    from fw.train.trainer import plan
 
     planned = plan(train_rows, data["trainer"]).total_steps if train_rows else None
     return TrainingData(train_rows, tokenizer, data["trainer"]["batch_size"], planned, show_progress)
@@ -212,8 +215,8 @@ def model_for_inference(model_path=None, config=None, adapter: str | None = None
     """(config, model, tokenizer): a trained model from ``model_path``, or the base model of ``config``
     (``trainer.type: none`` / in-context learning), with ``adapter.pretrained_adapter_weights`` if set.
     ``adapter`` picks one of several named adapters (``--adapter``)."""
-    from fw import multi_adapter
-    from fw.model_loading import load_base_model, load_pretrained_adapter
+    from fw.model import multi_adapter
+    from fw.model.loading import load_base_model, load_pretrained_adapter
 
     if model_path is not None:
         return artifacts.load_trained(model_path, resolve_config(config) if config is not None else None,
@@ -233,7 +236,7 @@ def model_for_inference(model_path=None, config=None, adapter: str | None = None
 
 def select_rows(data: dict, dataset, split: str):
     """The rows to predict on: the whole ``dataset`` (``split: full``) or one of its splits."""
-    from fw.data import clean, make_splits, read_table
+    from fw.data.tables import clean, make_splits, read_table
 
     if dataset is None:
         raise FwError("no data given: pass --dataset.")
@@ -261,12 +264,12 @@ def output_directory_for(output_directory, model_path, experiment_name: str, mod
 
 
 def generate_for(prompts: list[str], data: dict, model, tokenizer, show_progress: bool):
-    """(generations, :class:`fw.category.Outputs`) for every rendered prompt; with ``decoder.label_scoring`` the
+    """(generations, :class:`fw.infer.category.Outputs`) for every rendered prompt; with ``decoder.label_scoring`` the
     labels are ranked by likelihood instead of generated (no raw generation)."""
-    from fw.category import output_values
-    from fw.encoding import encode_prompts
-    from fw.inference import Generation, generate
-    from fw.label_scoring import is_label_scoring, score_labels
+    from fw.infer.category import output_values
+    from fw.data.tokens import encode_prompts
+    from fw.infer.generation import Generation, generate
+    from fw.infer.label_scoring import is_label_scoring, score_labels
 
     from fw import report
 
@@ -322,10 +325,10 @@ def evaluate(model_path=None, config=None, dataset=None, split: str = "full", ou
     match, token F1, BLEU / ROUGE for text outputs; accuracy, macro-F1, per-class precision / recall, confusion
     matrix and fallback rate for category outputs)."""
     from fw import report
-    from fw.constrained import labels_of
-    from fw.metrics import output_metrics
-    from fw.prompt import is_missing, output_column
-    from fw.trainer import evaluate_loss
+    from fw.infer.constrained import labels_of
+    from fw.infer.metrics import output_metrics
+    from fw.data.prompt import is_missing, output_column
+    from fw.train.trainer import evaluate_loss
 
     data, model, tokenizer = model_for_inference(model_path, config, adapter)
     seed_everything(data["trainer"]["seed"])

@@ -14,12 +14,12 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from fw.adapter_wrap import wrap_model
+from fw.model.adapters import wrap_model
 from fw.errors import ConfigError, FwError
-from fw.lazy import resolve
-from fw.registry import get_registry
-from fw.schema_store import load_schema
-from fw.tiny import build_tiny_gpt2, build_tiny_llama, build_tokenizer
+from fw.plugin.lazy import resolve
+from fw.plugin.registry import get_registry
+from fw.config.store import load_schema
+from fw.model.tiny import build_tiny_gpt2, build_tiny_llama, build_tokenizer
 
 ADAPTERS = {
     "lora": "LoraConfig", "adalora": "AdaLoraConfig", "ia3": "IA3Config", "vera": "VeraConfig",

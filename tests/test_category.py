@@ -15,11 +15,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import fw
 from fw import pipeline
-from fw.cli import main as fw_main
-from fw.category import extract_labels
-from fw.config import load_config
-from fw.label_scoring import label_ids, score_batch, score_labels
-from fw.metrics import category_metrics
+from fw.cli.main import main as fw_main
+from fw.infer.category import extract_labels
+from fw.config.load import load_config
+from fw.infer.label_scoring import label_ids, score_batch, score_labels
+from fw.infer.metrics import category_metrics
 
 from spec_location import SNIPPETS as SNIPPET_DIR
 from spec_location import needs_snippets

@@ -1,4 +1,4 @@
-"""trainer.chunked_loss (fw.loss): the output head + cross-entropy on response tokens only, in chunks, gives the
+"""trainer.chunked_loss (fw.train.loss): the output head + cross-entropy on response tokens only, in chunks, gives the
 same loss and gradients as ``model(**batch).loss`` — full fine-tune and LoRA, with and without ``lm_head`` in
 the targets — and falls back to the model's own loss where it would not."""
 from __future__ import annotations
@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fw import loss, packing
-from fw.encoding import EncodedRow, collate
+from fw.train import loss, packing
+from fw.data.tokens import EncodedRow, collate
 
 
 def rows() -> list[EncodedRow]:

@@ -10,7 +10,7 @@ import jsonschema
 import pytest
 import yaml
 
-from fw.cli import main
+from fw.cli.main import main
 
 HEAVY = ("torch", "transformers", "peft")
 GOOD = """
@@ -86,7 +86,7 @@ def test_one_plugin_schema(capsys):
 
 
 def test_help_lists_every_verb():
-    out = subprocess.run([sys.executable, "-m", "fw.cli", "--help"], capture_output=True, text=True).stdout
+    out = subprocess.run([sys.executable, "-m", "fw.cli.main", "--help"], capture_output=True, text=True).stdout
     for verb in ("list-plugins", "schema", "validate"):
         assert verb in out
 
@@ -94,7 +94,7 @@ def test_help_lists_every_verb():
 def test_listing_and_validating_import_no_heavy_library(tmp_path):
     """Cheap discovery: the CLI's light verbs never import torch, transformers or peft."""
     path = write(tmp_path, GOOD)
-    code = (f"import sys; from fw.cli import main; main(['list-plugins', '--json']); main(['validate', {path!r}]);"
+    code = (f"import sys; from fw.cli.main import main; main(['list-plugins', '--json']); main(['validate', {path!r}]);"
             f" main(['schema']); print('HEAVY=' + ','.join(m for m in {HEAVY!r} if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().splitlines()[-1] == "HEAVY="

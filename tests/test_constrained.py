@@ -6,9 +6,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from fw.config import load_config
-from fw.constrained import LabelTrie, LabelTrieLogitsProcessor, build_trie, label_token_variants
-from fw.inference import generate
+from fw.config.load import load_config
+from fw.infer.constrained import LabelTrie, LabelTrieLogitsProcessor, build_trie, label_token_variants
+from fw.infer.generation import generate
 
 LABELS = ["positive", "negative", "neutral", "mixed feelings"]
 
@@ -81,7 +81,7 @@ def test_finished_rows_only_get_eos_or_padding_never_all_minus_infinity():
 
 
 def test_the_constrained_generation_length_is_the_longest_label_plus_eos(tiny, tiny_llama_dir):
-    from fw.inference import constrained_processors
+    from fw.infer.generation import constrained_processors
 
     _, tokenizer = tiny
     factories, depth = constrained_processors(config(tiny_llama_dir, True), tokenizer)

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 from fw import report
-from fw.config import load_config
-from fw.data import clean, make_splits, read_dataset, read_table, split_code
+from fw.config.load import load_config
+from fw.data.tables import clean, make_splits, read_dataset, read_table, split_code
 from fw.errors import FwError
 
 ROWS = [{"question": "Why?", "answer": "Because"}, {"question": "0042", "answer": "NA"}]

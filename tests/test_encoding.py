@@ -4,14 +4,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fw.config import load_config
-from fw.encoding import IGNORE_INDEX, EncodedRow, collate, encode, encode_prompts, length_sorted_batches
+from fw.config.load import load_config
+from fw.data.tokens import IGNORE_INDEX, EncodedRow, collate, encode, encode_prompts, length_sorted_batches
 from fw.errors import FwError
 
 
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory):
-    from fw.tiny import build_tokenizer
+    from fw.model.tiny import build_tokenizer
 
     return build_tokenizer(tmp_path_factory.mktemp("tokenizer"))
 

@@ -13,7 +13,7 @@ import yaml
 
 from fw import pipeline
 from fw.artifacts import load_trained
-from fw.cli import main
+from fw.cli.main import main
 
 ADAPTERS = ["lora", "adalora", "ia3", "vera", "loha", "lokr", "fourierft", "boft", "tinylora", "c3a", "oft", "hra",
             "waveft", "ln_tuning", "vblora"]
@@ -172,10 +172,10 @@ def test_pretrained_adapter_weights_continue_training(tmp_path, tiny_llama_dir):
 
 # -- trainer pieces ----------------------------------------------------------------------------------------------
 def test_loraplus_gives_the_b_matrices_a_larger_learning_rate(tiny_llama_dir):
-    from fw.adapter_wrap import wrap_model
-    from fw.config import load_config
-    from fw.model_loading import load_base_model
-    from fw.trainer import build_optimizer
+    from fw.model.adapters import wrap_model
+    from fw.config.load import load_config
+    from fw.model.loading import load_base_model
+    from fw.train.trainer import build_optimizer
 
     data = load_config(config(tiny_llama_dir, adapter={"type": "lora", "r": 4, "loraplus_lr_ratio": 16})).data
     model, _ = load_base_model(data, for_training=True)
@@ -187,7 +187,7 @@ def test_loraplus_gives_the_b_matrices_a_larger_learning_rate(tiny_llama_dir):
 
 
 def test_warmup_then_cosine_decay():
-    from fw.trainer import lr_factor
+    from fw.train.trainer import lr_factor
 
     factors = [lr_factor(step, 10, 2, "cosine") for step in range(10)]
     assert factors[0] == 0.5 and factors[1] == 1.0 and factors[2] == 1.0
@@ -197,8 +197,8 @@ def test_warmup_then_cosine_decay():
 
 
 def test_early_stopping_and_best_checkpoint(tmp_path, tiny_llama_dir):
-    from fw.encoding import encode
-    from fw.trainer import evaluate_loss
+    from fw.data.tokens import encode
+    from fw.train.trainer import evaluate_loss
 
     # validation answers the training rows never show: fitting the training rows soon makes validation worse
     validation = pd.DataFrame({"question": [f"what is {i} plus one" for i in range(4)], "answer": ["zebra blue"] * 4})
@@ -216,7 +216,7 @@ def test_early_stopping_and_best_checkpoint(tmp_path, tiny_llama_dir):
 
 
 def test_metrics():
-    from fw.metrics import exact_match, text_metrics, token_f1
+    from fw.infer.metrics import exact_match, text_metrics, token_f1
 
     assert exact_match(["a b", " c "], ["a b", "c"]) == 1.0
     assert token_f1(["the cat sat"], ["the cat"]) == pytest.approx(0.8)

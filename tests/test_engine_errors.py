@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from fw.cli import main
+from fw.cli.main import main
 
 
 @pytest.fixture()
@@ -84,7 +84,7 @@ def test_gated_and_unknown_hub_models(failure, expected, monkeypatch):
     from transformers import AutoTokenizer
 
     from fw.errors import FwError
-    from fw.model_loading import load_tokenizer
+    from fw.model.loading import load_tokenizer
 
     response = type("Response", (), {"headers": {}, "status_code": 403, "request": None, "url": "x"})()
     exception = {"gated": errors.GatedRepoError, "missing": errors.RepositoryNotFoundError}[failure]
@@ -180,7 +180,7 @@ def test_resume_after_changing_the_adapter_is_refused(workspace, capsys):
 
 
 def test_merging_an_adapter_peft_cannot_merge_is_refused_before_training(workspace, capsys, monkeypatch):
-    from fw import registry as registry_module
+    from fw.plugin import registry as registry_module
 
     root, dataset, write_config = workspace
     registry = registry_module.get_registry()

@@ -9,13 +9,13 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 import fw
-from fw.config import load_config
-from fw.generation_settings import plan, resolve_max_new_tokens
-from fw.generation_strategies import strategy_name
-from fw.generation_strategies.contrastive import contrastive_search
-from fw.generation_strategies.group_beam import group_beam_search
-from fw.inference import generate, left_pad
-from fw.validation import validate
+from fw.config.load import load_config
+from fw.infer.settings import plan, resolve_max_new_tokens
+from fw.infer.strategies import strategy_name
+from fw.infer.strategies.contrastive import contrastive_search
+from fw.infer.strategies.group_beam import group_beam_search
+from fw.infer.generation import generate, left_pad
+from fw.config.validate import validate
 
 PROMPTS = ["Classify the sentiment of the review: the movie", "Question: what is", "the food was cold"]
 
@@ -93,7 +93,7 @@ def test_group_beam_search_with_one_beam_per_group_and_no_penalty_is_greedy(tiny
 
 def test_diversity_penalty_makes_groups_differ(tiny):
     model, tokenizer = tiny
-    from fw.generation_strategies import group_beam
+    from fw.infer.strategies import group_beam
 
     seen = []
     original = group_beam._State.best

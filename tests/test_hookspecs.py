@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from fw import hookspecs
-from fw.registry import get_registry
-from fw.types import HOOK_FOR_KIND
+from fw.plugin import hookspecs
+from fw.plugin.registry import get_registry
+from fw.plugin.descriptors import HOOK_FOR_KIND
 
 HOOKS = [name for name, fn in inspect.getmembers(hookspecs, inspect.isfunction) if name.startswith("fw_")]
 README = (Path(__file__).parents[1] / "README.md").read_text()

@@ -12,10 +12,10 @@ import torch
 import fw
 from fw import pipeline
 from fw.artifacts import load_trained
-from fw.config import load_config
+from fw.config.load import load_config
 from fw.errors import FwError
-from fw.initialization import TrainingData, wrap_with_initializer
-from fw.model_loading import load_base_model
+from fw.model.initialization import TrainingData, wrap_with_initializer
+from fw.model.loading import load_base_model
 
 PROBE = torch.tensor([[1, 5, 9, 20, 30, 41, 7, 12]])
 LAYER = "base_model.model.model.layers.0.self_attn.q_proj"
@@ -53,9 +53,9 @@ def wrapped(base, init: str, training: TrainingData | None = None, **adapter):
 
 
 def training_rows(base, rows: int = 16, batch_size: int = 8) -> TrainingData:
-    from fw.encoding import encode
-    from fw.model_loading import load_tokenizer
-    from fw.prompt import PromptRenderer, target_text
+    from fw.data.tokens import encode
+    from fw.model.loading import load_tokenizer
+    from fw.data.prompt import PromptRenderer, target_text
 
     data = load_config(config(base, {})).data
     tokenizer = load_tokenizer(str(base))

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from fw import pipeline
-from fw.adapter_wrap import wrap_model
+from fw.model.adapters import wrap_model
 from fw.artifacts import load_trained
-from fw.config import load_config
+from fw.config.load import load_config
 from fw.errors import FwError
-from fw.model_loading import load_base_model
+from fw.model.loading import load_base_model
 
 PROBE = torch.tensor([[1, 5, 9, 20, 30, 41]])
 
@@ -131,7 +131,7 @@ def test_target_modules_as_list_or_regex(tiny_llama_dir, target_modules, expecte
 
 
 def test_loraplus_through_fw_train_gives_b_the_ratio(tmp_path, tiny_llama_dir, monkeypatch):
-    from fw import trainer
+    from fw.train import trainer
 
     seen = []
     real = trainer.build_optimizer
@@ -166,8 +166,8 @@ def test_adalora_reallocates_ranks_every_step_over_the_planned_steps(tmp_path, t
 
 
 def test_adalora_explicit_total_step_is_kept(tiny_llama_dir):
-    from fw.initialization import TrainingData
-    from fw.model_loading import apply_adapter
+    from fw.model.initialization import TrainingData
+    from fw.model.loading import apply_adapter
 
     data = load_config(config(tiny_llama_dir, {**ADALORA, "total_step": 500})).data
     model, _ = load_base_model(data, for_training=True)

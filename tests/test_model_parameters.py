@@ -13,9 +13,9 @@ import torch
 
 from fw import pipeline
 from fw.errors import FwError
-from fw.model_loading import load_base_model
-from fw.rope import apply_rope_scaling
-from fw.trainer import add_neftune
+from fw.model.loading import load_base_model
+from fw.model.rope import apply_rope_scaling
+from fw.train.trainer import add_neftune
 
 
 def data(base, rope: dict | None = None, **extra) -> dict:

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 import fw
 from fw import pipeline
 from fw.artifacts import load_trained
-from fw.cli import main
+from fw.cli.main import main
 from fw.errors import FwError
 
 PROBE = torch.tensor([[1, 5, 9, 20, 30, 41]])
@@ -172,7 +172,7 @@ def test_pretrained_adapter_weights_that_hold_no_such_adapter(tmp_path, tiny_lla
 def test_every_combination_type_merges_through_peft(tiny_llama_dir, combination_type):
     from transformers import AutoModelForCausalLM
 
-    from fw.multi_adapter import attach_adapters, build_merge
+    from fw.model.multi_adapter import attach_adapters, build_merge
 
     merge = {"name": "merged", "sources": ["task_a", "task_b"], "weights": [0.7, 0.3],
              "combination_type": combination_type}
@@ -195,8 +195,8 @@ def test_every_combination_type_merges_through_peft(tiny_llama_dir, combination_
 
 
 def test_merge_kwargs_pass_density_only_where_it_applies():
-    from fw.multi_adapter import merge_kwargs
-    from fw.registry import get_registry
+    from fw.model.multi_adapter import merge_kwargs
+    from fw.plugin.registry import get_registry
 
     merge = {"density": 0.7, "majority_sign_method": "frequency", "svd_rank": None}
     ties = merge_kwargs(get_registry().get("merge_strategy", "ties"), merge)

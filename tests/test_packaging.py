@@ -35,7 +35,7 @@ def contrib_site(tmp_path_factory) -> Path:
 
 def fw_with(site: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
-    return subprocess.run([sys.executable, "-m", "fw.cli", *args], capture_output=True, text=True, env=env)
+    return subprocess.run([sys.executable, "-m", "fw.cli.main", *args], capture_output=True, text=True, env=env)
 
 
 def test_contrib_plugin_is_listed_and_broken_one_does_not_break_the_cli(contrib_site):
@@ -60,7 +60,7 @@ def test_config_using_the_contrib_adapter_validates(contrib_site, tmp_path):
 def test_contrib_adapter_wraps_a_tiny_model(contrib_site, tiny_llama_dir):
     code = f"""
 import torch, transformers
-from fw.adapter_wrap import wrap_model
+from fw.model.adapters import wrap_model
 model = transformers.AutoModelForCausalLM.from_pretrained({str(tiny_llama_dir)!r})
 peft_model = wrap_model(model, {{"type": "randlora", "r": 4, "alpha": 80}})
 ids = torch.tensor([[1, 5, 9, 12]])

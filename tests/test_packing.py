@@ -1,4 +1,4 @@
-"""trainer.packing (fw.packing): padding-free packed micro-batches give the same per-row loss and gradients as
+"""trainer.packing (fw.train.packing): padding-free packed micro-batches give the same per-row loss and gradients as
 unpacked ones, training with packing follows the same loss curve, the config errors, trainer.compile."""
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import pytest
 import torch
 
 import fw
-from fw import loss, packing, pipeline, trainer
-from fw.encoding import EncodedRow, collate
+from fw.train import loss, packing, trainer
+from fw import pipeline
+from fw.data.tokens import EncodedRow, collate
 from fw.errors import FwError
 
 LENGTHS_AND_PROMPTS = [(12, 5), (7, 3), (20, 9), (4, 1)]
@@ -142,7 +143,7 @@ def test_training_with_packing_follows_the_same_loss_curve(tmp_path, tiny_llama_
 
 
 def pipeline_rows(result):
-    from fw.encoding import encode
+    from fw.data.tokens import encode
 
     frame = table()
     return encode([f"Q: {q}\nA:" for q in frame["question"]], list(frame["answer"]), result.tokenizer,

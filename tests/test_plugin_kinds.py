@@ -21,8 +21,8 @@ import pytest
 import yaml
 
 from fw.errors import FwError
-from fw.lazy import resolve
-from fw.schema_store import load_schema
+from fw.plugin.lazy import resolve
+from fw.config.store import load_schema
 
 KIND_DIRS = ("initializers", "quantizers", "matchers", "merges", "retrievers")
 SCHEMA_ROOT = importlib.resources.files("fw.schemas")

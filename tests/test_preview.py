@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from fw import report
-from fw.cli import main
+from fw.cli.main import main
 
 CONFIG = """
 base_model: {base_model}
@@ -29,7 +29,7 @@ def fresh_report():
 
 @pytest.fixture(scope="module")
 def tokenizer_dir(tmp_path_factory) -> Path:
-    from fw.tiny import build_tokenizer
+    from fw.model.tiny import build_tokenizer
 
     path = tmp_path_factory.mktemp("preview-tokenizer")
     build_tokenizer(path)
@@ -106,8 +106,8 @@ def test_preview_needs_a_positive_row_count(tmp_path, capsys):
 
 
 def test_registering_preview_keeps_the_cli_light():
-    code = ("import sys; from fw.cli import build_parser; parser = build_parser(); "
+    code = ("import sys; from fw.cli.main import build_parser; parser = build_parser(); "
             "assert 'preview' in parser.format_help(); "
-            "print(','.join(m for m in ('pandas', 'torch', 'transformers', 'fw.data') if m in sys.modules))")
+            "print(','.join(m for m in ('pandas', 'torch', 'transformers', 'fw.data.tables') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == ""

@@ -5,9 +5,9 @@ import math
 
 import pytest
 
-from fw.config import load_config
+from fw.config.load import load_config
 from fw.errors import FwError
-from fw.prompt import DEFAULT_FEW_SHOT_TEMPLATE, DEFAULT_TASK_TEMPLATE, PromptRenderer, as_text, target_text
+from fw.data.prompt import DEFAULT_FEW_SHOT_TEMPLATE, DEFAULT_TASK_TEMPLATE, PromptRenderer, as_text, target_text
 
 
 def config(prompt=None, input_name="prompt", output=None, **extra) -> dict:

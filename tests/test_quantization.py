@@ -12,7 +12,7 @@ import torch
 from fw import pipeline
 from fw.artifacts import load_trained
 from fw.errors import FwError
-from fw.model_loading import load_base_model
+from fw.model.loading import load_base_model
 
 PROBE = torch.tensor([[1, 5, 9, 20, 30, 41]])
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -57,7 +57,7 @@ def train(tmp_path, data, rows: int = 12):
 
 
 def validation_messages(data) -> str:
-    from fw.config import load_config
+    from fw.config.load import load_config
 
     with pytest.raises(FwError) as caught:
         load_config(data)
@@ -245,7 +245,7 @@ def test_torchao_without_a_mode_is_a_config_error(tiny_llama_dir):
 
 
 def test_full_fine_tune_of_quantized_weights_needs_qat(tiny_llama_dir):
-    from fw.config import load_config
+    from fw.config.load import load_config
 
     message = validation_messages(config(tiny_llama_dir, torchao("int8_weight_only")))
     assert "quantized fine-tuning needs a LoRA-family adapter" in message
@@ -255,7 +255,7 @@ def test_full_fine_tune_of_quantized_weights_needs_qat(tiny_llama_dir):
 def test_a_bitsandbytes_model_goes_through_prepare_model_for_kbit_training(monkeypatch):
     import peft
 
-    from fw import quantization
+    from fw.model import quantization
 
     calls = []
     monkeypatch.setattr(peft, "prepare_model_for_kbit_training",

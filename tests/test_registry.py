@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 
 from fw.errors import PluginConflictError, PluginNotFoundError
-from fw.registry import Registry, get_registry
-from fw.testing import check_descriptor, fake_distribution
+from fw.plugin.registry import Registry, get_registry
+from fw.plugin.testing import check_descriptor, fake_distribution
 
 EXPECTED_BUILTINS = {
     "adapter": {"lora", "adalora", "ia3", "vera", "loha", "lokr", "fourierft", "boft", "tinylora", "c3a", "oft",
@@ -18,8 +18,8 @@ EXPECTED_BUILTINS = {
 }
 
 ADAPTER_PLUGIN = """
-from fw.hookspecs import hookimpl
-from fw.types import AdapterPlugin
+from fw.plugin.hookspecs import hookimpl
+from fw.plugin.descriptors import AdapterPlugin
 
 @hookimpl
 def fw_adapters():
@@ -83,7 +83,7 @@ def test_plugin_failing_on_import_is_listed_as_broken(tmp_path, monkeypatch):
 
 
 def test_misspelled_hook_implementation_is_reported_not_ignored(tmp_path, monkeypatch):
-    source = "from fw.hookspecs import hookimpl\n@hookimpl\ndef fw_adaptors():\n    return []\n"
+    source = "from fw.plugin.hookspecs import hookimpl\n@hookimpl\ndef fw_adaptors():\n    return []\n"
     eps = fake_distribution(tmp_path, "fw-typo", "0.1", {"fw_typo_mod": source}, {"typo": "fw_typo_mod"})
     monkeypatch.syspath_prepend(str(tmp_path))
     registry = Registry().load_entry_points(eps)
@@ -91,7 +91,7 @@ def test_misspelled_hook_implementation_is_reported_not_ignored(tmp_path, monkey
 
 
 def test_hook_returning_wrong_type_is_broken(tmp_path, monkeypatch):
-    source = "from fw.hookspecs import hookimpl\n@hookimpl\ndef fw_matchers():\n    return ['not a descriptor']\n"
+    source = "from fw.plugin.hookspecs import hookimpl\n@hookimpl\ndef fw_matchers():\n    return ['not a descriptor']\n"
     eps = fake_distribution(tmp_path, "fw-wrong", "0.1", {"fw_wrong_mod": source}, {"wrong": "fw_wrong_mod"})
     monkeypatch.syspath_prepend(str(tmp_path))
     registry = Registry().load_entry_points(eps)

@@ -13,13 +13,13 @@ import pytest
 import yaml
 
 from fw import pipeline
-from fw.cli import main
+from fw.cli.main import main
 
 #: runs `fw train` in this process, SIGKILLing itself right after its KILL_AFTER-th checkpoint is on disk
 KILLER = textwrap.dedent("""
     import os, signal, sys
-    from fw import checkpoint
-    from fw.cli import main
+    from fw.train import checkpoint
+    from fw.cli.main import main
 
     real_save, saved = checkpoint.save_checkpoint, []
 
@@ -77,7 +77,7 @@ def test_kill_9_mid_epoch_then_resume_gives_the_uninterrupted_loss_curve(setup):
 
 
 def test_an_exception_mid_training_leaves_a_resumable_checkpoint(setup, monkeypatch):
-    from fw import trainer
+    from fw.train import trainer
 
     root, config_file, dataset = setup
     real_step, calls = trainer.Reporter.step, []

@@ -10,10 +10,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from fw import embedding, pipeline, report, retrieval
-from fw.cli import main
+from fw.data import embedding, retrieval
+from fw import pipeline, report
+from fw.cli.main import main
 from fw.errors import FwError
-from fw.prompt import PromptRenderer
+from fw.data.prompt import PromptRenderer
 
 #: fits the tiny model's 256-token context with a few examples (the default few-shot template barely does)
 SHORT_TEMPLATE = "Examples:\n{__context__}\nQ: {question}\nA:"
@@ -32,11 +33,11 @@ def isolated(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def encoder_dir(tmp_path_factory) -> Path:
-    """A random-init BERT encoder with the fw.tiny tokenizer, built offline."""
+    """A random-init BERT encoder with the fw.model.tiny tokenizer, built offline."""
     import torch
     from transformers import BertConfig, BertModel
 
-    from fw.tiny import build_tokenizer
+    from fw.model.tiny import build_tokenizer
 
     path = tmp_path_factory.mktemp("tiny-encoder")
     tokenizer = build_tokenizer(path)
@@ -225,7 +226,7 @@ def test_the_cli_trains_and_predicts_with_retrieval(tmp_path, tiny_llama_dir):
 
 # -- the input budget --------------------------------------------------------------------------------------------
 def test_k_is_reduced_when_the_prompt_would_exceed_the_input_budget(tiny_llama_dir):
-    from fw.model_loading import load_tokenizer
+    from fw.model.loading import load_tokenizer
 
     tokenizer = load_tokenizer(str(tiny_llama_dir))
     data = config(tiny_llama_dir, {"type": "random", "k": 4}, SHORT_TEMPLATE)

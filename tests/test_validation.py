@@ -6,7 +6,7 @@ import copy
 import pytest
 
 import fw
-from fw.config import read_yaml
+from fw.config.load import read_yaml
 
 BASE = {
     "base_model": "meta-llama/Llama-2-7b-hf",

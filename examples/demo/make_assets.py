@@ -54,8 +54,8 @@ def build_base_model(path: Path, hidden: int = 128, layers: int = 4, heads: int 
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from fw.model_loading import quiet_libraries
-    from fw.tiny import DEFAULT_CORPUS, build_tokenizer
+    from fw.model.loading import quiet_libraries
+    from fw.model.tiny import DEFAULT_CORPUS, build_tokenizer
 
     quiet_libraries()
     corpus = DEFAULT_CORPUS + ([" ".join(WORDS), "\n".join(WORDS + list(CATEGORIES)),

@@ -35,7 +35,7 @@ METRICS = (("exact_match", "exact match (higher is better)", "{:.1%}"),
 
 
 def fw(*args: str, progress: bool = False) -> None:
-    command = [sys.executable, "-m", "fw.cli", *map(str, args), *([] if progress else ["--no_progress"])]
+    command = [sys.executable, "-m", "fw.cli.main", *map(str, args), *([] if progress else ["--no_progress"])]
     print(f"$ fw {' '.join(map(str, args))}", flush=True)
     subprocess.run(command, cwd=ROOT, check=True)
 

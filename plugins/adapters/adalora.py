@@ -1,8 +1,8 @@
 """AdaLoRA: LoRA with adaptive rank allocation across weight matrices (PEFT AdaLoraConfig)."""
 from __future__ import annotations
 
-from fw.hookspecs import hookimpl
-from fw.types import AdapterPlugin
+from fw.plugin.hookspecs import hookimpl
+from fw.plugin.descriptors import AdapterPlugin
 
 SCHEMA = "fw.schemas:adapters/adalora.json"
 #: the spec's total_step, used when the adapter is wrapped without a training plan (total_step: null)
@@ -17,7 +17,7 @@ def fw_adapters():
 
 
 def build_peft_config(params: dict):
-    from fw.peft_mapping import build_peft_config as build, with_defaults
+    from fw.plugin.peft import build_peft_config as build, with_defaults
     from fw.plugins.adapters.lora import lora_overrides
 
     overrides = lora_overrides(with_defaults(params, SCHEMA))
@@ -29,7 +29,7 @@ def build_peft_config(params: dict):
 def check_params(params: dict, explicit_keys: set[str] | None = None) -> list[tuple[str, str]]:
     """AdaLoRA's own cross-field rules (PEFT raises on them), as (key, message) problems. Initializer choices
     (init_lora_weights and its sub-configs) are checked by fw against the initializer plugins."""
-    from fw.peft_mapping import with_defaults
+    from fw.plugin.peft import with_defaults
 
     p = with_defaults(params, SCHEMA)
     problems = []

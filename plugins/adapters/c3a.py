@@ -1,8 +1,8 @@
 """C3A: block-circulant (circular convolution) weight updates (PEFT C3AConfig)."""
 from __future__ import annotations
 
-from fw.hookspecs import hookimpl
-from fw.types import AdapterPlugin
+from fw.plugin.hookspecs import hookimpl
+from fw.plugin.descriptors import AdapterPlugin
 
 SCHEMA = "fw.schemas:adapters/c3a.json"
 
@@ -15,15 +15,15 @@ def fw_adapters():
 
 
 def build_peft_config(params: dict):
-    from fw.peft_mapping import build_peft_config as build
+    from fw.plugin.peft import build_peft_config as build
 
     return build("C3AConfig", params, SCHEMA)
 
 
 def check_model(params: dict, model) -> list[str]:
     """block_size must divide the in and out features of every targeted layer ("block_size: ..." problems)."""
-    from fw.adapter_wrap import divisor_problems, target_layer_shapes
-    from fw.peft_mapping import with_defaults
+    from fw.model.adapters import divisor_problems, target_layer_shapes
+    from fw.plugin.peft import with_defaults
 
     p = with_defaults(params, SCHEMA)
     return divisor_problems("block_size", p["block_size"], target_layer_shapes(model, p))

@@ -1,8 +1,8 @@
 """FourierFT: learned sparse spectral coefficients, inverse-DFT'd into the update (PEFT FourierFTConfig)."""
 from __future__ import annotations
 
-from fw.hookspecs import hookimpl
-from fw.types import AdapterPlugin
+from fw.plugin.hookspecs import hookimpl
+from fw.plugin.descriptors import AdapterPlugin
 
 SCHEMA = "fw.schemas:adapters/fourierft.json"
 
@@ -15,15 +15,15 @@ def fw_adapters():
 
 
 def build_peft_config(params: dict):
-    from fw.peft_mapping import build_peft_config as build
+    from fw.plugin.peft import build_peft_config as build
 
     return build("FourierFTConfig", params, SCHEMA)
 
 
 def check_model(params: dict, model) -> list[str]:
     """n_frequency may not exceed in_features * out_features of any targeted layer."""
-    from fw.adapter_wrap import size_limit_problems, target_layer_shapes
-    from fw.peft_mapping import with_defaults
+    from fw.model.adapters import size_limit_problems, target_layer_shapes
+    from fw.plugin.peft import with_defaults
 
     p = with_defaults(params, SCHEMA)
     return size_limit_problems("n_frequency", p["n_frequency"], target_layer_shapes(model, p))

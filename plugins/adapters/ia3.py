@@ -1,8 +1,8 @@
 """IA3: learned vectors rescaling keys, values and feed-forward activations (PEFT IA3Config)."""
 from __future__ import annotations
 
-from fw.hookspecs import hookimpl
-from fw.types import AdapterPlugin
+from fw.plugin.hookspecs import hookimpl
+from fw.plugin.descriptors import AdapterPlugin
 
 SCHEMA = "fw.schemas:adapters/ia3.json"
 
@@ -15,7 +15,7 @@ def fw_adapters():
 
 
 def build_peft_config(params: dict):
-    from fw.peft_mapping import build_peft_config as build
+    from fw.plugin.peft import build_peft_config as build
 
     return build("IA3Config", params, SCHEMA)
 

@@ -1,8 +1,8 @@
 """LN-Tuning: trains only the layer normalization modules (PEFT LNTuningConfig)."""
 from __future__ import annotations
 
-from fw.hookspecs import hookimpl
-from fw.types import AdapterPlugin
+from fw.plugin.hookspecs import hookimpl
+from fw.plugin.descriptors import AdapterPlugin
 
 SCHEMA = "fw.schemas:adapters/ln_tuning.json"
 
@@ -14,7 +14,7 @@ def fw_adapters():
 
 
 def build_peft_config(params: dict):
-    from fw.peft_mapping import build_peft_config as build
+    from fw.plugin.peft import build_peft_config as build
 
     return build("LNTuningConfig", params, SCHEMA)
 

@@ -1,8 +1,8 @@
 """LoHa: low-rank Hadamard product adaptation (PEFT LoHaConfig)."""
 from __future__ import annotations
 
-from fw.hookspecs import hookimpl
-from fw.types import AdapterPlugin
+from fw.plugin.hookspecs import hookimpl
+from fw.plugin.descriptors import AdapterPlugin
 
 SCHEMA = "fw.schemas:adapters/loha.json"
 
@@ -14,6 +14,6 @@ def fw_adapters():
 
 
 def build_peft_config(params: dict):
-    from fw.peft_mapping import build_peft_config as build
+    from fw.plugin.peft import build_peft_config as build
 
     return build("LoHaConfig", params, SCHEMA)

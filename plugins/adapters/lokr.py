@@ -1,8 +1,8 @@
 """LoKr: low-rank Kronecker product adaptation (PEFT LoKrConfig)."""
 from __future__ import annotations
 
-from fw.hookspecs import hookimpl
-from fw.types import AdapterPlugin
+from fw.plugin.hookspecs import hookimpl
+from fw.plugin.descriptors import AdapterPlugin
 
 SCHEMA = "fw.schemas:adapters/lokr.json"
 
@@ -14,6 +14,6 @@ def fw_adapters():
 
 
 def build_peft_config(params: dict):
-    from fw.peft_mapping import build_peft_config as build
+    from fw.plugin.peft import build_peft_config as build
 
     return build("LoKrConfig", params, SCHEMA)

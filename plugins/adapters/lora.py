@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import re
 
-from fw.hookspecs import hookimpl
-from fw.types import AdapterPlugin
+from fw.plugin.hookspecs import hookimpl
+from fw.plugin.descriptors import AdapterPlugin
 
 SCHEMA = "fw.schemas:adapters/lora.json"
 #: adapter key -> name of the PEFT dataclass its dict is turned into (all in ``peft.tuners.lora.config``)
@@ -19,7 +19,7 @@ def fw_adapters():
 
 
 def build_peft_config(params: dict):
-    from fw.peft_mapping import build_peft_config as build, with_defaults
+    from fw.plugin.peft import build_peft_config as build, with_defaults
 
     return build("LoraConfig", params, SCHEMA, **lora_overrides(with_defaults(params, SCHEMA)))
 
@@ -58,7 +58,7 @@ def init_lora_value(value: str | bool) -> str | bool:
         return value
     if value == "default":
         return True
-    from fw.registry import get_registry
+    from fw.plugin.registry import get_registry
 
     registry = get_registry()
     if registry.has("initializer", value):

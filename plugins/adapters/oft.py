@@ -12,8 +12,8 @@ are ``r: 0, oft_block_size: 32``. fw's rule:
 """
 from __future__ import annotations
 
-from fw.hookspecs import hookimpl
-from fw.types import AdapterPlugin
+from fw.plugin.hookspecs import hookimpl
+from fw.plugin.descriptors import AdapterPlugin
 
 SCHEMA = "fw.schemas:adapters/oft.json"
 
@@ -26,7 +26,7 @@ def fw_adapters():
 
 
 def build_peft_config(params: dict):
-    from fw.peft_mapping import build_peft_config as build, with_defaults
+    from fw.plugin.peft import build_peft_config as build, with_defaults
 
     overrides = {"oft_block_size": 0} if with_defaults(params, SCHEMA)["r"] > 0 else {}
     return build("OFTConfig", params, SCHEMA, **overrides)
@@ -34,7 +34,7 @@ def build_peft_config(params: dict):
 
 def check_params(params: dict, explicit_keys: set[str] | None = None) -> list[tuple[str, str]]:
     """The r / oft_block_size rule above, as (key, message) problems."""
-    from fw.peft_mapping import schema_defaults, with_defaults
+    from fw.plugin.peft import schema_defaults, with_defaults
 
     p = with_defaults(params, SCHEMA)
     r, block_size = p["r"], p["oft_block_size"]

@@ -1,8 +1,8 @@
 """VBLoRA: LoRA assembled from a shared vector bank (PEFT VBLoRAConfig)."""
 from __future__ import annotations
 
-from fw.hookspecs import hookimpl
-from fw.types import AdapterPlugin
+from fw.plugin.hookspecs import hookimpl
+from fw.plugin.descriptors import AdapterPlugin
 
 SCHEMA = "fw.schemas:adapters/vblora.json"
 
@@ -16,14 +16,14 @@ def fw_adapters():
 
 
 def build_peft_config(params: dict):
-    from fw.peft_mapping import build_peft_config as build
+    from fw.plugin.peft import build_peft_config as build
 
     return build("VBLoRAConfig", params, SCHEMA)
 
 
 def check_params(params: dict, explicit_keys: set[str] | None = None) -> list[tuple[str, str]]:
     """topk vectors are picked from the bank, so topk <= num_vectors."""
-    from fw.peft_mapping import with_defaults
+    from fw.plugin.peft import with_defaults
 
     p = with_defaults(params, SCHEMA)
     if p["topk"] > p["num_vectors"]:
@@ -33,8 +33,8 @@ def check_params(params: dict, explicit_keys: set[str] | None = None) -> list[tu
 
 def check_model(params: dict, model) -> list[str]:
     """vector_length must divide the in and out features of every targeted layer."""
-    from fw.adapter_wrap import divisor_problems, target_layer_shapes
-    from fw.peft_mapping import with_defaults
+    from fw.model.adapters import divisor_problems, target_layer_shapes
+    from fw.plugin.peft import with_defaults
 
     p = with_defaults(params, SCHEMA)
     return divisor_problems("vector_length", p["vector_length"], target_layer_shapes(model, p))

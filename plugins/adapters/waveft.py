@@ -5,8 +5,8 @@ so fw passes it as ``db1``. WaveFT has no ``r``/``alpha`` (see the schema's x-fw
 """
 from __future__ import annotations
 
-from fw.hookspecs import hookimpl
-from fw.types import AdapterPlugin
+from fw.plugin.hookspecs import hookimpl
+from fw.plugin.descriptors import AdapterPlugin
 
 SCHEMA = "fw.schemas:adapters/waveft.json"
 WAVELET_ALIASES = {"haar": "db1"}
@@ -20,7 +20,7 @@ def fw_adapters():
 
 
 def build_peft_config(params: dict):
-    from fw.peft_mapping import build_peft_config as build, with_defaults
+    from fw.plugin.peft import build_peft_config as build, with_defaults
 
     family = with_defaults(params, SCHEMA)["wavelet_family"]
     return build("WaveFTConfig", params, SCHEMA, wavelet_family=WAVELET_ALIASES.get(family, family))
@@ -28,8 +28,8 @@ def build_peft_config(params: dict):
 
 def check_model(params: dict, model) -> list[str]:
     """n_frequency may not exceed in_features * out_features of any targeted layer."""
-    from fw.adapter_wrap import size_limit_problems, target_layer_shapes
-    from fw.peft_mapping import with_defaults
+    from fw.model.adapters import size_limit_problems, target_layer_shapes
+    from fw.plugin.peft import with_defaults
 
     p = with_defaults(params, SCHEMA)
     return size_limit_problems("n_frequency", p["n_frequency"], target_layer_shapes(model, p))

@@ -8,8 +8,8 @@ AdaLoRA only tests ``init_lora_weights`` for truthiness (PEFT 0.21.2 ``AdaLoraLa
 rejects ``loftq_config``, so only ``default`` is offered for it: any other string would be accepted by PEFT
 and silently give AdaLoRA's own initialization.
 """
-from fw.hookspecs import hookimpl
-from fw.types import InitializerPlugin
+from fw.plugin.hookspecs import hookimpl
+from fw.plugin.descriptors import InitializerPlugin
 
 #: initializers that fold part of the pretrained weight into the adapter (the base keeps the residual), so they
 #: need the real floating-point weights: PEFT refuses quantized ones
@@ -120,11 +120,11 @@ def _quantization_backend(config: dict) -> str | None:
     return quantization.get("backend") or "bitsandbytes"
 
 
-# -- prepare steps (run by fw.initialization.wrap_with_initializer) ----------------------------------------------
+# -- prepare steps (run by fw.model.initialization.wrap_with_initializer) ----------------------------------------------
 def prepare_residual(model, section: dict, calibration, wrap):
     """PiSSA / OLoRA: PEFT initializes while wrapping; keep the initial adapter so the saved one is converted
     to a plain LoRA adapter for the original base model."""
-    from fw.initialization import keep_initial_adapter
+    from fw.model.initialization import keep_initial_adapter
 
     wrapped = wrap(model)
     keep_initial_adapter(wrapped)
@@ -142,7 +142,7 @@ def prepare_eva(model, section: dict, calibration, wrap):
     from peft import initialize_lora_eva_weights
 
     from fw.errors import FwError
-    from fw.initialization import model_device
+    from fw.model.initialization import model_device
 
     options = section.get("eva_config") or {}
     wrapped = wrap(model)
@@ -177,7 +177,7 @@ def prepare_corda(model, section: dict, calibration, wrap):
     ``corda_config.n_samples`` training rows on the base model, then wrap (PEFT decomposes W @ C)."""
     from peft.tuners.lora.corda import preprocess_corda
 
-    from fw.initialization import inference_mode, keep_initial_adapter, model_device, peft_config_for
+    from fw.model.initialization import inference_mode, keep_initial_adapter, model_device, peft_config_for
 
     options = section.get("corda_config") or {}
     # PEFT's covariance hook takes one sequence per forward pass (it squeezes the batch dimension)

@@ -9,8 +9,8 @@ import json
 import re
 from collections.abc import Callable
 
-from fw.hookspecs import hookimpl
-from fw.types import MatcherPlugin
+from fw.plugin.hookspecs import hookimpl
+from fw.plugin.descriptors import MatcherPlugin
 
 SCHEMA = "fw.schemas:matchers/json_schema.json"
 

@@ -1,8 +1,8 @@
 """regex: the label is chosen when a Python regular expression is found in the generated text."""
 from collections.abc import Callable
 
-from fw.hookspecs import hookimpl
-from fw.types import MatcherPlugin
+from fw.plugin.hookspecs import hookimpl
+from fw.plugin.descriptors import MatcherPlugin
 
 SCHEMA = "fw.schemas:matchers/regex.json"
 

@@ -6,8 +6,8 @@ adapter keeps it); svd takes any ranks (new rank = svd_rank or the largest sourc
 ranks (new rank = their sum). density is used by ties, dare_linear, dare_ties and magnitude_prune.
 The merge itself is run by the core (one call to ``add_weighted_adapter`` with the section's keys).
 """
-from fw.hookspecs import hookimpl
-from fw.types import MergeStrategyPlugin
+from fw.plugin.hookspecs import hookimpl
+from fw.plugin.descriptors import MergeStrategyPlugin
 
 # name -> (summary, uses_density, requires_equal_ranks)
 STRATEGIES = {

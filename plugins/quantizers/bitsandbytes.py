@@ -1,10 +1,10 @@
 """bitsandbytes: 4-bit / 8-bit weights at load time (QLoRA) via transformers' BitsAndBytesConfig.
 
 bitsandbytes >= 0.50 quantizes and trains on CPU as well as on CUDA GPUs; older releases need a CUDA GPU.
-PEFT's ``prepare_model_for_kbit_training`` runs before the adapter is applied (fw.quantization).
+PEFT's ``prepare_model_for_kbit_training`` runs before the adapter is applied (fw.model.quantization).
 """
-from fw.hookspecs import hookimpl
-from fw.types import QuantizerPlugin
+from fw.plugin.hookspecs import hookimpl
+from fw.plugin.descriptors import QuantizerPlugin
 
 SCHEMA = "fw.schemas:quantizers/bitsandbytes.json"
 

@@ -17,19 +17,19 @@ Modes and the torchao configs they use (torchao 0.18):
 - ``int8_weight_only``: ``IntxWeightOnlyConfig(int8, per output channel)``.
 - ``int8_dynamic``: ``Int8DynamicActivationIntxWeightConfig(int8 weights per channel)``: activations are
   quantized per token in every forward pass. Quantized activations carry no gradient, so training on an
-  int8_dynamic base always runs on fake quantization (fw.quantization.section_for_loading), inference on the
+  int8_dynamic base always runs on fake quantization (fw.model.quantization.section_for_loading), inference on the
   real kernels.
 - ``float8``: ``Float8DynamicActivationFloat8WeightConfig``: fp8 weights and fp8 matmuls, which torchao only
   runs on CUDA GPUs of compute capability >= 8.9 (H100, L4, RTX 40xx).
 """
-from fw.hookspecs import hookimpl
-from fw.types import QuantizerPlugin
+from fw.plugin.hookspecs import hookimpl
+from fw.plugin.descriptors import QuantizerPlugin
 
 SCHEMA = "fw.schemas:quantizers/torchao.json"
 #: weights sharing one scale in int4 mode; divides the width of every common architecture
 INT4_GROUP_SIZE = 32
 FLOAT8_MIN_CAPABILITY = (8, 9)
-#: set on a QAT-prepared model; fw.quantization calls it before the model is saved
+#: set on a QAT-prepared model; fw.model.quantization calls it before the model is saved
 AFTER_TRAINING_ATTRIBUTE = "fw_after_training"
 
 
@@ -50,7 +50,7 @@ def require_torchao() -> None:
     if importlib.util.find_spec("torchao") is None:
         raise FwError("quantization.backend: torchao is not installed. Install it with `pip install torchao` "
                       "(or `pip install 'fw[train]'`).")
-    from fw.quantization import quiet_quantization_libraries
+    from fw.model.quantization import quiet_quantization_libraries
 
     quiet_quantization_libraries()
 

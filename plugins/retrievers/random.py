@@ -1,6 +1,6 @@
 """random: few-shot examples drawn at random from the training set (``prompt.retrieval.type: random``)."""
-from fw.hookspecs import hookimpl
-from fw.types import RetrieverPlugin
+from fw.plugin.hookspecs import hookimpl
+from fw.plugin.descriptors import RetrieverPlugin
 
 SCHEMA = "fw.schemas:retrievers/random.json"
 

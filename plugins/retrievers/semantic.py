@@ -1,6 +1,6 @@
 """semantic: few-shot examples most similar to the input by embedding (``retrieval.type: semantic``)."""
-from fw.hookspecs import hookimpl
-from fw.types import RetrieverPlugin
+from fw.plugin.hookspecs import hookimpl
+from fw.plugin.descriptors import RetrieverPlugin
 
 SCHEMA = "fw.schemas:retrievers/semantic.json"
 EMBEDDINGS_FILE = "embeddings.npy"
@@ -22,7 +22,7 @@ def build_index(params: dict, texts: list, directory):
 
     import numpy
 
-    from fw import embedding
+    from fw.data import embedding
 
     stored = Path(directory) / EMBEDDINGS_FILE
     if stored.is_file():
@@ -58,7 +58,7 @@ class SemanticIndex:
             if text in self.position_of:
                 vectors[i] = self.vectors[self.position_of[text]]
         if unknown:
-            from fw import embedding
+            from fw.data import embedding
 
             vectors[unknown] = embedding.embed(self.model_name, [texts[i] for i in unknown])
         return vectors

@@ -3,8 +3,8 @@
 A complete third-party fw plugin: one hook, one descriptor, one JSON Schema. Nothing heavy is imported at
 module level, so `fw list-plugins` stays fast with it installed.
 """
-from fw.hookspecs import hookimpl
-from fw.types import AdapterPlugin
+from fw.plugin.hookspecs import hookimpl
+from fw.plugin.descriptors import AdapterPlugin
 
 SCHEMA = "fw_randlora:schema.json"
 
@@ -17,5 +17,5 @@ def fw_adapters():
 
 
 def build_peft_config(params: dict):
-    from fw.peft_mapping import build_peft_config as build
+    from fw.plugin.peft import build_peft_config as build
     return build("RandLoraConfig", params, SCHEMA)

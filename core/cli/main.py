@@ -1,0 +1,164 @@
+"""The ``fw`` command line. Verbs are small functions; heavy imports happen inside the verbs that need them."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from fw.console import say
+from fw.errors import ConfigError, FwError
+from fw.errors import did_you_mean
+from fw.plugin.descriptors import KINDS
+
+EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
+KIND_ALIASES = {"adapters": "adapter", "initializers": "initializer", "quantizers": "quantizer",
+                "quantization": "quantizer", "matchers": "matcher", "merge": "merge_strategy",
+                "merges": "merge_strategy", "merge_strategies": "merge_strategy", "retrievers": "retriever",
+                "retrieval": "retriever"}
+
+
+class UsageError(FwError):
+    pass
+
+
+def _kind(value: str) -> str:
+    kind = KIND_ALIASES.get(value, value)
+    if kind not in KINDS:
+        raise UsageError(f"unknown plugin kind '{value}'. Kinds: {', '.join(KINDS)}.{did_you_mean(value, KINDS)}")
+    return kind
+
+
+# -- verbs ------------------------------------------------------------------------------------------
+def cmd_list_plugins(args: argparse.Namespace) -> int:
+    from fw.plugin.registry import conflict_message, get_registry
+    registry = get_registry()
+    kind = _kind(args.kind) if args.kind else None
+    conflicts = registry.conflicts()
+    rows = []
+    for entry in registry.all(kind):
+        key = (entry.kind, entry.name)
+        status = "conflict: " + conflict_message(*key, conflicts[key]) if key in conflicts else "ok"
+        rows.append({"kind": entry.kind, "name": entry.name, "summary": entry.descriptor.summary,
+                     "distribution": entry.distribution.name, "version": entry.distribution.version,
+                     "status": status})
+    broken = [{"kind": "?", "name": b.entry_point, "summary": "", "distribution": b.distribution.name,
+               "version": b.distribution.version, "status": f"broken: {b.error}"} for b in registry.broken]
+    rows += broken if kind is None else []
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return EXIT_OK
+    from fw.console import plain_table
+    cells = [[row["kind"], row["name"], f"{row['distribution']} {row['version']}", row["summary"], row["status"]]
+             for row in rows]
+    styles = [None if row["status"] == "ok" else "red" for row in rows]
+    print(plain_table(["kind", "name", "distribution", "summary", "status"], cells, styles))
+    return EXIT_OK
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from fw.config.assembly import full_schema, one_plugin_schema
+    if args.kind and not args.name:
+        raise UsageError("fw schema KIND NAME needs both a kind and a name (e.g. fw schema adapter lora).")
+    schema = one_plugin_schema(_kind(args.kind), args.name) if args.kind else full_schema()
+    print(json.dumps(schema, indent=2))
+    return EXIT_OK
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from fw.config.load import validate_config
+    if not os.path.exists(args.config):
+        raise UsageError(f"config file not found: {args.config}")
+    try:
+        report = validate_config(args.config)
+    except ConfigError as exc:  # unreadable YAML
+        _print_issues(args.config, exc.issues, [])
+        return EXIT_INVALID
+    _print_issues(args.config, report.issues, report.warnings)
+    if report.ok and args.resolved:
+        import yaml
+        print(yaml.safe_dump(report.resolved, sort_keys=False, allow_unicode=True), end="")
+    return EXIT_OK if report.ok else EXIT_INVALID
+
+
+def _print_issues(source: str, issues, warnings) -> None:
+    for warning in warnings:
+        say(f"warning: {warning}", "yellow")
+    if issues:
+        say(f"✗ {source}: {len(issues)} problem(s)", "red")
+        for issue in issues:
+            say(f"  • {issue}")
+    else:
+        say(f"✓ {source} is valid", "green")
+
+
+# -- parser -----------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fw", description="Declarative fine-tuning and inference for LLMs.")
+    parser.add_argument("--version", action="version", version=f"fw {_version()}")
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB")
+    verbs.required = True
+
+    def verb(name: str, handler: Callable[[argparse.Namespace], int], help_text: str) -> argparse.ArgumentParser:
+        sub = verbs.add_parser(name, help=help_text, description=help_text)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    plugins = verb("list-plugins", cmd_list_plugins, "List installed plugins (built-in and third-party).")
+    plugins.add_argument("--kind", help=f"only this kind: {', '.join(KINDS)}")
+    plugins.add_argument("--json", action="store_true", help="machine-readable output")
+
+    schema = verb("schema", cmd_schema, "Print the JSON Schema of the config (or of one plugin).")
+    schema.add_argument("kind", nargs="?", help="plugin kind, e.g. adapter")
+    schema.add_argument("name", nargs="?", help="plugin name, e.g. lora")
+
+    validate = verb("validate", cmd_validate, "Check a config; report every problem with its path.")
+    validate.add_argument("config", help="path to the YAML config")
+    validate.add_argument("--resolved", action="store_true", help="print the config with every default filled in")
+    for register in _extra_verbs():
+        register(verbs)
+    return parser
+
+
+def _extra_verbs() -> list[Callable]:
+    """Verbs that live in their own modules (train, predict, ...), registered here when present."""
+    registrars = []
+    for module_name in ("fw.cli.run", "fw.cli.preview"):
+        try:
+            module = __import__(module_name, fromlist=["register"])
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:
+                raise
+            continue
+        registrars.append(module.register)
+    return registrars
+
+
+def _version() -> str:
+    from fw import __version__
+    return __version__
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except UsageError as exc:
+        say(f"error: {exc}", "red")
+        return EXIT_USAGE
+    except FwError as exc:
+        say(f"error: {exc}", "red")
+        return EXIT_INVALID
+    except KeyboardInterrupt:
+        return 130
+    except OSError as exc:  # disk full, permission denied...: the environment, not a bug; no traceback
+        where = f" ({exc.filename})" if exc.filename else ""
+        say(f"error: {exc.strerror or exc}{where}. Nothing half-written was left behind; free space or fix "
+            "the permissions, then run again (fw train --resume continues from the last checkpoint).", "red")
+        return EXIT_INVALID
+
+
+if __name__ == "__main__":
+    sys.exit(main())

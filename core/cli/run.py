@@ -1,0 +1,133 @@
+"""``fw train``, ``fw predict``, ``fw evaluate``: the pipeline verbs, with Ludwig's flag names.
+
+    fw train --config config.yaml --dataset data.csv [--output_directory results] [--experiment_name exp]
+    fw train --config config.yaml --dataset data.csv --resume      # continue the latest run of that experiment
+    fw predict --model_path results/experiment_run/model --dataset new.csv
+    fw evaluate --model_path results/experiment_run/model --dataset data.csv --split test
+    fw evaluate --config icl.yaml --dataset data.csv                 # trainer.type none: the base model directly
+    fw train --config multi.yaml --dataset a.csv --adapter task_a     # several named adapters: train one
+    fw predict --model_path results/experiment_run/model --dataset new.csv --adapter merged
+"""
+from __future__ import annotations
+
+import argparse
+import os
+
+
+def _data_flags(parser: argparse.ArgumentParser, sets: bool) -> None:
+    parser.add_argument("--dataset", help="a CSV / TSV / JSON / JSONL / Parquet file")
+    if sets:
+        parser.add_argument("--training_set", help="training rows (instead of --dataset)")
+        parser.add_argument("--validation_set", help="validation rows")
+        parser.add_argument("--test_set", help="test rows")
+    parser.add_argument("--output_directory", default=None,
+                        help="where results go (train: parent of <experiment>_<run>/, default results)")
+    parser.add_argument("--experiment_name", default="experiment", help="experiment name (default experiment)")
+    parser.add_argument("--model_name", default="run", help="run name (default run)")
+    parser.add_argument("--no_progress", action="store_true", help="no progress bars")
+    parser.add_argument("--adapter", default=None, metavar="NAME",
+                        help="with several named adapters (adapters:): the one to train / to predict with "
+                             "(default adapters.active)")
+
+
+def _require_config_file(path: str | None) -> None:
+    from fw.cli.main import UsageError
+
+    if path is not None and not os.path.exists(path):
+        raise UsageError(f"config file not found: {path}")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from fw import pipeline
+
+    _require_config_file(args.config)
+    result = pipeline.train(args.config, dataset=args.dataset, training_set=args.training_set,
+                            validation_set=args.validation_set, test_set=args.test_set,
+                            output_directory=args.output_directory or "results",
+                            experiment_name=args.experiment_name, model_name=args.model_name,
+                            resume=args.resume, show_progress=not args.no_progress, adapter=args.adapter)
+    _print_training(result)
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from fw import pipeline
+
+    _require_config_file(args.config)
+    result = pipeline.predict(model_path=args.model_path, config=args.config, dataset=args.dataset, split=args.split,
+                              output_directory=args.output_directory, experiment_name=args.experiment_name,
+                              model_name=args.model_name, show_progress=not args.no_progress,
+                              adapter=args.adapter)
+    _console().print(f"[green]✓[/green] {len(result.predictions)} predictions in {result.directory}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from fw import pipeline
+
+    _require_config_file(args.config)
+    result = pipeline.evaluate(model_path=args.model_path, config=args.config, dataset=args.dataset,
+                               split=args.split, output_directory=args.output_directory,
+                               experiment_name=args.experiment_name, model_name=args.model_name,
+                               show_progress=not args.no_progress, adapter=args.adapter)
+    _print_statistics(result.statistics)
+    _console().print(f"[green]✓[/green] test_statistics.json and predictions in {result.directory}")
+    return 0
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(highlight=False, soft_wrap=True)
+
+
+def _print_training(result) -> None:
+    stats = result.statistics
+    last = stats["train_loss_per_step"][-1] if stats.get("train_loss_per_step") else float("nan")
+    line = f"[green]✓[/green] trained {stats.get('steps', 0)} steps, final loss {last:.4f}"
+    if stats.get("best"):
+        line += f", best validation loss {stats['best']['loss']:.4f} (epoch {stats['best']['epoch']})"
+    _console().print(line)
+    _console().print(f"  model: {result.model_dir}")
+
+
+def _print_statistics(statistics: dict) -> None:
+    from rich.table import Table
+
+    table = Table(title="test statistics")
+    table.add_column("output")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for output, metrics in statistics.items():
+        if output in ("combined", "rows") or not isinstance(metrics, dict):
+            continue
+        for metric, value in metrics.items():
+            if isinstance(value, (dict, list)):  # per_class / confusion_matrix: printed below
+                continue
+            table.add_row(output, metric, "-" if value is None else f"{value:.4f}")
+    _console().print(table)
+    from fw.infer.metrics import category_tables
+
+    for extra in category_tables(statistics):
+        _console().print(extra)
+
+
+def register(verbs) -> None:
+    train = verbs.add_parser("train", help="Fine-tune a model per the config.",
+                             description="Fine-tune a base model per the config; writes results/<experiment>_<run>/.")
+    train.set_defaults(handler=cmd_train)
+    train.add_argument("--config", required=True, help="path to the YAML config")
+    _data_flags(train, sets=True)
+    train.add_argument("--resume", action="store_true",
+                       help="continue the latest run of --experiment_name from its last checkpoint")
+
+    for name, handler, text in (("predict", cmd_predict, "Generate outputs for a dataset; writes predictions.*"),
+                                ("evaluate", cmd_evaluate, "Predict and score; writes test_statistics.json")):
+        sub = verbs.add_parser(name, help=text, description=text)
+        sub.set_defaults(handler=handler)
+        sub.add_argument("--model_path", help="a model saved by fw train (results/<experiment>_<run>/model)")
+        sub.add_argument("--config", help="config to use the base model directly (trainer.type none), or to "
+                                          "override the one saved with --model_path")
+        sub.add_argument("--split", default="full", choices=["full", "train", "validation", "test"],
+                         help="which rows of --dataset (default full: every row)")
+        _data_flags(sub, sets=False)

@@ -1,0 +1,1 @@
+"""The config language: load, schemas, validation, rules."""

@@ -1,0 +1,80 @@
+"""Turns jsonschema errors into ConfigIssues: a path, the bad value, what was expected, a hint."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError
+
+from fw.errors import ConfigIssue
+from fw.config.walk import Path, format_path, schema_at
+from fw.errors import did_you_mean
+
+_TYPE_NAMES = {dict: "mapping", list: "list", str: "string", bool: "boolean", int: "integer", float: "number",
+               type(None): "null"}
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _hint_for(root: dict[str, Any], parent_path: Path, key: str | int) -> str | None:
+    parent = schema_at(root, parent_path)
+    hints = (parent or {}).get("x-fw-hints", {})
+    return hints.get(key) if isinstance(key, str) else None
+
+
+def _renamed_from_library(schema: dict[str, Any], key: str) -> str | None:
+    """A key the underlying library spells differently (PEFT's ``lora_alpha`` is fw's ``alpha``)."""
+    for name, prop in schema.get("properties", {}).items():
+        if isinstance(prop, dict) and prop.get("x-peft") == key and name != key:
+            return f"PEFT's `{key}` is called `{name}` in fw: use {name}"
+    return None
+
+
+def issues_from_schema(schema: dict[str, Any], instance: Any, prefix: Path = (),
+                       context: str = "") -> Iterator[ConfigIssue]:
+    """Every violation of ``schema`` by ``instance``, with paths prefixed by ``prefix``."""
+    validator = Draft202012Validator(schema)
+    for error in sorted(validator.iter_errors(instance), key=lambda e: [str(p) for p in e.absolute_path]):
+        yield from _issues_for(error, schema, prefix, context)
+
+
+def _issues_for(error: ValidationError, root: dict[str, Any], prefix: Path, context: str) -> Iterator[ConfigIssue]:
+    local = tuple(error.absolute_path)
+    path = prefix + local
+    kind = error.validator
+    if kind == "additionalProperties":
+        allowed = list(error.schema.get("properties", {}))
+        hints = error.schema.get("x-fw-hints", {})
+        for key in [k for k in error.instance if k not in allowed]:
+            where = f" for {context}" if context else ""
+            hint = hints.get(key) or _renamed_from_library(error.schema, key)
+            message = f"unknown key '{key}'{where}."
+            if hint:
+                message += f" {hint}."
+            else:
+                message += did_you_mean(key, allowed) or f" Allowed keys: {', '.join(allowed)}."
+            yield ConfigIssue(format_path(path + (key,)), message)
+        return
+    if kind == "required":
+        missing = error.message.split("'")[1] if "'" in error.message else str(error.validator_value)
+        described = (error.schema.get("properties", {}).get(missing, {}) or {}).get("description")
+        yield ConfigIssue(format_path(path + (missing,)), "required key is missing.", described)
+        return
+    hint = _hint_for(root, local[:-1], local[-1]) if local else None
+    if kind == "enum":
+        choices = error.validator_value
+        message = f"{_shown(error.instance)} is not one of {', '.join(map(str, choices))}."
+        message += did_you_mean(str(error.instance), [str(c) for c in choices])
+    elif kind == "const":
+        message = f"must be {_shown(error.validator_value)}, got {_shown(error.instance)}."
+    elif kind == "type":
+        expected = error.validator_value if isinstance(error.validator_value, list) else [error.validator_value]
+        got = _TYPE_NAMES.get(type(error.instance), type(error.instance).__name__)
+        message = f"expected {' or '.join(expected)}, got {got} {_shown(error.instance)}."
+    else:
+        message = error.message + "."
+    yield ConfigIssue(format_path(path), message, hint)

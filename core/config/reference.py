@@ -1,0 +1,77 @@
+"""Renders the config reference (Markdown) from the core schema and every installed plugin's schema.
+
+`python -m fw.config.reference > docs/config-reference.md` regenerates it; a test keeps the committed file current.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fw.plugin.registry import Registry, get_registry
+from fw.config.store import core_schema, load_schema
+from fw.config.walk import deref
+from fw.plugin.descriptors import KINDS
+
+SECTIONS = ["model_type", "base_model", "input_features", "output_features", "prompt", "preprocessing",
+            "adapter", "adapters", "quantization", "model_parameters", "trainer", "generation", "backend"]
+SOCKET_NOTE = {"adapter": "adapter.type", "initializer": "adapter.init_lora_weights (sub-config key shown)",
+               "quantizer": "quantization.backend", "matcher": "output_features[].decoder.match.<label>.type",
+               "merge_strategy": "adapters.merge.combination_type", "retriever": "prompt.retrieval.type"}
+
+
+def _type(prop: dict[str, Any]) -> str:
+    if "const" in prop:
+        return f"`{json.dumps(prop['const'])}`"
+    if "enum" in prop:
+        return " \\| ".join(f"`{json.dumps(v)}`" for v in prop["enum"])
+    kinds = prop.get("type", "any")
+    return " \\| ".join(kinds) if isinstance(kinds, list) else kinds
+
+
+def _rows(schema: dict[str, Any], root: dict[str, Any], prefix: str) -> list[str]:
+    rows = []
+    schema = deref(schema, root)
+    for key, prop in schema.get("properties", {}).items():
+        prop = deref(prop, root)
+        path = f"{prefix}{key}"
+        default = f"`{json.dumps(prop['default'])}`" if "default" in prop else ""
+        description = " ".join(prop.get("description", "").split()).replace("|", "\\|")
+        rows.append(f"| `{path}` | {_type(prop)} | {default} | {description} |")
+        if isinstance(prop.get("properties"), dict):
+            rows += _rows(prop, root, path + ".")
+        elif isinstance(prop.get("items"), dict) and "properties" in deref(prop["items"], root):
+            rows += _rows(prop["items"], root, path + "[].")
+    return rows
+
+
+def _table(schema: dict[str, Any], root: dict[str, Any], prefix: str) -> str:
+    header = "| key | type | default | description |\n|---|---|---|---|\n"
+    return header + "\n".join(_rows(schema, root, prefix)) + "\n"
+
+
+def render(registry: Registry | None = None) -> str:
+    registry = registry or get_registry()
+    core = core_schema()
+    parts = ["# fw config reference\n", "Generated from the JSON Schemas by `python -m fw.config.reference`; do not edit.\n",
+             "## Core sections\n"]
+    for section in SECTIONS:
+        prop = deref(core["properties"][section], core)
+        parts.append(f"### `{section}`\n\n{' '.join(prop.get('description', '').split())}\n")
+        if prop.get("properties") or (isinstance(prop.get("items"), dict)):
+            target = prop["items"] if isinstance(prop.get("items"), dict) else prop
+            parts.append(_table(target, core, f"{section}{'[].' if 'items' in prop else '.'}"))
+    parts.append("### Keys every adapter accepts\n")
+    parts.append(_table(core["$defs"]["adapter_common"], core, "adapter."))
+    for kind in KINDS:
+        parts.append(f"## Plugins: {kind.replace('_', ' ')} (`{SOCKET_NOTE[kind]}`)\n")
+        for entry in registry.all(kind):
+            schema = load_schema(entry.descriptor.schema)
+            origin = "" if entry.distribution.name == "fw" else f" — from {entry.distribution}"
+            parts.append(f"### `{entry.name}`{origin}\n\n{' '.join(schema.get('description', entry.descriptor.summary).split())}\n")
+            if schema.get("properties"):
+                parts.append(_table(schema, schema, ""))
+    return "\n".join(parts)
+
+
+if __name__ == "__main__":
+    print(render(), end="")

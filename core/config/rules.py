@@ -1,0 +1,395 @@
+"""Cross-field rules of the config language that JSON Schema expresses poorly.
+
+Each rule reads the config with defaults filled and yields ConfigIssues (errors) or ConfigWarnings. A rule
+that meets a value of the wrong type stops quietly: the schema has already reported it.
+"""
+from __future__ import annotations
+
+import string
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from fw.errors import ConfigIssue, ConfigWarning
+from fw.plugin.registry import Registry
+
+Config = dict[str, Any]
+Rule = Callable[[Config, Registry], Iterator[ConfigIssue]]
+RULES: list[Rule] = []
+
+SAMPLE, TASK, CONTEXT = "__sample__", "__task__", "__context__"
+
+
+def rule(function: Rule) -> Rule:
+    RULES.append(function)
+    return function
+
+
+def check(config: Config, registry: Registry, raw: Config | None = None) -> Iterator[ConfigIssue]:
+    derive_defaults(config, raw or {})
+    for each in RULES:
+        try:
+            yield from each(config, registry)
+        except (TypeError, KeyError, AttributeError, IndexError, ValueError):
+            continue
+
+
+def derive_defaults(config: Config, raw: Config) -> None:
+    """Defaults that depend on other fields: the decoder follows the output type; the spec's decoding
+    strategies (contrastive, diverse beam) are defined without do_sample, so it follows them unless set."""
+    generation, written = config.get("generation"), raw.get("generation")
+    if isinstance(generation, dict) and "do_sample" not in (written if isinstance(written, dict) else {}):
+        contrastive = (generation.get("penalty_alpha") or 0) > 0
+        diverse = (generation.get("num_beam_groups") or 1) > 1
+        if contrastive or diverse:
+            generation["do_sample"] = False
+    for feature in config.get("output_features") or []:
+        if isinstance(feature, dict):
+            kind = feature.get("type", "text")
+            decoder = feature.setdefault("decoder", {})
+            if isinstance(decoder, dict):
+                decoder.setdefault("type", "category_extractor" if kind == "category" else "text_extractor")
+                if decoder["type"] == "category_extractor":
+                    decoder.setdefault("constrain_to_vocabulary", False)
+                    decoder.setdefault("label_scoring", False)
+
+
+def template_fields(template: str) -> list[str]:
+    """The ``{names}`` a template uses; raises ValueError for unbalanced braces."""
+    return [name for _, name, _, _ in string.Formatter().parse(template) if name]
+
+
+# -- features ---------------------------------------------------------------------------------------
+@rule
+def one_text_input(config: Config, registry: Registry) -> Iterator[ConfigIssue]:
+    inputs = config["input_features"]
+    if len(inputs) != 1:
+        names = ", ".join(str(f.get("name")) for f in inputs)
+        yield ConfigIssue("input_features", f"an LLM takes exactly one text input, got {len(inputs)} ({names}).",
+                          "combine several columns into one input with prompt.template, e.g. "
+                          "'{question} {context}'")
+
+
+@rule
+def one_output(config: Config, registry: Registry) -> Iterator[ConfigIssue]:
+    outputs = config["output_features"]
+    if len(outputs) != 1:
+        yield ConfigIssue("output_features", f"an LLM has exactly one output feature, got {len(outputs)}.")
+
+
+@rule
+def output_type_fits_trainer(config: Config, registry: Registry) -> Iterator[ConfigIssue]:
+    feature = config["output_features"][0]
+    if config["trainer"]["type"] == "finetune" and feature["type"] != "text":
+        yield ConfigIssue("output_features[0].type",
+                          f"trainer.type: finetune needs a text output, got {feature['type']!r}.",
+                          "set the output type to text even for classification, or use trainer.type: none "
+                          "for in-context classification with a category output")
+
+
+@rule
+def decoder_fits_output(config: Config, registry: Registry) -> Iterator[ConfigIssue]:
+    for index, feature in enumerate(config["output_features"]):
+        decoder, path = feature["decoder"], f"output_features[{index}].decoder"
+        if feature["type"] == "category":
+            if decoder["type"] != "category_extractor":
+                yield ConfigIssue(f"{path}.type", f"a category output needs decoder type category_extractor, "
+                                                  f"got {decoder['type']!r}.")
+            elif not decoder.get("match"):
+                yield ConfigIssue(f"{path}.match", "category_extractor needs match entries, one per label.",
+                                  "e.g. match: {positive: {type: contains, value: positive}}")
+        elif decoder["type"] == "category_extractor":
+            yield ConfigIssue(f"{path}.type", "category_extractor needs an output of type category.")
+
+
+# -- prompt -----------------------------------------------------------------------------------------
+@rule
+def template_placeholders(config: Config, registry: Registry) -> Iterator[ConfigIssue]:
+    prompt = config["prompt"]
+    template = prompt.get("template")
+    retrieval = (prompt.get("retrieval") or {}).get("type")
+    if template is None:
+        if retrieval and not prompt.get("task"):
+            yield ConfigIssue("prompt", "retrieval needs prompt.task or prompt.template to place the examples.",
+                              "set prompt.task, or a template with {__context__}")
+        return
+    try:
+        names = template_fields(template)
+    except ValueError as exc:
+        yield ConfigIssue("prompt.template", f"is not a valid template: {exc}.",
+                          "write literal braces as {{ and }}")
+        return
+    if not [n for n in names if n not in (TASK, CONTEXT)]:
+        yield ConfigIssue("prompt.template", "must contain at least one dataset column or {__sample__} in "
+                                             "curly brackets, e.g. {question}.")
+    if prompt.get("task") and TASK not in names:
+        yield ConfigIssue("prompt.template", "prompt.task is set, so the template must contain {__task__}.")
+    if retrieval and CONTEXT not in names:
+        yield ConfigIssue("prompt.template", "prompt.retrieval is set, so the template must contain "
+                                             "{__context__} where the retrieved examples go.")
+
+
+@rule
+def retrieval_needs_examples(config: Config, registry: Registry) -> Iterator[ConfigIssue]:
+    retrieval = config["prompt"].get("retrieval") or {}
+    if retrieval.get("type") and retrieval.get("k", 0) < 1:
+        yield ConfigIssue("prompt.retrieval.k", f"retrieval type {retrieval['type']!r} retrieves k examples, "
+                                                f"got k: {retrieval.get('k', 0)}.", "set k to 1 or more")
+
+
+# -- adapters ---------------------------------------------------------------------------------------
+@rule
+def adapter_xor_adapters(config: Config, registry: Registry) -> Iterator[ConfigIssue]:
+    if config.get("adapter") is not None and config.get("adapters") is not None:
+        yield ConfigIssue("adapters", "adapter and adapters are mutually exclusive.",
+                          "use adapter for one adapter, or adapters.adapters for several named ones")
+
+
+def _adapter_sections(config: Config) -> dict[str, dict[str, Any]]:
+    if config.get("adapter") is not None:
+        return {"adapter": config["adapter"]}
+    named = (config.get("adapters") or {}).get("adapters") or {}
+    return {f"adapters.adapters.{name}": section for name, section in named.items()}
+
+
+@rule
+def adapters_names_exist(config: Config, registry: Registry) -> Iterator[ConfigIssue]:
+    adapters = config.get("adapters")
+    if adapters is None:
+        return
+    names = list(adapters["adapters"])
+    merge = adapters.get("merge")
+    available = names + ([merge.get("name")] if merge and merge.get("name") else [])
+    active = adapters.get("active")
+    if active is not None and active not in available:
+        from fw.errors import did_you_mean
+        yield ConfigIssue("adapters.active", f"names no adapter: {active!r}. Adapters: {', '.join(available)}."
+                          + did_you_mean(active, available))
+    if not merge:
+        return
+    sources = merge.get("sources") or []
+    for index, source in enumerate(sources):
+        if source not in names:
+            yield ConfigIssue(f"adapters.merge.sources[{index}]",
+                              f"names no adapter: {source!r}. Adapters: {', '.join(names)}.")
+    weights = merge.get("weights")
+    if weights is not None and len(weights) != len(sources):
+        yield ConfigIssue("adapters.merge.weights", f"has {len(weights)} weight(s) for {len(sources)} source(s); "
+                                                    "give one weight per source.")
+    if merge.get("name") in names:
+        yield ConfigIssue("adapters.merge.name", f"{merge['name']!r} is already an adapter's name; "
+                                                 "the merged adapter needs a new one.")
+    yield from _merge_sources_compatible(adapters, merge, registry)
+
+
+def _merge_sources_compatible(adapters: dict, merge: dict, registry: Registry) -> Iterator[ConfigIssue]:
+    sections = {name: adapters["adapters"][name] for name in merge.get("sources") or []
+                if name in adapters["adapters"]}
+    for name, section in sections.items():
+        if registry.has("adapter", section.get("type", "")) and \
+                not registry.get("adapter", section["type"]).lora_family:
+            yield ConfigIssue(f"adapters.adapters.{name}.type",
+                              f"merging needs LoRA-family adapters (PEFT add_weighted_adapter); "
+                              f"{name!r} is {section['type']!r}.")
+    combination = merge.get("combination_type", "linear")
+    if not registry.has("merge_strategy", combination):
+        return
+    strategy = registry.get("merge_strategy", combination)
+    from fw.model.multi_adapter import peft_rank
+
+    ranks = {name: peft_rank(section) for name, section in sections.items()}
+    if strategy.requires_equal_ranks and len(set(ranks.values())) > 1:
+        listed = ", ".join(f"{name} r={rank}" for name, rank in ranks.items())
+        yield ConfigIssue("adapters.merge.combination_type",
+                          f"{combination!r} needs sources of equal rank, got {listed}.",
+                          "use combination_type svd or cat, or give the adapters the same r")
+
+
+@rule
+def multi_adapter_fits_peft(config: Config, registry: Registry) -> Iterator[ConfigIssue]:
+    """Several named adapters: what PEFT refuses (mixed methods, merging AdaLoRA / DoRA, mixed target forms)."""
+    from fw.model.multi_adapter import config_issues
+
+    yield from config_issues(config, registry)
+
+
+# -- quantization -----------------------------------------------------------------------------------
+@rule
+def quantized_finetune_needs_lora(config: Config, registry: Registry) -> Iterator[ConfigIssue]:
+    if config.get("quantization") is None or config["trainer"]["type"] != "finetune":
+        return
+    sections = _adapter_sections(config)
+    if not sections and not config["quantization"].get("qat"):  # QAT trains the full weights, fake-quantized
+        yield ConfigIssue("quantization", "quantized fine-tuning needs a LoRA-family adapter; "
+                                          "full fine-tuning of quantized weights is not possible.",
+                          "add adapter: {type: lora}, or remove quantization")
+    for path, section in sections.items():
+        kind = section.get("type")
+        if registry.has("adapter", kind) and not registry.get("adapter", kind).lora_family:
+            family = ", ".join(p.name for p in registry.all("adapter") if p.descriptor.lora_family)
+            yield ConfigIssue(f"{path}.type", f"quantized fine-tuning needs a LoRA-family adapter "
+                                              f"({family}), got {kind!r}.")
+
+
+@rule
+def quantizer_mode_and_qat(config: Config, registry: Registry) -> Iterator[ConfigIssue]:
+    quantization = config.get("quantization")
+    if quantization is None:
+        return
+    backend = quantization.get("backend")
+    if not registry.has("quantizer", backend):
+        return
+    descriptor = registry.get("quantizer", backend)
+    if quantization.get("qat") and not descriptor.supports_qat:
+        qat_backends = [p.name for p in registry.all("quantizer") if p.descriptor.supports_qat]
+        yield ConfigIssue("quantization.qat", f"QAT is not supported by backend {backend!r}.",
+                          f"QAT requires backend: {' or '.join(qat_backends) or 'torchao'}")
+
+
+@rule
+def initializer_fits_config(config: Config, registry: Registry) -> Iterator[ConfigIssue]:
+    """The initializer plugin's own check against its adapter section and the rest of the config."""
+    from fw.plugin.lazy import resolve
+
+    for path, section in _adapter_sections(config).items():
+        name = "default" if section.get("init_lora_weights") is True else section.get("init_lora_weights")
+        if not isinstance(name, str) or not registry.has("initializer", name):
+            continue
+        check = registry.get("initializer", name).check_config
+        for key, message in resolve(check)(section, config) if check else []:
+            yield ConfigIssue(f"{path}.{key}", message)
+
+
+# -- generation ---------------------------------------------------------------------------------------
+@rule
+def generation_combinations(config: Config, registry: Registry) -> Iterator[ConfigIssue]:
+    g = config["generation"]
+    beams, groups = g["num_beams"], g["num_beam_groups"]
+    if groups > 1:
+        if beams < 2 or beams % groups:
+            yield ConfigIssue("generation.num_beam_groups", f"{groups} group(s) must divide num_beams "
+                                                            f"({beams}) and num_beams must be > 1.")
+        if g["do_sample"]:
+            yield ConfigIssue("generation.do_sample", "diverse beam search (num_beam_groups > 1) cannot sample.",
+                              "set do_sample: false, or num_beam_groups: 1")
+        if g["diversity_penalty"] == 0:
+            yield ConfigWarning("generation.diversity_penalty", "is 0, so the beam groups will be identical; "
+                                                                "set it > 0 for diverse beam search.")
+    elif g["diversity_penalty"] > 0:
+        yield ConfigWarning("generation.diversity_penalty", "only acts with num_beam_groups > 1; ignored.")
+    if g.get("penalty_alpha") and g["do_sample"]:
+        yield ConfigIssue("generation.do_sample", "contrastive search (penalty_alpha > 0) does not sample.",
+                          "set do_sample: false, or remove penalty_alpha")
+    if g.get("penalty_alpha") and g["top_k"] <= 1:
+        yield ConfigIssue("generation.top_k", f"contrastive search (penalty_alpha) needs top_k > 1, got {g['top_k']}.")
+    if g.get("min_new_tokens") is not None and g.get("max_new_tokens") is not None \
+            and g["min_new_tokens"] > g["max_new_tokens"]:
+        yield ConfigIssue("generation.min_new_tokens", f"{g['min_new_tokens']} exceeds max_new_tokens "
+                                                       f"({g['max_new_tokens']}).")
+    if g.get("max_length") is not None and g["min_length"] > g["max_length"]:
+        yield ConfigIssue("generation.min_length", f"{g['min_length']} exceeds max_length ({g['max_length']}).")
+
+
+# -- model parameters / trainer ---------------------------------------------------------------------
+@rule
+def rope_scaling_complete(config: Config, registry: Registry) -> Iterator[ConfigIssue]:
+    rope = config["model_parameters"]["rope_scaling"]
+    if rope.get("rope_type") and rope.get("factor") is None:
+        yield ConfigIssue("model_parameters.rope_scaling.factor", f"rope_type {rope['rope_type']!r} needs a factor.",
+                          "e.g. factor: 2.0 doubles the context length")
+    if rope.get("factor") is not None and not rope.get("rope_type"):
+        yield ConfigIssue("model_parameters.rope_scaling.rope_type", "factor is set but rope_type is not.",
+                          "set rope_type: linear or dynamic")
+    if rope.get("rope_type") == "linear" and rope.get("factor") is not None and rope["factor"] < 1:
+        yield ConfigIssue("model_parameters.rope_scaling.factor", f"linear scaling needs factor >= 1, got {rope['factor']}.")
+
+
+@rule
+def split_probabilities_sum(config: Config, registry: Registry) -> Iterator[ConfigIssue]:
+    split = config["preprocessing"]["split"]
+    total = sum(split["probabilities"])
+    if split["type"] == "random" and abs(total - 1.0) > 1e-6:
+        yield ConfigIssue("preprocessing.split.probabilities", f"must sum to 1, got {total:g}.")
+
+
+@rule
+def adapter_without_training(config: Config, registry: Registry) -> Iterator[ConfigIssue]:
+    if config["trainer"]["type"] != "none":
+        return
+    for path, section in _adapter_sections(config).items():
+        if not section.get("pretrained_adapter_weights"):
+            yield ConfigWarning(path, "trainer.type is none, so a fresh adapter is never trained and "
+                                      "changes nothing.", "set pretrained_adapter_weights, or remove it")
+
+
+@rule
+def token_budget_needs_packing(config: Config, registry: Registry) -> Iterator[ConfigIssue]:
+    trainer = config["trainer"]
+    if trainer.get("max_tokens_per_batch") is not None and not trainer.get("packing"):
+        yield ConfigIssue("trainer.max_tokens_per_batch", "is the budget of a packed micro-batch, but "
+                                                          "trainer.packing is false.",
+                          "set trainer.packing: true, or remove max_tokens_per_batch (batch_size counts rows)")
+
+
+
+# -- generation strategies, constrained decoding, label scoring (fw.infer.settings, fw.infer.constrained) -------
+@rule
+def generation_keys_transformers_dropped(config: Config, registry: Registry) -> Iterator[ConfigIssue]:
+    g = config["generation"]
+    if g.get("force_words_ids"):
+        yield ConfigIssue("generation.force_words_ids", "needs constrained beam search, which transformers 5 "
+                                                        "removed (it only exists as remote code on the Hub).",
+                          "for classification use output_features[0].decoder.constrain_to_vocabulary: true; "
+                          "to favour words use generation.sequence_bias")
+    for index, pair in enumerate(g.get("forced_decoder_ids") or []):
+        if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(v, int) for v in pair)
+                and pair[0] >= 1 and pair[1] >= 0):
+            yield ConfigIssue(f"generation.forced_decoder_ids[{index}]", f"expected [position >= 1, token_id], "
+                                                                          f"got {pair!r}.",
+                              "position 1 is the first generated token")
+    bias = g.get("sequence_bias")
+    if isinstance(bias, dict):
+        for key in bias:
+            if not all(part.isdigit() for part in str(key).replace(",", " ").split()) or not str(key).strip():
+                yield ConfigIssue(f"generation.sequence_bias.{key}", "keys are token ids separated by spaces or "
+                                                                     "commas, e.g. '12 13': -2.0.")
+
+
+@rule
+def generation_strategy_conflicts(config: Config, registry: Registry) -> Iterator[ConfigIssue]:
+    g = config["generation"]
+    if g.get("penalty_alpha") and g["num_beams"] > 1:
+        yield ConfigIssue("generation.penalty_alpha", f"contrastive search decodes one beam, but num_beams is "
+                                                      f"{g['num_beams']}.",
+                          "set num_beams: 1 for contrastive search, or remove penalty_alpha for beam search")
+    if g.get("prompt_lookup_num_tokens") and (g["num_beams"] > 1 or g.get("penalty_alpha")):
+        yield ConfigIssue("generation.prompt_lookup_num_tokens", "prompt-lookup decoding works with greedy "
+                                                                 "decoding or sampling only.",
+                          "set num_beams: 1 and no penalty_alpha, or prompt_lookup_num_tokens: null")
+
+
+@rule
+def category_decoding_choices(config: Config, registry: Registry) -> Iterator[ConfigIssue]:
+    feature = config["output_features"][0]
+    decoder, path = feature["decoder"], "output_features[0].decoder"
+    if decoder.get("type") != "category_extractor":
+        for key in ("constrain_to_vocabulary", "label_scoring"):
+            if decoder.get(key):
+                yield ConfigIssue(f"{path}.{key}", "only applies to a category output (category_extractor).")
+        return
+    if decoder.get("constrain_to_vocabulary") and decoder.get("label_scoring"):
+        yield ConfigIssue(f"{path}.label_scoring", "label scoring does not generate, so constrain_to_vocabulary "
+                                                   "cannot apply; choose one.",
+                          "label_scoring: rank labels by likelihood; constrain_to_vocabulary: generate a label")
+    g = config["generation"]
+    if decoder.get("constrain_to_vocabulary") and (g.get("min_new_tokens") or 0) > 0:
+        yield ConfigIssue("generation.min_new_tokens", "with constrain_to_vocabulary a generation ends right after "
+                                                       "its label, so a minimum length can make every token invalid.",
+                          "remove generation.min_new_tokens")
+    if decoder.get("label_scoring"):
+        labels = [str(label) for label in decoder.get("match") or {}]
+        for label in labels:
+            longer = [other for other in labels if other != label and other.startswith(label)]
+            if longer:
+                yield ConfigWarning(f"{path}.match.{label}", f"is a prefix of {', '.join(map(repr, longer))}: label "
+                                                             "scoring sums token log-probabilities, which favours "
+                                                             "the shorter label.")

@@ -1,0 +1,299 @@
+"""Datasets: reading a table, splitting it into training/validation/test, and cleaning rows.
+
+Row numbers. Every frame keeps as its index the 0-based position of each row in the file (or DataFrame) it
+came from, through sampling, splitting and cleaning, so messages can name rows as the user sees them:
+``row 3`` is the third data row (the header line is not counted).
+
+Reading. CSV and TSV cells are read as text, exactly as written (``0042`` stays ``0042``); only empty cells
+are missing values (``NA`` or ``None`` are ordinary text), and a blank line is a row of empty cells, so row
+numbers match the file's lines (row N is line N + 1). JSON (records or JSON lines), JSONL and Parquet keep
+their own types. A compression suffix after the format (``.csv.gz``) is understood.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from fw import report
+from fw.errors import FwError
+from fw.data.prompt import PromptRenderer, config_data, is_missing, output_column, output_type, split_column
+from fw.errors import did_you_mean
+
+SPLIT_NAMES = ("train", "validation", "test")
+#: splits whose rows are trained on: a missing text target drops the row there
+TRAINING_SPLITS = ("train", "validation")
+COMPRESSIONS = (".gz", ".bz2", ".zip", ".xz", ".zst")
+SPLIT_VALUES = {"0": 0, "train": 0, "training": 0, "1": 1, "validation": 1, "val": 1, "valid": 1,
+                "2": 2, "test": 2, "testing": 2}
+SHOWN_ROWS = 10
+
+
+# -- reading ----------------------------------------------------------------------------------------
+def _read_csv(path: Path, sep: str = ",") -> pd.DataFrame:
+    return pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, na_values=[""], skip_blank_lines=False)
+
+
+def _read_tsv(path: Path) -> pd.DataFrame:
+    return _read_csv(path, sep="\t")
+
+
+#: values as written: no dtype guessing, no date parsing (pandas 3 ties date parsing to dtype and deprecates the flag)
+_JSON_OPTIONS: dict[str, Any] = {"dtype": False} if int(pd.__version__.split(".")[0]) >= 3 else \
+    {"dtype": False, "convert_dates": False}
+
+
+def _read_json(path: Path) -> pd.DataFrame:
+    try:
+        return pd.read_json(path, **_JSON_OPTIONS)
+    except ValueError:  # a .json file holding JSON lines
+        return _read_jsonl(path)
+
+
+def _read_jsonl(path: Path) -> pd.DataFrame:
+    return pd.read_json(path, lines=True, **_JSON_OPTIONS)
+
+
+def _read_parquet(path: Path) -> pd.DataFrame:
+    return pd.read_parquet(path)
+
+
+READERS: dict[str, Callable[[Path], pd.DataFrame]] = {
+    ".csv": _read_csv, ".tsv": _read_tsv, ".json": _read_json, ".jsonl": _read_jsonl, ".parquet": _read_parquet,
+}
+SUPPORTED = tuple(READERS)
+
+
+def file_format(path: str | os.PathLike[str]) -> str:
+    """The format suffix of ``path`` (``.csv`` for ``data.csv.gz``), lower-case; "" when there is none."""
+    suffixes = [suffix.lower() for suffix in Path(path).suffixes]
+    if suffixes and suffixes[-1] in COMPRESSIONS:
+        suffixes.pop()
+    return suffixes[-1] if suffixes else ""
+
+
+def read_table(source: Any) -> pd.DataFrame:
+    """A dataset as a DataFrame: ``source`` is a path (.csv .tsv .json .jsonl .parquet) or a DataFrame (copied).
+
+    The index is reset to the 0-based row position and column names become strings."""
+    if isinstance(source, pd.DataFrame):
+        frame, name = source.copy(), "the DataFrame"
+    elif isinstance(source, (str, os.PathLike)):
+        frame, name = _read_file(Path(source)), str(source)
+    else:
+        raise FwError(f"cannot read a dataset from a {type(source).__name__}: give a file path "
+                      f"({', '.join(SUPPORTED)}) or a pandas DataFrame.")
+    frame = frame.reset_index(drop=True)
+    frame.columns = [str(column) for column in frame.columns]
+    if frame.empty:
+        raise FwError(f"dataset {name} has no rows.")
+    return frame
+
+
+def _read_file(path: Path) -> pd.DataFrame:
+    if not path.exists():
+        raise FwError(f"dataset file not found: {path}")
+    if path.is_dir():
+        raise FwError(f"dataset {path} is a directory; give a file ({', '.join(SUPPORTED)}).")
+    kind = file_format(path)
+    if kind not in READERS:
+        shown = f"'{kind}'" if kind else "(no suffix)"
+        raise FwError(f"cannot read dataset {path}: unsupported file type {shown}. "
+                      f"Supported: {', '.join(SUPPORTED)}.{did_you_mean(kind, SUPPORTED) if kind else ''}")
+    try:
+        return READERS[kind](path)
+    except pd.errors.EmptyDataError:
+        raise FwError(f"dataset file {path} is empty.") from None
+    except Exception as exc:  # any parser failure becomes one line naming the file
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise FwError(f"cannot read dataset {path} as {kind[1:].upper()}: {first}") from None
+
+
+# -- splitting --------------------------------------------------------------------------------------
+@dataclass
+class Splits:
+    """The three splits (each possibly empty), indexed by row position in their source."""
+
+    train: pd.DataFrame
+    validation: pd.DataFrame
+    test: pd.DataFrame
+
+    def items(self) -> list[tuple[str, pd.DataFrame]]:
+        return [(name, getattr(self, name)) for name in SPLIT_NAMES]
+
+    def sizes(self) -> dict[str, int]:
+        return {name: len(frame) for name, frame in self.items()}
+
+
+def make_splits(config, dataset: Any = None, training_set: Any = None, validation_set: Any = None,
+                test_set: Any = None) -> Splits:
+    """``dataset`` split by its split column or at random (seeded), or the explicit sets as given.
+
+    ``preprocessing.sample_ratio`` < 1 keeps that fraction of every source (seeded, in file order)."""
+    data = config_data(config)
+    explicit = {"train": training_set, "validation": validation_set, "test": test_set}
+    given = {name: source for name, source in explicit.items() if source is not None}
+    if dataset is not None and given:
+        raise FwError("give either --dataset (split automatically) or --training_set/--validation_set/--test_set, "
+                      "not both.")
+    if dataset is None and not given:
+        raise FwError("no data given: pass --dataset, or --training_set (optionally with --validation_set and "
+                      "--test_set).")
+    seed = data.get("trainer", {}).get("seed", 42)
+    if dataset is not None:
+        splits = _split(_sampled(read_table(dataset), data, seed, _name(dataset)), data, seed, _name(dataset))
+    else:
+        frames = {name: _sampled(read_table(source), data, seed, _name(source)) for name, source in given.items()}
+        empty = next(iter(frames.values())).iloc[0:0]
+        splits = Splits(**{name: frames.get(name, empty) for name in SPLIT_NAMES})
+    sizes = splits.sizes()
+    report.info(f"data: {sizes['train']} training, {sizes['validation']} validation, {sizes['test']} test rows")
+    return splits
+
+
+def _name(source: Any) -> str:
+    return "the DataFrame" if isinstance(source, pd.DataFrame) else str(source)
+
+
+def _sampled(frame: pd.DataFrame, data: dict, seed: int, name: str) -> pd.DataFrame:
+    ratio = (data.get("preprocessing") or {}).get("sample_ratio", 1.0)
+    if ratio >= 1:
+        return frame
+    sampled = frame.sample(frac=ratio, random_state=seed).sort_index()
+    if sampled.empty:
+        raise FwError(f"preprocessing.sample_ratio: {ratio:g} keeps no row of the {len(frame)} in {name}; "
+                      "raise it.")
+    return sampled
+
+
+def _split(frame: pd.DataFrame, data: dict, seed: int, name: str) -> Splits:
+    settings = (data.get("preprocessing") or {}).get("split") or {}
+    column = split_column(data)
+    if column in frame.columns:
+        return _split_by_column(frame, column, name)
+    if settings.get("type") == "fixed":
+        raise FwError(f"preprocessing.split.type is fixed, but dataset {name} has no column '{column}'. "
+                      f"Columns: {', '.join(frame.columns)}.{did_you_mean(column, frame.columns)} Add the column "
+                      "(0/train, 1/validation, 2/test) or set preprocessing.split.column.")
+    return _random_split(frame, settings.get("probabilities", [0.8, 0.1, 0.1]), seed)
+
+
+def split_code(value: Any) -> int | None:
+    """0/1/2 for a split value (0, 1, 2 or train/validation/test, any case); None when it is not one."""
+    if isinstance(value, (bool, np.bool_)) or is_missing(value):
+        return None
+    if isinstance(value, (int, float, np.integer, np.floating)) and float(value).is_integer():
+        value = int(value)
+    return SPLIT_VALUES.get(str(value).strip().lower())
+
+
+def _split_by_column(frame: pd.DataFrame, column: str, name: str) -> Splits:
+    codes = pd.Series([split_code(value) for value in frame[column]], index=frame.index, dtype=object)
+    bad = codes.isna()
+    if bad.any():
+        shown = ", ".join(f"row {index + 1} ({_shown_value(frame.at[index, column])})"
+                          for index in frame.index[bad][:SHOWN_ROWS // 2])
+        more = f" and {bad.sum() - SHOWN_ROWS // 2} more" if bad.sum() > SHOWN_ROWS // 2 else ""
+        raise FwError(f"column '{column}' of {name} must hold 0/1/2 or train/validation/test; {bad.sum()} row(s) "
+                      f"do not: {shown}{more}.")
+    kept = frame.drop(columns=[column])
+    return Splits(*(kept[codes == code] for code in (0, 1, 2)))
+
+
+def _shown_value(value: Any) -> str:
+    return "empty" if is_missing(value) else repr(value.item() if hasattr(value, "item") else value)
+
+
+def _random_split(frame: pd.DataFrame, probabilities: list[float], seed: int) -> Splits:
+    total = len(frame)
+    order = np.random.default_rng(seed).permutation(total)
+    first = min(total, round(total * probabilities[0]))
+    second = min(total, max(first, round(total * (probabilities[0] + probabilities[1]))))
+    parts = (order[:first], order[first:second], order[second:])
+    return Splits(*(frame.iloc[np.sort(part)] for part in parts))
+
+
+# -- cleaning ---------------------------------------------------------------------------------------
+def row_numbers(index: Iterable[int]) -> str:
+    """``row 3`` / ``rows 3, 7, 12`` (1-based), the first few only."""
+    numbers = [int(position) + 1 for position in index]
+    shown = ", ".join(str(number) for number in numbers[:SHOWN_ROWS])
+    more = f" and {len(numbers) - SHOWN_ROWS} more" if len(numbers) > SHOWN_ROWS else ""
+    return f"row{'s' if len(numbers) > 1 else ''} {shown}{more}"
+
+
+def require_target_column(frame: pd.DataFrame, config, split_name: str) -> None:
+    """Raise FwError when the output feature's column is missing from ``frame``."""
+    column = output_column(config)
+    if column not in frame.columns:
+        raise FwError(f"output_features[0] reads column '{column}' that the {split_name} data does not have. "
+                      f"Columns: {', '.join(map(str, frame.columns))}.{did_you_mean(column, frame.columns)}")
+
+
+def clean(frame: pd.DataFrame, config, split_name: str) -> pd.DataFrame:
+    """``frame`` ready to render: prompt columns checked, rows with no input text dropped (with a warning),
+    missing category outputs filled with ``fallback_label`` (every split, with a warning) or else dropped (not
+    in predict), missing text targets dropped in the training splits (train, validation).
+
+    ``split_name``: train, validation, test, or predict (rows that need no target; never dropped for one)."""
+    renderer = PromptRenderer(config)
+    renderer.check_columns(frame.columns)
+    if split_name in TRAINING_SPLITS:
+        require_target_column(frame, config, split_name)
+    if frame.empty:
+        return frame.copy()
+    cleaned = _drop_rows_without_input(frame, renderer, split_name)
+    if output_column(config) in cleaned.columns:
+        cleaned = _fill_or_drop_missing_targets(cleaned, config, split_name)
+    if cleaned.empty:
+        raise FwError(f"no {split_name} rows left: all {len(frame)} were dropped (see the warnings above).")
+    return cleaned
+
+
+def _drop_rows_without_input(frame: pd.DataFrame, renderer: PromptRenderer, split_name: str) -> pd.DataFrame:
+    columns = renderer.input_columns(frame.columns)
+    if not columns:
+        raise FwError(f"the {split_name} data has no input column: the prompt's {{__sample__}} uses every column "
+                      f"except the output, and the only columns are {', '.join(frame.columns)}.")
+    empty = frame[columns].map(is_missing).all(axis=1)
+    if empty.any():
+        which = "every input column" if renderer.uses_sample and len(columns) > 1 else \
+            ", ".join(f"'{column}'" for column in columns)
+        report.warn(f"{split_name}: dropped {empty.sum()} of {len(frame)} row(s) with no input text (empty "
+                    f"{which}): {row_numbers(frame.index[empty])}.")
+    return frame[~empty].copy()
+
+
+def _fill_or_drop_missing_targets(frame: pd.DataFrame, config, split_name: str) -> pd.DataFrame:
+    column = output_column(config)
+    missing = frame[column].map(is_missing).astype(bool)
+    if not missing.any():
+        return frame
+    rows = row_numbers(frame.index[missing])
+    if output_type(config) == "category":
+        fallback = (config_data(config)["output_features"][0].get("preprocessing") or {}).get("fallback_label")
+        if fallback is not None:
+            frame[column] = frame[column].astype(object)
+            frame.loc[missing, column] = fallback
+            report.warn(f"{split_name}: {missing.sum()} row(s) with no '{column}' value get the fallback_label "
+                        f"'{fallback}': {rows}.")
+            return frame
+        if split_name == "predict":  # predictions need no label
+            return frame
+        report.warn(f"{split_name}: dropped {missing.sum()} row(s) with no '{column}' value (set "
+                    f"output_features[0].preprocessing.fallback_label to keep them): {rows}.")
+        return frame[~missing]
+    if split_name in TRAINING_SPLITS:
+        report.warn(f"{split_name}: dropped {missing.sum()} row(s) with no '{column}' target: {rows}.")
+        return frame[~missing]
+    return frame
+
+
+def read_dataset(source: Any, config, split_name: str = "predict") -> pd.DataFrame:
+    """``read_table`` + ``clean``: the rows of one file or DataFrame, ready to render (predict, preview)."""
+    return clean(read_table(source), config, split_name)

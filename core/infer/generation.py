@@ -1,0 +1,136 @@
+"""Batched generation with the config's ``generation`` section, and turning generations into output values.
+
+Prompts are sorted by length and batched (``trainer.eval_batch_size``, else ``batch_size``), left-padded so
+every row's generation starts right after its own prompt; results come back in the original order. Sampling
+is seeded with ``trainer.seed`` so a run is repeatable.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One row's generation: ``raw`` keeps special tokens, ``text`` is the decoded, stripped output."""
+
+    raw: str
+    text: str
+
+
+def generation_config(data: dict, tokenizer, model=None, longest_prompt: int = 0):
+    """``transformers.GenerationConfig`` of the ``generation`` section (see :mod:`fw.infer.settings`), with
+    the tokenizer's special token ids where the section has none. Saved next to the model."""
+    from fw.errors import FwError
+    from fw.infer.settings import plan
+
+    try:
+        return plan(data, tokenizer, model, longest_prompt).config
+    except FwError:  # max_new_tokens null and nothing to fall back on without the model: leave it to transformers
+        from transformers import GenerationConfig
+
+        from fw.infer.settings import transformers_fields
+
+        fields = transformers_fields(data, tokenizer, 1)
+        fields.pop("max_new_tokens")
+        return GenerationConfig(**fields)
+
+
+def left_pad(sequences: list[list[int]], pad_id: int):
+    import torch
+
+    width = max(len(sequence) for sequence in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, sequence in enumerate(sequences):
+        if sequence:
+            ids[row, width - len(sequence):] = torch.tensor(sequence, dtype=torch.long)
+            mask[row, width - len(sequence):] = 1
+    return ids, mask
+
+
+def as_id_lists(encoded) -> list[list[int]]:
+    return [list(getattr(item, "input_ids", item)) for item in encoded]
+
+
+def generate(model, tokenizer, prompt_ids, data: dict, show_progress: bool = False) -> list[Generation]:
+    """Generate for every prompt (token id lists), batched by length; results in input order."""
+    import torch
+
+    from fw.data.tokens import length_sorted_batches
+    from fw.infer.settings import plan as generation_plan
+
+    sequences = as_id_lists(prompt_ids)
+    trainer = data.get("trainer") or {}
+    longest = max((len(sequence) for sequence in sequences), default=0)
+    processors, label_tokens = constrained_processors(data, tokenizer)
+    settings = generation_plan(data, tokenizer, model, longest, processors,
+                               max_new_tokens=label_tokens + 1 if label_tokens else None)
+    batch_size = settings.batch_size or trainer.get("eval_batch_size") or trainer.get("batch_size") or 1
+    torch.manual_seed(trainer.get("seed", 42))
+    device = next(model.parameters()).device
+    results: list[Generation | None] = [None] * len(sequences)
+    batches = length_sorted_batches([len(sequence) for sequence in sequences], batch_size)
+    model.eval()
+    with progress_bar(len(sequences), show_progress) as advance, torch.no_grad():
+        for indices in batches:
+            ids, mask = left_pad([sequences[i] for i in indices], tokenizer.pad_token_id)
+            output = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
+                                    **settings.generate_kwargs(ids.shape[1]))
+            new_tokens = output[:, ids.shape[1]:]
+            for row, index in enumerate(indices):
+                tokens = new_tokens[row].tolist()
+                results[index] = Generation(raw=tokenizer.decode(tokens, skip_special_tokens=False),
+                                            text=tokenizer.decode(tokens, skip_special_tokens=True).strip())
+            advance(len(indices))
+    return results  # type: ignore[return-value]
+
+
+def constrained_processors(data: dict, tokenizer) -> tuple[list, int]:
+    """([label-trie processor factory], longest label in tokens) when ``constrain_to_vocabulary`` is on, else
+    ([], 0). The caller caps the generation at the longest label + EOS: nothing longer can be generated."""
+    from fw.infer.constrained import is_constrained, processor_factory
+
+    if not is_constrained(data):
+        return [], 0
+    factory, depth = processor_factory(data, tokenizer)
+    return [factory], depth
+
+
+class progress_bar:
+    """``with progress_bar(total, show) as advance: advance(n)`` — a rich bar on stderr, or nothing."""
+
+    def __init__(self, total: int, show: bool):
+        self.total, self.show, self.progress = total, show, None
+
+    def __enter__(self):
+        if not self.show:
+            return lambda n: None
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.progress = Progress(TextColumn("[bold]generating"), BarColumn(), MofNCompleteColumn(),
+                                 TimeRemainingColumn(), console=Console(stderr=True))
+        task = self.progress.add_task("generate", total=self.total)
+        self.progress.start()
+        return lambda n: self.progress.update(task, advance=n)
+
+    def __exit__(self, *exc):
+        if self.progress is not None:
+            self.progress.stop()
+        return False
+
+
+# -- output values -----------------------------------------------------------------------------------------------
+def decode_outputs(texts: list[str], data: dict) -> list[str]:
+    """Generated texts as output values: as-is for text outputs; for category outputs the first
+    ``decoder.match`` label whose matcher accepts the text (config order), else ``fallback_label``
+    (see :mod:`fw.infer.category`)."""
+    from fw.infer.category import output_values
+
+    return output_values(texts, data).values
+
+
+def compile_matchers(match: dict) -> list[tuple[str, object]]:
+    from fw.infer.category import compile_matchers as compile_all
+
+    return compile_all(match)

@@ -1,0 +1,154 @@
+"""Running a LoRA initializer: the adapter is wrapped by the initializer plugin when it needs more than
+PEFT's config (a calibration pass over training rows, a step before or after ``get_peft_model``).
+
+``wrap_with_initializer(model, section, calibration)`` is what :func:`fw.model.loading.apply_adapter` calls.
+An initializer plugin's ``prepare`` has the signature ``prepare(model, section, calibration, wrap) -> model``:
+``wrap(model, **changes)`` is fw's ordinary ``wrap_model`` for the section (with ``changes`` to its keys), so a plugin decides only *when* to wrap
+(CorDA collects covariances on the base model first; EVA runs its SVD pass on the wrapped model) and never
+re-implements the wrapping.
+
+Initializers that rewrite the base weights (PiSSA, OLoRA, CorDA keep ``W - B0 A0`` as the frozen base) would
+save an adapter that only fits the rewritten base. :func:`keep_initial_adapter` stores the initial adapter so
+that saving converts it into a plain LoRA adapter for the *original* base model (PEFT's
+``path_initial_model_for_weight_conversion``): a saved model loads with transformers + PEFT alone.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from fw.errors import FwError
+
+#: attribute of a PeftModel holding the TemporaryDirectory with its initial adapter
+INITIAL_ADAPTER_ATTRIBUTE = "_fw_initial_adapter"
+
+
+@dataclass
+class TrainingData:
+    """What the adapter may look at before training: the encoded training rows (EVA and CorDA calibrate on
+    them) and the planned number of optimizer steps (AdaLoRA's ``total_step`` defaults to it)."""
+
+    rows: list
+    tokenizer: Any
+    batch_size: int
+    planned_steps: int | None = None
+    show_progress: bool = True
+
+    def batches(self, n_samples: int, device, batch_size: int | None = None) -> list[dict]:
+        """The first ``n_samples`` rows as padded batches (input_ids, attention_mask, labels) on ``device``."""
+        from fw.train.trainer import collate, micro_batches, to_device
+
+        rows = self.rows[:n_samples]
+        return [to_device(collate([rows[i] for i in indices], self.tokenizer), device)
+                for indices in micro_batches(rows, batch_size or self.batch_size)]
+
+    @contextmanager
+    def progress(self, description: str, total: int) -> Iterator[Callable[[], None]]:
+        """A rich progress bar over ``total`` calibration batches; yields ``advance()``."""
+        if not self.show_progress:
+            yield lambda: None
+            return
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        with Progress(TextColumn(f"[bold]{description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=Console(stderr=True), transient=True) as bar:
+            task = bar.add_task(description, total=total)
+            yield lambda: bar.advance(task)
+
+
+def initializer_name(section: dict) -> str | None:
+    value = section.get("init_lora_weights")
+    if value is True:
+        return "default"
+    return value if isinstance(value, str) else None
+
+
+def initializer_of(section: dict, registry=None):
+    """The initializer plugin ``section['init_lora_weights']`` names, or None (a bool, an unknown PEFT value)."""
+    name = initializer_name(section)
+    if name is None:
+        return None
+    if registry is None:
+        from fw.plugin.registry import get_registry
+
+        registry = get_registry()
+    return registry.get("initializer", name) if registry.has("initializer", name) else None
+
+
+def wrap_with_initializer(model, section: dict, calibration: TrainingData | None = None,
+                          config_path: str = "adapter"):
+    """``model`` wrapped with the adapter ``section``, initialized the way ``init_lora_weights`` says."""
+    from fw.model.adapters import wrap_model
+    from fw.plugin.lazy import resolve
+
+    def wrap(target, **changes):
+        return wrap_model(target, {**section, **changes}, config_path=config_path)
+
+    descriptor = initializer_of(section)
+    if descriptor is None or not descriptor.prepare:
+        return wrap(model)
+    if descriptor.needs_data and (calibration is None or not calibration.rows):
+        raise FwError(f"{config_path}.init_lora_weights: '{descriptor.name}' runs a calibration pass over training "
+                      "rows before training, but no training rows were given. Train with fw train (it passes the "
+                      "training split), or choose a data-free initializer such as pissa.")
+    return resolve(descriptor.prepare)(model, section, calibration, wrap)
+
+
+def peft_config_for(model, section: dict):
+    """The PEFT config :func:`fw.model.adapters.wrap_model` would build for ``section`` on ``model`` (targets
+    resolved, GPT-2 ``fan_in_fan_out`` set): what PEFT helpers that run before wrapping need."""
+    from fw.model.adapters import (adapter_descriptor, build_config, fit_config_to_model, resolve_target_modules,
+                                 targeted_modules)
+
+    descriptor = adapter_descriptor(section["type"])
+    params = {**section, "target_modules": resolve_target_modules(model, section, descriptor)}
+    config = build_config(descriptor, params)
+    fit_config_to_model(config, model, targeted_modules(model, params["target_modules"]))
+    return config
+
+
+def model_device(model):
+    return next(model.parameters()).device
+
+
+@contextmanager
+def inference_mode(model) -> Iterator[None]:
+    """No gradients, dropout off; the previous training mode restored afterwards."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        model.train(was_training)
+
+
+# -- initializers that rewrite the base weights ------------------------------------------------------------------
+def keep_initial_adapter(peft_model) -> None:
+    """Save the freshly initialized adapter (as PEFT's conversion expects: ``init_lora_weights=True``) into a
+    temporary directory that lives as long as the model; :func:`save_kwargs` hands it to ``save_pretrained``."""
+    import tempfile
+
+    directory = tempfile.TemporaryDirectory(prefix="fw-initial-adapter-")
+    config = peft_model.peft_config[peft_model.active_adapter]
+    original = config.init_lora_weights
+    config.init_lora_weights = True
+    try:
+        peft_model.save_pretrained(directory.name, safe_serialization=True)
+    finally:
+        config.init_lora_weights = original
+    object.__setattr__(peft_model, INITIAL_ADAPTER_ATTRIBUTE, directory)
+
+
+def save_kwargs(model) -> dict:
+    """Extra ``save_pretrained`` kwargs: convert a PiSSA / OLoRA / CorDA adapter into a plain LoRA adapter of
+    rank 2r for the original base model (PEFT ``path_initial_model_for_weight_conversion``)."""
+    directory = vars(model).get(INITIAL_ADAPTER_ATTRIBUTE)
+    if directory is None:
+        return {}
+    return {"path_initial_model_for_weight_conversion": directory.name}

@@ -1,0 +1,1 @@
+"""The plugin contract: hook specs, descriptors, the registry."""

@@ -1,0 +1,1 @@
+"""Training: the trainer, loss, packing, checkpoints."""

@@ -3,9 +3,10 @@
 ``results/<experiment>_<run>/`` (a numbered suffix ``_1``, ``_2`` … when the name is taken, as Ludwig does)::
 
     model/                      save_pretrained layout: adapter_model.safetensors + adapter_config.json (or the
-                                full / merged weights), the tokenizer, generation_config.json, fw_config.yaml
+                                full / merged weights), the tokenizer, generation_config.json, fw_config.yaml,
+                                README.md (the model card, fw.publish.card)
     config.yaml                 the resolved config (every default filled in)
-    manifest.json               fw / torch / transformers / peft versions, data hash, seed, timestamps
+    manifest.json               fw / torch / transformers / peft versions, data hash and rows per split, seed, time
     training_statistics.json    per-step loss and lr, per-epoch train / validation loss and perplexity
     checkpoints/                resumable checkpoints (see fw.train.checkpoint)
     tensorboard/                TensorBoard event files
@@ -152,16 +153,23 @@ def is_peft_model(model) -> bool:
 
 
 def save_model(model, tokenizer, data: dict, model_dir: Path) -> Path:
-    """Write ``model_dir`` atomically in save_pretrained layout (+ tokenizer, generation config, fw config)."""
+    """Write ``model_dir`` atomically in save_pretrained layout (+ tokenizer with fw's prompt as its chat template,
+    generation config, fw config, model card)."""
     from fw.infer.generation import generation_config
 
     with atomic_directory(Path(model_dir)) as directory:
         from fw.model.initialization import save_kwargs
 
         model.save_pretrained(str(directory), safe_serialization=True, **save_kwargs(model))
+        from fw.publish.chat_template import use_prompt_as_chat_template
+
+        use_prompt_as_chat_template(tokenizer, data)  # served as trained: chat clients send fw's prompt
         tokenizer.save_pretrained(str(directory))
         generation_config(data, tokenizer).save_pretrained(str(directory))
         (directory / MODEL_CONFIG_FILE).write_text(config_yaml(data), encoding="utf-8")
+        from fw.publish.card import write_model_card
+
+        write_model_card(directory, data, location=Path(model_dir))
     return Path(model_dir)
 
 
@@ -214,29 +222,33 @@ def saved_config(model_dir: Path) -> dict:
                   "give --config as well.")
 
 
-def load_trained(model_path: str | Path, config: dict | None = None, adapter: str | None = None):
+def load_trained(model_path: str | Path, config: dict | None = None, adapter: str | None = None,
+                 prepare_base=None):
     """(config, model, tokenizer) of a model saved by ``fw train`` (adapter on its base, or full weights).
-    Several named adapters (``adapters:``) are all loaded, ``adapter`` (or the configured one) active."""
+    Several named adapters (``adapters:``) are all loaded, ``adapter`` (or the configured one) active.
+    ``prepare_base(model)`` runs on the loaded weights before any adapter goes on (fw export dequantizes there)."""
     from fw.model import multi_adapter
     from fw.model.loading import load_base_model, load_pretrained_adapter
 
     model_dir = find_model_dir(model_path)
     data = config or saved_config(model_dir)
     multi_adapter.check_requested(data, adapter)
+    prepare = prepare_base or (lambda loaded: loaded)
     saved_tokenizer = str(model_dir)
     if data.get("adapters") or multi_adapter.is_multi_adapter_dir(model_dir):
         base, tokenizer = load_base_model({**data, "base_model": multi_adapter.saved_base_model(model_dir, data)},
                                           for_training=False, tokenizer_from=saved_tokenizer)
-        model = multi_adapter.load_saved(base, model_dir, data, adapter)
+        model = multi_adapter.load_saved(prepare(base), model_dir, data, adapter)
     elif (model_dir / "adapter_config.json").is_file():
         base, tokenizer = load_base_model({**data, "base_model": adapter_base(model_dir, data)}, for_training=False,
                                           tokenizer_from=saved_tokenizer)
-        model = load_pretrained_adapter(base, str(model_dir), trainable=False)
+        model = load_pretrained_adapter(prepare(base), str(model_dir), trainable=False)
     else:
         # full or merged weights saved quantized (torchao QAT / merge, bitsandbytes) carry their own
         # quantization_config in config.json: from_pretrained restores them, quantizing again would be wrong
         model, tokenizer = load_base_model({**data, "base_model": str(model_dir.resolve()), "quantization": None},
                                            for_training=False, tokenizer_from=saved_tokenizer)
+        model = prepare(model)
     model.eval()
     return data, model, tokenizer
 

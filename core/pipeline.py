@@ -184,7 +184,7 @@ def prepare_run_directory(data: dict, splits, output_directory, experiment_name:
     else:
         run_dir = artifacts.new_run_directory(output_directory, experiment_name, model_name)
     artifacts.write_config(run_dir, data)
-    artifacts.write_manifest(run_dir, data, dataset_hash)
+    artifacts.write_manifest(run_dir, data, dataset_hash, extra={"rows": splits.sizes()})
     return run_dir
 
 

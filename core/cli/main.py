@@ -124,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _extra_verbs() -> list[Callable]:
     """Verbs that live in their own modules (train, predict, ...), registered here when present."""
     registrars = []
-    for module_name in ("fw.cli.run", "fw.cli.preview"):
+    for module_name in ("fw.cli.run", "fw.cli.preview", "fw.cli.publish"):
         try:
             module = __import__(module_name, fromlist=["register"])
         except ModuleNotFoundError as exc:

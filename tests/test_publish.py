@@ -287,6 +287,13 @@ def test_several_named_adapters_export_the_one_asked_for(tmp_path, two_adapter_r
     assert torch.allclose(logits(reloaded), logits(active), atol=1e-6)
 
 
+def test_an_adapter_missing_from_the_saved_directory_is_named(tmp_path, two_adapter_run, capsys):
+    model = shutil.copytree(two_adapter_run.model_dir, tmp_path / "model")
+    shutil.rmtree(model / "task_b")
+    assert main(["export", "--model_path", str(model), "--output", str(tmp_path / "out"), "--adapter", "task_b"]) == 1
+    assert capsys.readouterr().err.strip() == f"error: --adapter: 'task_b' is not saved in {model}. Saved adapters: task_a."
+
+
 def test_an_adapter_trained_on_a_quantized_base_merges_into_the_unquantized_weights(tmp_path, tiny_llama_dir):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
@@ -346,6 +353,15 @@ def test_export_refusals(tmp_path, lora_run, capsys, arguments, message):
     assert main(["export", "--model_path", str(result.model_dir), "--output", str(tmp_path / "out"), *arguments]) == 1
     assert capsys.readouterr().err.strip() == message
     assert not (tmp_path / "out").exists()
+
+
+def test_export_names_the_dtypes_it_knows(tmp_path, lora_run):
+    from fw.publish.export import export
+
+    result, _ = lora_run
+    with pytest.raises(FwError, match=r"^--dtype: 'bfloat' is not one of float32, bfloat16, float16. "
+                                      r"Did you mean 'bfloat16'\?$"):
+        export(result.model_dir, tmp_path / "out", dtype="bfloat")
 
 
 def test_export_never_overwrites(tmp_path, lora_run, capsys):

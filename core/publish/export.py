@@ -51,6 +51,8 @@ def export(model_path, output, merge: bool = False, dtype: str | None = None, ad
     output = check_output(output)
     saved = describe(model_dir, data)
     name = (adapter or saved.active) if saved.kind == "adapters" else None
+    if name is not None and name not in saved.adapters:
+        raise FwError(f"--adapter: '{name}' is not saved in {model_dir}. Saved adapters: {', '.join(saved.adapters)}.")
     if merge and saved.is_adapter:
         check_can_merge(exported_section(data, name))
     with atomic_directory(output) as directory:

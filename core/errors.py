@@ -42,17 +42,6 @@ class PluginConflictError(FwError):
     pass
 
 
-class BrokenPluginError(FwError):
-    pass
-
-
-class NotBuiltYetError(FwError, NotImplementedError):
-    """A declared capability whose behaviour is not implemented yet; names the area that will build it."""
-
-    def __init__(self, what: str, area: str):
-        super().__init__(f"{what} is not implemented yet in this version of fw (planned: {area}).")
-
-
 class ConfigWarning(ConfigIssue):
     """Something accepted but worth telling (an ignored key); never fails validation."""
 

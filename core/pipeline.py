@@ -264,9 +264,10 @@ def output_directory_for(output_directory, model_path, experiment_name: str, mod
 
 
 def generate_for(prompts: list[str], data: dict, model, tokenizer, show_progress: bool):
-    """(generations, :class:`fw.infer.category.Outputs`) for every rendered prompt; with ``decoder.label_scoring`` the
-    labels are ranked by likelihood instead of generated (no raw generation)."""
-    from fw.infer.category import output_values
+    """(generations, :class:`fw.plugin.DecodedOutputs`) for every rendered prompt: the decoder plugin turns the
+    generations into output values; with ``decoder.label_scoring`` the labels are ranked by likelihood instead of
+    generated (no raw generation)."""
+    from fw.infer.decoders import decode
     from fw.data.tokens import encode_prompts
     from fw.infer.generation import Generation, generate
     from fw.infer.label_scoring import is_label_scoring, score_labels
@@ -280,7 +281,7 @@ def generate_for(prompts: list[str], data: dict, model, tokenizer, show_progress
         outputs = score_labels(model, tokenizer, encoded, data, show_progress)
         return [Generation(raw="", text=label) for label in outputs.values], outputs
     generations = generate(model, tokenizer, encoded, data, show_progress)
-    return generations, output_values([g.text for g in generations], data)
+    return generations, decode([g.text for g in generations], data)
 
 
 def predictions_frame(frame, data: dict, prompts, generations, outputs):

@@ -1,6 +1,6 @@
-"""The 15 built-in PEFT adapters: schemas against the installed PEFT, one training step on tiny Llama / GPT-2
-models, the model checks (c3a, vblora, fourierft, waveft) and the cross-field rules (OFT, AdaLoRA, IA3,
-VBLoRA)."""
+"""The built-in PEFT adapters (every one the registry holds): schemas against the installed PEFT, one training step
+on tiny Llama / GPT-2 models, the model checks (c3a, vblora, fourierft, waveft) and the cross-field rules (OFT,
+AdaLoRA, IA3, VBLoRA)."""
 from __future__ import annotations
 
 import dataclasses
@@ -16,17 +16,16 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from fw.model.adapters import wrap_model
 from fw.errors import ConfigError, FwError
-from fw.plugin.lazy import resolve
+from fw.plugin import load_schema, resolve
+from fw.plugin.peft import adapter_peft_config, targets_modules
 from fw.plugin.registry import get_registry
-from fw.config.store import load_schema
 from fw.model.tiny import build_tiny_gpt2, build_tiny_llama, build_tokenizer
 
-ADAPTERS = {
-    "lora": "LoraConfig", "adalora": "AdaLoraConfig", "ia3": "IA3Config", "vera": "VeraConfig",
-    "loha": "LoHaConfig", "lokr": "LoKrConfig", "fourierft": "FourierFTConfig", "boft": "BOFTConfig",
-    "tinylora": "TinyLoraConfig", "c3a": "C3AConfig", "oft": "OFTConfig", "hra": "HRAConfig",
-    "waveft": "WaveFTConfig", "ln_tuning": "LNTuningConfig", "vblora": "VBLoRAConfig",
-}
+#: every built-in adapter -> its PEFT config class
+ADAPTERS = {entry.name: entry.descriptor.peft_config_class for entry in get_registry().all("adapter")
+            if entry.distribution.name == "fw"}
+#: methods that adapt layers (prompt-learning methods add virtual tokens instead)
+LAYER_METHODS = {name for name in ADAPTERS if targets_modules(get_registry().get("adapter", name))}
 #: spec defaults too big for the tiny models (hidden 64, llama k/v out 32); their checks are tested below
 TINY_OVERRIDES = {"c3a": {"block_size": 32}, "vblora": {"vector_length": 32}, "waveft": {"n_frequency": 512}}
 #: methods whose PEFT 0.21.2 layers do not accept transformers' Conv1D (GPT-2): fw must say so clearly
@@ -47,7 +46,7 @@ def descriptor(name: str):
 
 
 def build(name: str, **params):
-    return resolve(descriptor(name).build_peft_config)({**defaults(name), **params})
+    return adapter_peft_config(descriptor(name), {**defaults(name), **params})
 
 
 def load(path):
@@ -74,9 +73,9 @@ def test_all_adapters_are_registered_with_the_right_flags():
 
 
 def test_listing_the_adapter_plugins_imports_neither_torch_nor_peft():
-    code = ("import sys, importlib\n"
-            f"for n in {sorted(ADAPTERS)!r}:\n"
-            "    importlib.import_module('fw.plugins.adapters.' + n).fw_adapters()\n"
+    code = ("import sys\n"
+            "from fw.plugin.registry import get_registry\n"
+            "assert get_registry().all('adapter')\n"
             "print(sorted(m for m in ('torch', 'peft', 'transformers') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
@@ -226,7 +225,7 @@ def test_adapter_trains_one_step_on_a_tiny_model(name, arch, request):
     assert 0 < sum(p.numel() for p in trainable) < sum(p.numel() for p in peft_model.parameters())
 
 
-@pytest.mark.parametrize("name", sorted(set(ADAPTERS) - NO_CONV1D - {"ln_tuning"}))
+@pytest.mark.parametrize("name", sorted(LAYER_METHODS - NO_CONV1D - {"ln_tuning"}))
 def test_gpt2_conv1d_layers_get_fan_in_fan_out(name, tiny_gpt2_dir):
     config = wrap_model(load(tiny_gpt2_dir), {**defaults(name), **TINY_OVERRIDES.get(name, {})}).peft_config
     assert config["default"].fan_in_fan_out is True

@@ -16,7 +16,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 import fw
 from fw import pipeline
 from fw.cli.main import main as fw_main
-from fw.infer.category import extract_labels
+from fw.plugins.decoders.category_extractor import extract_labels
 from fw.config.load import load_config
 from fw.infer.label_scoring import label_ids, score_batch, score_labels
 from fw.infer.metrics import category_metrics

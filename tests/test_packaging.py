@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+CONTRIB = ("fw-randlora", "fw-broken-example", "fw-text-parser")
 CONFIG = """
 base_model: meta-llama/Llama-2-7b-hf
 input_features: [{name: input, type: text}]
@@ -27,9 +28,9 @@ def pip_install(*args: str | Path) -> None:
 
 @pytest.fixture(scope="module")
 def contrib_site(tmp_path_factory) -> Path:
-    """Both contrib packages pip-installed (for real, built from their pyproject) into one directory."""
+    """The contrib packages pip-installed (for real, built from their pyproject) into one directory."""
     site = tmp_path_factory.mktemp("contrib-site")
-    pip_install("--no-deps", "--target", site, ROOT / "contrib" / "fw-randlora", ROOT / "contrib" / "fw-broken-example")
+    pip_install("--no-deps", "--target", site, *(ROOT / "contrib" / name for name in CONTRIB))
     return site
 
 
@@ -73,6 +74,63 @@ print(type(peft_model.peft_config['default']).__name__, bool(trainable), bool(to
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.split()[-3:] == ["RandLoraConfig", "True", "True"]
+
+
+# -- a third-party decoder: fw-text-parser ------------------------------------------------------------------------
+PARSER_CONFIG = """
+base_model: {base}
+input_features: [{{name: question}}]
+output_features:
+  - name: answer
+    decoder: {decoder}
+prompt: {{template: "Q: {{question}} A:"}}
+trainer: {{type: none, batch_size: 4, seed: 1}}
+generation: {{max_new_tokens: 6, do_sample: false}}
+"""
+
+
+def test_contrib_decoder_parses_generated_text_into_prediction_columns(contrib_site, tiny_llama_dir, tmp_path):
+    config = tmp_path / "parser.yaml"
+    config.write_text(PARSER_CONFIG.format(base=tiny_llama_dir,
+                                           decoder="{type: text_parser, pattern: '(?P<first>\\S+)', fields: [city]}"))
+    (tmp_path / "questions.csv").write_text("question\n" + "\n".join(f"where is town {i}" for i in range(6)) + "\n")
+    result = fw_with(contrib_site, "predict", "--config", str(config), "--dataset", str(tmp_path / "questions.csv"),
+                     "--output_directory", str(tmp_path / "out"), "--no_progress")
+    assert result.returncode == 0, result.stderr[-3000:]
+    import pandas as pd
+
+    table = pd.read_csv(tmp_path / "out" / "predictions.csv", keep_default_na=False)
+    assert {"answer_predictions", "answer_first", "answer_city"} <= set(table.columns)
+    generated = [text for text in table["answer_predictions"] if text.split()]
+    assert generated, "the tiny model generated only whitespace"
+    for text, first in zip(table["answer_predictions"], table["answer_first"]):
+        assert first == (text.split()[0] if text.split() else "")  # the regex group: the first word generated
+
+
+def test_contrib_decoder_is_listed_and_its_section_validated(contrib_site, tmp_path):
+    listed = {row["name"]: row for row in json.loads(fw_with(contrib_site, "list-plugins", "--kind", "decoder",
+                                                             "--json").stdout)}
+    assert listed["text_parser"]["distribution"] == "fw-text-parser"
+    config = tmp_path / "bad.yaml"
+    config.write_text(PARSER_CONFIG.format(base="m/x", decoder="{type: text_parser, pattern: '(?P<a>x', fields: 3}"))
+    result = fw_with(contrib_site, "validate", str(config))
+    assert result.returncode == 1
+    assert "output_features[0].decoder.fields: expected array or null, got integer 3." in result.stderr
+    config.write_text(PARSER_CONFIG.format(base="m/x", decoder="{type: text_parser, pattern: '(?P<a>x'}"))
+    result = fw_with(contrib_site, "validate", str(config))
+    assert "output_features[0].decoder.pattern: is not a valid regular expression" in result.stderr
+
+
+def test_contrib_decoder_reads_key_value_lines(contrib_site, monkeypatch):
+    import re
+
+    monkeypatch.syspath_prepend(str(contrib_site))
+    from fw_text_parser import parse
+
+    text = "city: Paris\ncountry = France\ncity: Lyon"
+    assert parse(text, None, ["city", "country", "population"]) == {"city": "Paris", "country": "France",
+                                                                      "population": None}
+    assert parse("no fields here", re.compile(r"(?P<year>\d{4})"), ["city"]) == {"city": None, "year": None}
 
 
 def test_wheel_installs_into_a_clean_venv_and_works(tmp_path):

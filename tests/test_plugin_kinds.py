@@ -1,8 +1,7 @@
 """Built-in plugins of the non-adapter kinds: initializers, quantizers, matchers, merges, retrievers.
 
 Plugins are imported through their module paths (``fw.plugins.matchers.regex`` …), exactly the modules the
-``fw`` entry points name. NotBuiltYetError checks pin down what is declared but not built yet; they are not
-features.
+``fw`` entry points name.
 """
 from __future__ import annotations
 
@@ -21,8 +20,7 @@ import pytest
 import yaml
 
 from fw.errors import FwError
-from fw.plugin.lazy import resolve
-from fw.config.store import load_schema
+from fw.plugin import load_schema, resolve
 
 KIND_DIRS = ("initializers", "quantizers", "matchers", "merges", "retrievers")
 SCHEMA_ROOT = importlib.resources.files("fw.schemas")

@@ -9,22 +9,22 @@ from fw.plugin.testing import check_descriptor, fake_distribution
 
 EXPECTED_BUILTINS = {
     "adapter": {"lora", "adalora", "ia3", "vera", "loha", "lokr", "fourierft", "boft", "tinylora", "c3a", "oft",
-                "hra", "waveft", "ln_tuning", "vblora"},
+                "hra", "waveft", "ln_tuning", "vblora", "prompt_tuning"},
     "initializer": {"default", "gaussian", "pissa", "olora", "orthogonal", "eva", "corda", "loftq"},
     "quantizer": {"bitsandbytes", "torchao"},
     "matcher": {"contains", "regex", "json_schema"},
     "merge_strategy": {"linear", "svd", "ties", "dare_linear", "dare_ties", "magnitude_prune", "cat"},
     "retriever": {"random", "semantic"},
+    "decoder": {"text_extractor", "category_extractor"},
 }
 
 ADAPTER_PLUGIN = """
-from fw.plugin.hookspecs import hookimpl
-from fw.plugin.descriptors import AdapterPlugin
+from fw.plugin import AdapterPlugin, hookimpl
 
 @hookimpl
 def fw_adapters():
     return [AdapterPlugin(name={name!r}, schema="fw.schemas:adapters/lora.json", summary="test",
-                          build_peft_config="fw.plugins.adapters.lora:build_peft_config")]
+                          build_peft_config="fw.plugins.adapters.lora:build_lora_config")]
 """
 
 
@@ -83,7 +83,7 @@ def test_plugin_failing_on_import_is_listed_as_broken(tmp_path, monkeypatch):
 
 
 def test_misspelled_hook_implementation_is_reported_not_ignored(tmp_path, monkeypatch):
-    source = "from fw.plugin.hookspecs import hookimpl\n@hookimpl\ndef fw_adaptors():\n    return []\n"
+    source = "from fw.plugin import hookimpl\n@hookimpl\ndef fw_adaptors():\n    return []\n"
     eps = fake_distribution(tmp_path, "fw-typo", "0.1", {"fw_typo_mod": source}, {"typo": "fw_typo_mod"})
     monkeypatch.syspath_prepend(str(tmp_path))
     registry = Registry().load_entry_points(eps)
@@ -91,7 +91,7 @@ def test_misspelled_hook_implementation_is_reported_not_ignored(tmp_path, monkey
 
 
 def test_hook_returning_wrong_type_is_broken(tmp_path, monkeypatch):
-    source = "from fw.plugin.hookspecs import hookimpl\n@hookimpl\ndef fw_matchers():\n    return ['not a descriptor']\n"
+    source = "from fw.plugin import hookimpl\n@hookimpl\ndef fw_matchers():\n    return ['not a descriptor']\n"
     eps = fake_distribution(tmp_path, "fw-wrong", "0.1", {"fw_wrong_mod": source}, {"wrong": "fw_wrong_mod"})
     monkeypatch.syspath_prepend(str(tmp_path))
     registry = Registry().load_entry_points(eps)

@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from fw.data import embedding, retrieval
+from fw.data import retrieval
+from fw.plugins.retrievers import semantic as embedding
 from fw import pipeline, report
 from fw.cli.main import main
 from fw.errors import FwError

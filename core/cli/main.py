@@ -16,7 +16,7 @@ EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
 KIND_ALIASES = {"adapters": "adapter", "initializers": "initializer", "quantizers": "quantizer",
                 "quantization": "quantizer", "matchers": "matcher", "merge": "merge_strategy",
                 "merges": "merge_strategy", "merge_strategies": "merge_strategy", "retrievers": "retriever",
-                "retrieval": "retriever"}
+                "retrieval": "retriever", "decoders": "decoder"}
 
 
 class UsageError(FwError):

@@ -10,7 +10,7 @@ from typing import Any
 
 from fw.plugin.registry import Registry, get_registry
 from fw.config.store import core_schema, load_schema
-from fw.config.sockets import ADAPTER, MATCHER, MERGE, QUANTIZER, RETRIEVER, Socket
+from fw.config.sockets import ADAPTER, DECODER, MATCHER, MERGE, QUANTIZER, RETRIEVER, Socket
 from fw.config.validate import plugin_schema
 
 
@@ -56,7 +56,12 @@ def full_schema(registry: Registry | None = None) -> dict[str, Any]:
                                             **_socket_schema(QUANTIZER, registry)}
     defs["prompt"]["properties"]["retrieval"] = {**defs["prompt"]["properties"]["retrieval"],
                                                  **_socket_schema(RETRIEVER, registry)}
-    defs["decoder"]["properties"]["match"]["additionalProperties"] = _socket_schema(MATCHER, registry, False)
+    decoder = _socket_schema(DECODER, registry, False)
+    for branch in decoder["allOf"]:
+        match = branch["then"].get("properties", {}).get("match")
+        if match is not None:  # a decoder that takes match entries: each is a matcher plugin's section
+            match["additionalProperties"] = _socket_schema(MATCHER, registry, False)
+    defs["decoder"] = {**defs["decoder"], **decoder}
     schema["$defs"]["initializer_configs"] = {
         p.name: load_schema(p.descriptor.schema) for p in registry.all("initializer") if p.descriptor.config_key}
     return schema

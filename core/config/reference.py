@@ -16,7 +16,8 @@ SECTIONS = ["model_type", "base_model", "input_features", "output_features", "pr
             "adapter", "adapters", "quantization", "model_parameters", "trainer", "generation", "backend"]
 SOCKET_NOTE = {"adapter": "adapter.type", "initializer": "adapter.init_lora_weights (sub-config key shown)",
                "quantizer": "quantization.backend", "matcher": "output_features[].decoder.match.<label>.type",
-               "merge_strategy": "adapters.merge.combination_type", "retriever": "prompt.retrieval.type"}
+               "merge_strategy": "adapters.merge.combination_type", "retriever": "prompt.retrieval.type",
+               "decoder": "output_features[].decoder.type"}
 
 
 def _type(prop: dict[str, Any]) -> str:

@@ -5,10 +5,12 @@ that meets a value of the wrong type stops quietly: the schema has already repor
 """
 from __future__ import annotations
 
+import re
 import string
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from fw.config.sockets import MERGE
 from fw.errors import ConfigIssue, ConfigWarning
 from fw.plugin.registry import Registry
 
@@ -17,6 +19,8 @@ Rule = Callable[[Config, Registry], Iterator[ConfigIssue]]
 RULES: list[Rule] = []
 
 SAMPLE, TASK, CONTEXT = "__sample__", "__task__", "__context__"
+#: adapter names become module-dict keys and directory names: no dots, slashes or spaces
+ADAPTER_NAME = re.compile(r"[A-Za-z0-9_-]+")
 
 
 def rule(function: Rule) -> Rule:
@@ -34,23 +38,15 @@ def check(config: Config, registry: Registry, raw: Config | None = None) -> Iter
 
 
 def derive_defaults(config: Config, raw: Config) -> None:
-    """Defaults that depend on other fields: the decoder follows the output type; the spec's decoding
-    strategies (contrastive, diverse beam) are defined without do_sample, so it follows them unless set."""
+    """Defaults that depend on other fields: the spec's decoding strategies (contrastive, diverse beam) are
+    defined without do_sample, so it follows them unless set. (The decoder's default follows the output type:
+    see fw.config.sockets.)"""
     generation, written = config.get("generation"), raw.get("generation")
     if isinstance(generation, dict) and "do_sample" not in (written if isinstance(written, dict) else {}):
         contrastive = (generation.get("penalty_alpha") or 0) > 0
         diverse = (generation.get("num_beam_groups") or 1) > 1
         if contrastive or diverse:
             generation["do_sample"] = False
-    for feature in config.get("output_features") or []:
-        if isinstance(feature, dict):
-            kind = feature.get("type", "text")
-            decoder = feature.setdefault("decoder", {})
-            if isinstance(decoder, dict):
-                decoder.setdefault("type", "category_extractor" if kind == "category" else "text_extractor")
-                if decoder["type"] == "category_extractor":
-                    decoder.setdefault("constrain_to_vocabulary", False)
-                    decoder.setdefault("label_scoring", False)
 
 
 def template_fields(template: str) -> list[str]:
@@ -88,17 +84,15 @@ def output_type_fits_trainer(config: Config, registry: Registry) -> Iterator[Con
 
 @rule
 def decoder_fits_output(config: Config, registry: Registry) -> Iterator[ConfigIssue]:
+    """The decoder plugin produces the output's type (its ``output_types``)."""
     for index, feature in enumerate(config["output_features"]):
-        decoder, path = feature["decoder"], f"output_features[{index}].decoder"
-        if feature["type"] == "category":
-            if decoder["type"] != "category_extractor":
-                yield ConfigIssue(f"{path}.type", f"a category output needs decoder type category_extractor, "
-                                                  f"got {decoder['type']!r}.")
-            elif not decoder.get("match"):
-                yield ConfigIssue(f"{path}.match", "category_extractor needs match entries, one per label.",
-                                  "e.g. match: {positive: {type: contains, value: positive}}")
-        elif decoder["type"] == "category_extractor":
-            yield ConfigIssue(f"{path}.type", "category_extractor needs an output of type category.")
+        kind, name = feature["type"], feature["decoder"].get("type")
+        if not registry.has("decoder", name) or kind in registry.get("decoder", name).output_types:
+            continue
+        fitting = [p.name for p in registry.all("decoder") if kind in p.descriptor.output_types]
+        message = (f"a {kind} output needs decoder type {' or '.join(fitting)}, got {name!r}." if fitting else
+                   f"{name} needs an output of type {' or '.join(registry.get('decoder', name).output_types)}.")
+        yield ConfigIssue(f"output_features[{index}].decoder.type", message)
 
 
 # -- prompt -----------------------------------------------------------------------------------------
@@ -190,12 +184,10 @@ def _merge_sources_compatible(adapters: dict, merge: dict, registry: Registry) -
             yield ConfigIssue(f"adapters.adapters.{name}.type",
                               f"merging needs LoRA-family adapters (PEFT add_weighted_adapter); "
                               f"{name!r} is {section['type']!r}.")
-    combination = merge.get("combination_type", "linear")
+    combination = merge.get(MERGE.selector, MERGE.default)
     if not registry.has("merge_strategy", combination):
         return
     strategy = registry.get("merge_strategy", combination)
-    from fw.model.multi_adapter import peft_rank
-
     ranks = {name: peft_rank(section) for name, section in sections.items()}
     if strategy.requires_equal_ranks and len(set(ranks.values())) > 1:
         listed = ", ".join(f"{name} r={rank}" for name, rank in ranks.items())
@@ -206,10 +198,90 @@ def _merge_sources_compatible(adapters: dict, merge: dict, registry: Registry) -
 
 @rule
 def multi_adapter_fits_peft(config: Config, registry: Registry) -> Iterator[ConfigIssue]:
-    """Several named adapters: what PEFT refuses (mixed methods, merging AdaLoRA / DoRA, mixed target forms)."""
-    from fw.model.multi_adapter import config_issues
+    """Several named adapters: what PEFT would refuse after loading the model or after training, found before
+    (names PEFT cannot use, mixed methods, initializers that rewrite the shared base, merge sources)."""
+    adapters = config.get("adapters")
+    if adapters is None or config.get("adapter") is not None:
+        return
+    sections = adapters.get("adapters") or {}
+    yield from _names_usable(sections, registry)
+    yield from _one_method(sections)
+    yield from _initializers_fit(sections, registry)
+    merge = adapters.get("merge")
+    if merge:
+        yield from _merge_sources_fit(sections, merge, registry)
 
-    yield from config_issues(config, registry)
+
+def _named_path(name: str, key: str | None = None) -> str:
+    return f"adapters.adapters.{name}" + (f".{key}" if key else "")
+
+
+def _names_usable(sections: dict, registry: Registry) -> Iterator[ConfigIssue]:
+    for name, section in sections.items():
+        if not ADAPTER_NAME.fullmatch(str(name)):
+            yield ConfigIssue(_named_path(name), f"adapter name {name!r} may use only letters, digits, _ and - (it "
+                                                 "becomes a PEFT module key and a directory name).")
+            continue
+        kind = section.get("type")
+        declared = registry.get("adapter", kind).peft_prefix if registry.has("adapter", kind) else None
+        prefix = declared if declared is not None else f"{kind}_"
+        if name in prefix:
+            yield ConfigWarning(_named_path(name), f"adapter name {name!r} is part of PEFT's parameter prefix "
+                                                   f"{prefix!r}; PEFT warns this may re-initialize its weights when "
+                                                   "loading.", "choose a longer name, e.g. task_a")
+
+
+def _one_method(sections: dict) -> Iterator[ConfigIssue]:
+    types = {name: section.get("type") for name, section in sections.items()}
+    if len(set(types.values())) > 1:
+        first_name, first_type = next(iter(types.items()))
+        for name, kind in types.items():
+            if kind != first_type:
+                yield ConfigIssue(_named_path(name, "type"),
+                                  f"{name!r} is {kind!r} but {first_name!r} is {first_type!r}: PEFT keeps one adapter "
+                                  "method per model, so every named adapter must have the same type.",
+                                  "give them all the same type")
+
+
+def _initializers_fit(sections: dict, registry: Registry) -> Iterator[ConfigIssue]:
+    """Initializers that rewrite the base weights or wrap the model themselves (a ``prepare`` step) cannot share
+    one base model with other adapters."""
+    for name, section in sections.items():
+        value = section.get("init_lora_weights")
+        init = "default" if value is True else value
+        if not isinstance(init, str) or not registry.has("initializer", init):
+            continue
+        if registry.get("initializer", init).prepare:
+            yield ConfigIssue(_named_path(name, "init_lora_weights"),
+                              f"{init!r} is not available for named adapters: it rewrites the shared base weights "
+                              "or needs its own pass before wrapping, which would change every other adapter.",
+                              "use it with a single `adapter:` section, or init_lora_weights: true / gaussian")
+
+
+def _merge_sources_fit(sections: dict, merge: dict, registry: Registry) -> Iterator[ConfigIssue]:
+    """add_weighted_adapter's own constraints beyond equal ranks: each source adapter plugin's
+    ``check_merge_source``, and one form of target_modules."""
+    from fw.plugin.lazy import resolve
+
+    sources = {name: sections[name] for name in merge.get("sources") or [] if name in sections}
+    for position, (name, section) in enumerate(sources.items()):
+        kind = section.get("type")
+        check = registry.get("adapter", kind).check_merge_source if registry.has("adapter", kind) else None
+        for key, *message in resolve(check)(name, section, position == 0) if check else []:
+            yield ConfigIssue(_named_path(name, key), *message)
+    forms = {name: "a regex" if isinstance(section.get("target_modules"), str) else "a list"
+             for name, section in sources.items()}
+    if len(set(forms.values())) > 1:
+        listed = ", ".join(f"{name} ({form})" for name, form in forms.items())
+        yield ConfigIssue("adapters.merge.sources",
+                          f"PEFT's add_weighted_adapter needs every source's target_modules in the same form, "
+                          f"got {listed}.", "write target_modules as a list (or as a regex) in all of them")
+
+
+def peft_rank(section: dict) -> Any:
+    """The rank PEFT's add_weighted_adapter compares: ``r``, or the largest ``rank_pattern`` value."""
+    pattern = section.get("rank_pattern") or {}
+    return max([section.get("r"), *pattern.values()]) if pattern else section.get("r")
 
 
 # -- quantization -----------------------------------------------------------------------------------
@@ -242,7 +314,8 @@ def quantizer_mode_and_qat(config: Config, registry: Registry) -> Iterator[Confi
     if quantization.get("qat") and not descriptor.supports_qat:
         qat_backends = [p.name for p in registry.all("quantizer") if p.descriptor.supports_qat]
         yield ConfigIssue("quantization.qat", f"QAT is not supported by backend {backend!r}.",
-                          f"QAT requires backend: {' or '.join(qat_backends) or 'torchao'}")
+                          f"QAT requires backend: {' or '.join(qat_backends)}" if qat_backends else
+                          "no installed quantization backend supports QAT")
 
 
 @rule
@@ -369,12 +442,10 @@ def generation_strategy_conflicts(config: Config, registry: Registry) -> Iterato
 
 @rule
 def category_decoding_choices(config: Config, registry: Registry) -> Iterator[ConfigIssue]:
+    """Constrained decoding and label scoring (run by fw.infer) on a category output's decoder."""
     feature = config["output_features"][0]
     decoder, path = feature["decoder"], "output_features[0].decoder"
-    if decoder.get("type") != "category_extractor":
-        for key in ("constrain_to_vocabulary", "label_scoring"):
-            if decoder.get(key):
-                yield ConfigIssue(f"{path}.{key}", "only applies to a category output (category_extractor).")
+    if feature["type"] != "category":
         return
     if decoder.get("constrain_to_vocabulary") and decoder.get("label_scoring"):
         yield ConfigIssue(f"{path}.label_scoring", "label scoring does not generate, so constrain_to_vocabulary "

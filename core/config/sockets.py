@@ -2,15 +2,17 @@
 
 A *socket* is a place in the config whose content a plugin validates: ``adapter`` (by ``type``),
 ``quantization`` (by ``backend``), ``adapters.merge`` (by ``combination_type``), ``prompt.retrieval`` (by
-``type``), each ``decoder.match.<label>`` entry (by ``type``). The core knows the places; plugins own
-the contents.
+``type``), each output's ``decoder`` (by ``type``; its default follows the output type, as the core schema's
+``x-fw-default-type`` says) and each ``decoder.match.<label>`` entry (by ``type``). The core knows the places;
+plugins own the contents.
 """
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
+from fw.config.store import core_schema
 from fw.config.walk import Path
 
 
@@ -32,6 +34,14 @@ QUANTIZER = Socket("quantizer", "backend", default="bitsandbytes")
 MERGE = Socket("merge_strategy", "combination_type", default="linear")
 RETRIEVER = Socket("retriever", "type", nullable=True)
 MATCHER = Socket("matcher", "type", default="contains")
+#: nullable: an output type with no default decoder is the core schema's error, not a second one here
+DECODER = Socket("decoder", "type", nullable=True)
+
+
+def decoder_socket(feature: dict[str, Any]) -> Socket:
+    """The decoder socket of an output feature: its default decoder follows the output type."""
+    defaults = core_schema()["$defs"]["decoder"]["x-fw-default-type"]
+    return replace(DECODER, default=defaults.get(feature.get("type")))
 
 
 def _dict(value: Any) -> dict | None:
@@ -54,7 +64,10 @@ def find_sockets(config: dict[str, Any]) -> Iterator[tuple[Path, dict[str, Any],
         yield ("prompt", "retrieval"), section, RETRIEVER
     outputs = config.get("output_features")
     for index, feature in enumerate(outputs if isinstance(outputs, list) else []):
-        decoder = _dict((_dict(feature) or {}).get("decoder")) or {}
+        decoder = _dict((_dict(feature) or {}).get("decoder"))
+        if decoder is None:
+            continue
+        yield ("output_features", index, "decoder"), decoder, decoder_socket(feature)
         for label, entry in (_dict(decoder.get("match")) or {}).items():
             if isinstance(entry, dict):
                 yield ("output_features", index, "decoder", "match", label), entry, MATCHER

@@ -136,8 +136,8 @@ def _plugin_checks(descriptor: PluginDescriptor, section: dict[str, Any], path: 
     found: list[ConfigIssue] = []
     check_params = getattr(descriptor, "check_params", None)
     if check_params:
-        for key, message in resolve(check_params)(section, explicit):
-            found.append(ConfigIssue(format_path(path + (key,)), message))
+        for key, *message in resolve(check_params)(section, explicit):  # (key, message[, hint])
+            found.append(ConfigIssue(format_path(path + (key,)), *message))
     compile_ref = getattr(descriptor, "compile", None)
     if compile_ref:
         options = {k: v for k, v in section.items() if k not in ("type", "value")}

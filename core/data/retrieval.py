@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from fw.errors import FwError
+from fw.plugin import get_registry, resolve
 from fw.data.prompt import PromptRenderer, as_text, config_data, output_column, sample_json
 
 INDEX_VERSION = 1
@@ -70,13 +71,14 @@ def section(data: dict) -> dict | None:
 
 
 def index_params(data: dict, retrieval: dict) -> dict:
-    """What the plugin gets: the section (a local model_name made absolute) plus ``seed``."""
+    """What the plugin gets: the section plus ``seed``, localized by the plugin (a local model made absolute)."""
     params = {**retrieval, "seed": config_data(data)["trainer"].get("seed", 42)}
-    if params.get("model_name"):
-        from fw.data.embedding import resolve_model_name
+    localize = retriever_of(params).localize_params
+    return resolve(localize)(params) if localize else params
 
-        params["model_name"] = resolve_model_name(params["model_name"])
-    return params
+
+def retriever_of(params: dict):
+    return get_registry().get("retriever", params["type"])
 
 
 # -- rows as examples and queries --------------------------------------------------------------------------------
@@ -159,11 +161,7 @@ def _cached(params: dict, examples: list[str], texts: list[str], directory: Path
 
 def build(params: dict, texts: list[str], directory: Path):
     """The plugin's index over ``texts`` kept in ``directory``."""
-    from fw.plugin.lazy import resolve
-    from fw.plugin.registry import get_registry
-
-    descriptor = get_registry().get("retriever", params["type"])
-    return resolve(descriptor.build_index)(params, texts, directory)
+    return resolve(retriever_of(params).build_index)(params, texts, directory)
 
 
 def load(directory: Path, data: dict) -> Retriever:

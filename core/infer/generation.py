@@ -1,4 +1,4 @@
-"""Batched generation with the config's ``generation`` section, and turning generations into output values.
+"""Batched generation with the config's ``generation`` section.
 
 Prompts are sorted by length and batched (``trainer.eval_batch_size``, else ``batch_size``), left-padded so
 every row's generation starts right after its own prompt; results come back in the original order. Sampling
@@ -118,19 +118,3 @@ class progress_bar:
         if self.progress is not None:
             self.progress.stop()
         return False
-
-
-# -- output values -----------------------------------------------------------------------------------------------
-def decode_outputs(texts: list[str], data: dict) -> list[str]:
-    """Generated texts as output values: as-is for text outputs; for category outputs the first
-    ``decoder.match`` label whose matcher accepts the text (config order), else ``fallback_label``
-    (see :mod:`fw.infer.category`)."""
-    from fw.infer.category import output_values
-
-    return output_values(texts, data).values
-
-
-def compile_matchers(match: dict) -> list[tuple[str, object]]:
-    from fw.infer.category import compile_matchers as compile_all
-
-    return compile_all(match)

@@ -9,7 +9,7 @@ fallback: deterministic, and cheaper than generating when labels are short.
 """
 from __future__ import annotations
 
-from fw.infer.category import Outputs
+from fw.plugin import DecodedOutputs
 
 
 def label_ids(tokenizer, labels: list[str]) -> list[list[int]]:
@@ -40,7 +40,7 @@ def score_batch(model, prompts: list[list[int]], labels: list[list[int]], pad_id
     return scores.view(len(prompts), len(labels)).cpu()
 
 
-def score_labels(model, tokenizer, prompt_ids, data: dict, show_progress: bool = False) -> Outputs:
+def score_labels(model, tokenizer, prompt_ids, data: dict, show_progress: bool = False) -> DecodedOutputs:
     """The most likely label of every prompt, with per-label probabilities, in input order."""
     import torch
 
@@ -63,7 +63,7 @@ def score_labels(model, tokenizer, prompt_ids, data: dict, show_progress: bool =
     probabilities = scores.softmax(dim=-1)
     best = probabilities.argmax(dim=-1).tolist()
     name = data["output_features"][0]["name"]
-    return Outputs(values=[labels[i] for i in best], matched=[True] * len(best), columns={
+    return DecodedOutputs(values=[labels[i] for i in best], matched=[True] * len(best), columns={
         f"{name}_probabilities": [dict(zip(labels, row)) for row in probabilities.tolist()],
         f"{name}_probability": [row[i] for row, i in zip(probabilities.tolist(), best)],
     })

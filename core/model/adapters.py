@@ -1,67 +1,59 @@
-"""Wraps a transformers causal LM with the PEFT adapter an ``adapter`` section describes.
+"""Wraps a transformers causal LM with the PEFT adapter an ``adapter`` section describes, and asks the adapter
+plugin what training needs from it.
 
-The adapter plugin is found by ``type`` in the registry; its ``build_peft_config`` makes the PEFT config.
-Around that, this module resolves ``target_modules: null`` (PEFT's per-architecture default, else every
-linear layer except the output head, or the plugin module's own ``default_target_modules(model)``), runs the
-descriptor's ``check_model(params, model)`` (which returns ``"<key>: <message>"`` strings) and turns its
-problems into one :class:`~fw.errors.ConfigError`, and sets ``fan_in_fan_out`` for GPT-2-style ``Conv1D``
-layers. ``check_params`` is the validator's job (it runs before, with the keys the user wrote).
+The adapter plugin is found by ``type`` in the registry. :func:`peft_config_for` is the one place a PEFT config is
+built for a model: ``target_modules: null`` resolved (:mod:`fw.plugin.targets`), the descriptor's
+``check_model(params, model)`` problems turned into one :class:`~fw.errors.ConfigError`, the config built
+(``build_peft_config`` or the declared ``peft_config_class``), and ``fan_in_fan_out`` set for GPT-2-style ``Conv1D``
+layers. Prompt-learning methods (no ``target_modules`` in their schema) skip the layer steps. ``check_params`` is
+the validator's job (it runs before, with the keys the user wrote).
 
-A plugin module may define ``default_target_modules(model) -> list[str]`` (found next to its
-``build_peft_config``): the targets to use when PEFT has no default for the architecture.
+The trainer asks through :func:`optimizer_parameter_groups` and :func:`after_step_callbacks`; :func:`with_planned_steps`
+completes a section with what depends on the run's length. Each delegates to the descriptor, naming no method.
 """
 from __future__ import annotations
 
-import importlib
-import math
-import re
+import functools
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from fw.errors import ConfigError, ConfigIssue, FwError
-from fw.plugin.lazy import resolve
+from fw.plugin import resolve
 from fw.plugin.descriptors import AdapterPlugin
+from fw.plugin.peft import adapter_peft_config, targets_modules
+from fw.plugin.targets import (adapter_descriptor, is_conv1d, layer_label, model_type, peft_module_mapping,
+                               resolve_target_modules, targeted_modules)
 
-TargetModules = list[str] | str
 
-
-# -- the entry point -----------------------------------------------------------------------------------------
+# -- the entry points ----------------------------------------------------------------------------------------
 def wrap_model(model, adapter_params: dict, registry=None, adapter_name: str = "default",
                config_path: str = "adapter"):
     """``peft.get_peft_model(model, <config from adapter_params>)``, after the plugin's checks."""
     import peft
 
     descriptor = adapter_descriptor(adapter_params["type"], registry)
-    params = {**adapter_params, "target_modules": resolve_target_modules(model, adapter_params, descriptor)}
-    raise_issues(config_path, model_problems(descriptor, params, model))
-    config = build_config(descriptor, params)
-    targets = targeted_modules(model, params["target_modules"])
-    fit_config_to_model(config, model, targets)
+    config = peft_config_for(model, adapter_params, config_path, descriptor)
     try:
         return peft.get_peft_model(model, config, adapter_name=adapter_name)
     except (TypeError, ValueError) as exc:
-        raise FwError(peft_failure_message(descriptor, config, targets, exc, config_path)) from exc
+        raise FwError(peft_failure_message(descriptor, config, model, exc, config_path)) from exc
 
 
-# -- plugin lookups ------------------------------------------------------------------------------------------
-def adapter_descriptor(adapter_type: str, registry=None) -> AdapterPlugin:
-    if registry is None:
-        from fw.plugin.registry import get_registry
-
-        registry = get_registry()
-    return registry.get("adapter", adapter_type)
-
-
-def plugin_function(descriptor: AdapterPlugin, name: str) -> Callable | None:
-    """An optional function ``name`` of the module that holds the plugin's ``build_peft_config``."""
-    module = importlib.import_module(descriptor.build_peft_config.partition(":")[0])
-    return getattr(module, name, None)
-
-
-def build_config(descriptor: AdapterPlugin, params: dict):
-    return resolve(descriptor.build_peft_config)(params)
+def peft_config_for(model, section: dict, config_path: str = "adapter", descriptor: AdapterPlugin | None = None):
+    """The PEFT config of ``section`` for ``model``: targets resolved, the plugin's model checks passed, fitted to
+    the model's layer types."""
+    descriptor = descriptor or adapter_descriptor(section["type"])
+    if not targets_modules(descriptor):
+        raise_issues(config_path, model_problems(descriptor, section, model))
+        return adapter_peft_config(descriptor, section)
+    params = {**section, "target_modules": resolve_target_modules(model, section, descriptor)}
+    raise_issues(config_path, model_problems(descriptor, params, model))
+    config = adapter_peft_config(descriptor, params)
+    fit_config_to_model(config, model, targeted_modules(model, params["target_modules"]))
+    return config
 
 
+# -- plugin checks -------------------------------------------------------------------------------------------
 def model_problems(descriptor: AdapterPlugin, params: dict, model) -> list[tuple[str, str]]:
     if not descriptor.check_model:
         return []
@@ -76,120 +68,6 @@ def raise_issues(config_path: str, problems: Iterable[tuple[str, str]]) -> None:
         raise ConfigError(issues)
 
 
-# -- target modules ------------------------------------------------------------------------------------------
-def resolve_target_modules(model, params: dict, descriptor: AdapterPlugin | None = None) -> TargetModules:
-    """``params['target_modules']``, or when null: PEFT's default for this method and architecture, else the
-    plugin module's ``default_target_modules(model)``, else every linear layer except the output head."""
-    if params.get("target_modules") is not None:
-        return params["target_modules"]
-    descriptor = descriptor or adapter_descriptor(params["type"])
-    default = peft_default_target_modules(build_config(descriptor, params), model_type(model))
-    if default is not None:
-        return default
-    plugin_default = plugin_function(descriptor, "default_target_modules")
-    return plugin_default(model) if plugin_default else linear_layer_names(model)
-
-
-def model_type(model) -> str | None:
-    return getattr(getattr(model, "config", None), "model_type", None)
-
-
-def peft_default_target_modules(config, architecture: str | None) -> TargetModules | None:
-    mapping = peft_module_mapping(config, "TARGET_MODULES")
-    default = mapping.get(architecture) if architecture else None
-    if default is None or isinstance(default, str):
-        return default
-    return sorted(default)
-
-
-def peft_module_mapping(config, kind: str) -> dict:
-    """PEFT's ``TRANSFORMERS_MODELS_TO_<METHOD>_<kind>_MAPPING`` for the config's method (the tuner's own
-    ``target_module_mapping`` first), or {}."""
-    from peft.mapping import PEFT_TYPE_TO_TUNER_MAPPING
-    from peft.utils import constants
-
-    tuner = PEFT_TYPE_TO_TUNER_MAPPING.get(config.peft_type)
-    if kind == "TARGET_MODULES" and isinstance(getattr(tuner, "target_module_mapping", None), dict):
-        return tuner.target_module_mapping
-    method = str(config.peft_type.value).replace("_", "")
-    for name, value in vars(constants).items():
-        match = re.fullmatch(f"TRANSFORMERS_MODELS_TO_(.+)_{kind}_MAPPING", name)
-        if match and match.group(1).replace("_", "") == method:
-            return value
-    return {}
-
-
-def linear_layer_names(model) -> list[str]:
-    """Names (last component) of every nn.Linear / Conv1D layer except the output head."""
-    import torch
-    from transformers.pytorch_utils import Conv1D
-
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    return sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
-                   if isinstance(module, (torch.nn.Linear, Conv1D)) and module is not head})
-
-
-def targeted_modules(model, target_modules: TargetModules) -> list[tuple[str, Any]]:
-    """(name, module) of every module ``target_modules`` selects, matched like PEFT does: a string is a regex
-    that must match the full name, a list entry matches the full name or its dotted suffix."""
-    def selected(name: str) -> bool:
-        if isinstance(target_modules, str):
-            return re.fullmatch(target_modules, name) is not None
-        return any(name == target or name.endswith("." + target) for target in target_modules)
-
-    return [(name, module) for name, module in model.named_modules() if name and selected(name)]
-
-
-# -- layer shapes, for plugins' check_model ------------------------------------------------------------------
-def layer_shape(module) -> tuple[int, int] | None:
-    """(in_features, out_features) of a Linear or GPT-2 Conv1D layer, else None."""
-    from transformers.pytorch_utils import Conv1D
-
-    if isinstance(module, Conv1D):
-        return tuple(module.weight.shape)  # Conv1D stores (in, out)
-    if hasattr(module, "in_features") and hasattr(module, "out_features"):
-        return module.in_features, module.out_features
-    return None
-
-
-def target_layer_shapes(model, params: dict) -> dict[str, tuple[int, int]]:
-    """``"self_attn.q_proj (64x64)"`` -> (in, out), once per distinct layer and shape, for every targeted
-    Linear/Conv1D layer (``target_modules: null`` resolved as :func:`wrap_model` does)."""
-    shapes = {}
-    for name, module in targeted_modules(model, resolve_target_modules(model, params)):
-        shape = layer_shape(module)
-        if shape:
-            shapes.setdefault(f"{layer_label(name)} ({shape[0]}x{shape[1]})", shape)
-    return shapes
-
-
-def layer_label(name: str) -> str:
-    """``model.layers.0.self_attn.q_proj`` -> ``self_attn.q_proj`` (the part after the block index)."""
-    parts = name.split(".")
-    numeric = [i for i, part in enumerate(parts) if part.isdigit()]
-    return ".".join(parts[numeric[-1] + 1:]) if numeric and numeric[-1] < len(parts) - 1 else name
-
-
-def divisor_problems(key: str, value: int, shapes: dict[str, tuple[int, int]]) -> list[str]:
-    """Problems when ``value`` must divide the in and out features of every targeted layer."""
-    bad = [label for label, (n_in, n_out) in shapes.items() if n_in % value or n_out % value]
-    if not bad:
-        return []
-    fits = math.gcd(*[size for shape in shapes.values() for size in shape])
-    return [f"{key}: {value} must divide the input and output size of every targeted layer, but not of "
-            f"{', '.join(bad)}; the largest {key} that fits every targeted layer is {fits}"]
-
-
-def size_limit_problems(key: str, value: int, shapes: dict[str, tuple[int, int]]) -> list[str]:
-    """Problems when ``value`` may not exceed in_features * out_features of any targeted layer."""
-    bad = [label for label, (n_in, n_out) in shapes.items() if value > n_in * n_out]
-    if not bad:
-        return []
-    fits = min(n_in * n_out for n_in, n_out in shapes.values())
-    return [f"{key}: {value} exceeds in_features * out_features of {', '.join(bad)}; the largest {key} "
-            f"that fits every targeted layer is {fits}"]
-
-
 # -- fitting the config to the model -------------------------------------------------------------------------
 def fit_config_to_model(config, model, targets: list[tuple[str, Any]]) -> None:
     """Set ``fan_in_fan_out`` when every targeted layer is a GPT-2 ``Conv1D``; give IA3-style configs an empty
@@ -201,15 +79,10 @@ def fit_config_to_model(config, model, targets: list[tuple[str, Any]]) -> None:
             config.feedforward_modules = set()
 
 
-def is_conv1d(module) -> bool:
-    from transformers.pytorch_utils import Conv1D
-
-    return isinstance(module, Conv1D)
-
-
-def peft_failure_message(descriptor: AdapterPlugin, config, targets, exc: Exception, config_path: str) -> str:
+def peft_failure_message(descriptor: AdapterPlugin, config, model, exc: Exception, config_path: str) -> str:
     import peft
 
+    targets = targeted_modules(model, config.target_modules) if getattr(config, "target_modules", None) else []
     conv1d = sorted({layer_label(name) for name, module in targets if is_conv1d(module)})
     if isinstance(exc, TypeError) and conv1d:
         return (f"{config_path}.type: adapter '{descriptor.name}' ({type(config).__name__}) cannot adapt "
@@ -217,3 +90,41 @@ def peft_failure_message(descriptor: AdapterPlugin, config, targets, exc: Except
                 f"PEFT {peft.__version__} does not support that layer type for this method ({exc}). Choose "
                 f"another adapter type, or a model whose projections are torch.nn.Linear.")
     return f"{config_path}: PEFT could not apply adapter '{descriptor.name}' to the model: {exc}"
+
+
+# -- what training asks of the adapter -----------------------------------------------------------------------
+def trained_section(config: dict) -> tuple[AdapterPlugin | None, dict]:
+    """(descriptor, section) of the adapter being trained, or (None, {}) for a full fine-tune."""
+    section = config.get("adapter") or {}
+    return (adapter_descriptor(section["type"]) if section.get("type") else None), section
+
+
+def with_planned_steps(section: dict, training=None) -> dict:
+    """``section`` completed by the plugin with what depends on the run's planned optimizer steps (AdaLoRA's
+    ``total_step``); unchanged without a training plan or without such a step."""
+    planned = getattr(training, "planned_steps", None)
+    descriptor = adapter_descriptor(section["type"])
+    if not planned or not descriptor.with_planned_steps:
+        return section
+    return resolve(descriptor.with_planned_steps)(section, planned)
+
+
+def optimizer_parameter_groups(model, config: dict, learning_rate: float, weight_decay: float) -> list[dict]:
+    """The optimizer's parameter groups of the trainable parameters: the adapter plugin's own (LoRA+ gives the B
+    matrices a higher rate), else one group; empty groups are dropped."""
+    descriptor, section = trained_section(config)
+    if descriptor is not None and descriptor.parameter_groups:
+        groups = resolve(descriptor.parameter_groups)(model, section, learning_rate, weight_decay)
+    else:
+        trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
+        groups = [{"params": trainable, "lr": learning_rate, "weight_decay": weight_decay}]
+    return [group for group in groups if group["params"]]
+
+
+def after_step_callbacks(model, config: dict) -> list[Callable[[int], None]]:
+    """``callback(global_step)`` to run after each optimizer step, before the gradients are cleared (AdaLoRA
+    reallocates its ranks there)."""
+    descriptor, _ = trained_section(config)
+    if descriptor is None or not descriptor.after_step:
+        return []
+    return [functools.partial(resolve(descriptor.after_step), model)]

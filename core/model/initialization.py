@@ -3,14 +3,15 @@ PEFT's config (a calibration pass over training rows, a step before or after ``g
 
 ``wrap_with_initializer(model, section, calibration)`` is what :func:`fw.model.loading.apply_adapter` calls.
 An initializer plugin's ``prepare`` has the signature ``prepare(model, section, calibration, wrap) -> model``:
-``wrap(model, **changes)`` is fw's ordinary ``wrap_model`` for the section (with ``changes`` to its keys), so a plugin decides only *when* to wrap
-(CorDA collects covariances on the base model first; EVA runs its SVD pass on the wrapped model) and never
-re-implements the wrapping.
+``wrap(model, **changes)`` is fw's ordinary ``wrap_model`` for the section (with ``changes`` to its keys) and
+``wrap.peft_config(model)`` the PEFT config it would use, so a plugin decides only *when* to wrap (CorDA collects
+covariances on the base model first; EVA runs its SVD pass on the wrapped model) and never re-implements the
+wrapping.
 
 Initializers that rewrite the base weights (PiSSA, OLoRA, CorDA keep ``W - B0 A0`` as the frozen base) would
-save an adapter that only fits the rewritten base. :func:`keep_initial_adapter` stores the initial adapter so
-that saving converts it into a plain LoRA adapter for the *original* base model (PEFT's
-``path_initial_model_for_weight_conversion``): a saved model loads with transformers + PEFT alone.
+save an adapter that only fits the rewritten base. They call :func:`fw.plugin.keep_initial_adapter`, and
+:func:`save_kwargs` then has saving convert the adapter into a plain LoRA adapter for the *original* base model
+(PEFT's ``path_initial_model_for_weight_conversion``): a saved model loads with transformers + PEFT alone.
 """
 from __future__ import annotations
 
@@ -20,9 +21,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from fw.errors import FwError
-
-#: attribute of a PeftModel holding the TemporaryDirectory with its initial adapter
-INITIAL_ADAPTER_ATTRIBUTE = "_fw_initial_adapter"
+from fw.plugin import get_registry, resolve
+from fw.plugin.peft import INITIAL_ADAPTER_ATTRIBUTE
 
 
 @dataclass
@@ -71,22 +71,32 @@ def initializer_of(section: dict, registry=None):
     name = initializer_name(section)
     if name is None:
         return None
-    if registry is None:
-        from fw.plugin.registry import get_registry
-
-        registry = get_registry()
+    registry = registry or get_registry()
     return registry.get("initializer", name) if registry.has("initializer", name) else None
+
+
+class Wrapping:
+    """The ``wrap`` an initializer's ``prepare`` gets: ``wrap(model, **changes)`` wraps with the section (changed),
+    ``wrap.peft_config(model)`` is the PEFT config that would be used."""
+
+    def __init__(self, section: dict, config_path: str):
+        self.section, self.config_path = section, config_path
+
+    def __call__(self, model, **changes):
+        from fw.model.adapters import wrap_model
+
+        return wrap_model(model, {**self.section, **changes}, config_path=self.config_path)
+
+    def peft_config(self, model, **changes):
+        from fw.model.adapters import peft_config_for
+
+        return peft_config_for(model, {**self.section, **changes}, self.config_path)
 
 
 def wrap_with_initializer(model, section: dict, calibration: TrainingData | None = None,
                           config_path: str = "adapter"):
     """``model`` wrapped with the adapter ``section``, initialized the way ``init_lora_weights`` says."""
-    from fw.model.adapters import wrap_model
-    from fw.plugin.lazy import resolve
-
-    def wrap(target, **changes):
-        return wrap_model(target, {**section, **changes}, config_path=config_path)
-
+    wrap = Wrapping(section, config_path)
     descriptor = initializer_of(section)
     if descriptor is None or not descriptor.prepare:
         return wrap(model)
@@ -97,54 +107,7 @@ def wrap_with_initializer(model, section: dict, calibration: TrainingData | None
     return resolve(descriptor.prepare)(model, section, calibration, wrap)
 
 
-def peft_config_for(model, section: dict):
-    """The PEFT config :func:`fw.model.adapters.wrap_model` would build for ``section`` on ``model`` (targets
-    resolved, GPT-2 ``fan_in_fan_out`` set): what PEFT helpers that run before wrapping need."""
-    from fw.model.adapters import (adapter_descriptor, build_config, fit_config_to_model, resolve_target_modules,
-                                 targeted_modules)
-
-    descriptor = adapter_descriptor(section["type"])
-    params = {**section, "target_modules": resolve_target_modules(model, section, descriptor)}
-    config = build_config(descriptor, params)
-    fit_config_to_model(config, model, targeted_modules(model, params["target_modules"]))
-    return config
-
-
-def model_device(model):
-    return next(model.parameters()).device
-
-
-@contextmanager
-def inference_mode(model) -> Iterator[None]:
-    """No gradients, dropout off; the previous training mode restored afterwards."""
-    import torch
-
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        model.train(was_training)
-
-
 # -- initializers that rewrite the base weights ------------------------------------------------------------------
-def keep_initial_adapter(peft_model) -> None:
-    """Save the freshly initialized adapter (as PEFT's conversion expects: ``init_lora_weights=True``) into a
-    temporary directory that lives as long as the model; :func:`save_kwargs` hands it to ``save_pretrained``."""
-    import tempfile
-
-    directory = tempfile.TemporaryDirectory(prefix="fw-initial-adapter-")
-    config = peft_model.peft_config[peft_model.active_adapter]
-    original = config.init_lora_weights
-    config.init_lora_weights = True
-    try:
-        peft_model.save_pretrained(directory.name, safe_serialization=True)
-    finally:
-        config.init_lora_weights = original
-    object.__setattr__(peft_model, INITIAL_ADAPTER_ATTRIBUTE, directory)
-
-
 def save_kwargs(model) -> dict:
     """Extra ``save_pretrained`` kwargs: convert a PiSSA / OLoRA / CorDA adapter into a plain LoRA adapter of
     rank 2r for the original base model (PEFT ``path_initial_model_for_weight_conversion``)."""

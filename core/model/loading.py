@@ -22,49 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from fw.errors import FwError
-
-TOKEN_VARIABLES = ("HUGGING_FACE_HUB_TOKEN", "HF_TOKEN")
-REMOTE_CODE_MESSAGE = ("base_model: '{name}' needs trust_remote_code (it ships its own Python code in the "
-                       "repository). For security reasons fw does not execute untrusted code, so models that "
-                       "require it are unsupported. Choose a model whose architecture is built into transformers.")
-
-
-def quiet_libraries() -> None:
-    """No per-file progress bars or deprecation chatter from transformers / peft / huggingface_hub: fw shows
-    its own progress and turns real problems into FwError lines."""
-    import warnings
-
-    from fw.model.quantization import quiet_quantization_libraries
-
-    quiet_quantization_libraries()  # first: transformers may import torchao, which logs on import
-    import transformers
-    from huggingface_hub.utils import disable_progress_bars
-    from huggingface_hub.utils import logging as hub_logging
-
-    hub_logging.set_verbosity_error()  # no "Retrying in 8s" lines: a failure becomes one FwError line
-    transformers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
-    disable_progress_bars()
-    for category in (FutureWarning, DeprecationWarning, UserWarning):
-        warnings.filterwarnings("ignore", category=category, module=r"(transformers|peft|torch)(\..*)?")
+from fw.plugin.models import (REMOTE_CODE_MESSAGE, device, ensure_pad_token, hub_error_message, hub_token,
+                              looks_like_path, quiet_libraries)
 
 
 def config_data(config) -> dict:
     """The plain dict of a :class:`fw.config.load.Config` (or the dict itself)."""
     return config.data if hasattr(config, "data") else config
-
-
-def hub_token() -> str | None:
-    for variable in TOKEN_VARIABLES:
-        if os.environ.get(variable):
-            return os.environ[variable]
-    return None
-
-
-def device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def choose_dtype(precision: str = "auto"):
@@ -82,10 +46,6 @@ def choose_dtype(precision: str = "auto"):
 
 
 # -- where the model lives ---------------------------------------------------------------------------------------
-def looks_like_path(name: str) -> bool:
-    return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name or os.path.exists(name)
-
-
 def resolve_location(name: str) -> str:
     """A local directory (checked) or a hub id (returned unchanged)."""
     if not looks_like_path(name):
@@ -112,31 +72,6 @@ def refuse_remote_code(location: str, name: str) -> None:
             raise FwError(REMOTE_CODE_MESSAGE.format(name=name))
 
 
-def hub_error_message(name: str, exc: BaseException) -> str:
-    """One line for a failure to fetch ``name`` from the hub (or to read it locally)."""
-    from huggingface_hub import errors
-
-    chain, seen = [], exc
-    while seen is not None and len(chain) < 10:
-        chain.append(seen)
-        seen = seen.__cause__ or seen.__context__
-    text = " ".join(str(item) for item in chain)
-    if any(isinstance(item, errors.GatedRepoError) for item in chain) or "gated" in text.lower():
-        return (f"base_model: '{name}' is a gated model. Request access on https://huggingface.co/{name}, then "
-                "export HUGGING_FACE_HUB_TOKEN=<your token> (or HF_TOKEN) and run again.")
-    if "trust_remote_code" in text:
-        return REMOTE_CODE_MESSAGE.format(name=name)
-    if any(isinstance(item, errors.RepositoryNotFoundError) for item in chain) or "not a valid model identifier" in text:
-        return (f"base_model: '{name}' is neither a local directory nor a model on the Hugging Face Hub "
-                "(check the spelling; private models need HUGGING_FACE_HUB_TOKEN).")
-    if any(isinstance(item, (errors.LocalEntryNotFoundError, ConnectionError)) for item in chain) \
-            or "offline" in text.lower() or "couldn't connect" in text.lower():
-        return (f"base_model: cannot download '{name}': the Hugging Face Hub is unreachable (offline?) and the "
-                "model is not in the local cache. Connect, or point base_model at a local directory.")
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return f"base_model: cannot load '{name}': {first}"
-
-
 # -- loading -----------------------------------------------------------------------------------------------------
 def load_tokenizer(location: str, name: str | None = None):
     from transformers import AutoTokenizer
@@ -150,23 +85,16 @@ def load_tokenizer(location: str, name: str | None = None):
     return tokenizer
 
 
-def ensure_pad_token(tokenizer) -> None:
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token if tokenizer.eos_token is not None else tokenizer.unk_token
-
-
 def quantization_kwargs(data: dict, for_training: bool = False) -> tuple[dict, Any, dict | None]:
     """(from_pretrained kwargs, transform or None) of the configured quantizer plugin; the transform is called
     as ``transform(model, section)`` with the section this returns as third item."""
-    from fw.model.quantization import section_for_loading
+    from fw.model.quantization import quantizer_of, section_for_loading
+    from fw.plugin import resolve
 
     section = section_for_loading(data.get("quantization"), for_training)
     if not section:
         return {}, None, section
-    from fw.plugin.lazy import resolve
-    from fw.plugin.registry import get_registry
-
-    descriptor = get_registry().get("quantizer", section.get("backend") or "bitsandbytes")
+    descriptor = quantizer_of(section)
     kwargs = resolve(descriptor.load_kwargs)(section, device()) if descriptor.load_kwargs else {}
     transform = resolve(descriptor.transform) if descriptor.transform else None
     return kwargs, transform, section
@@ -234,7 +162,7 @@ def apply_adapter(model, config, training=None, adapter_name: str | None = None)
     """The model ready to train: wrapped with the ``adapter`` section (or continuing from
     ``adapter.pretrained_adapter_weights``); every parameter trainable when there is no adapter (full fine-tune).
     ``training`` (:class:`fw.model.initialization.TrainingData`) gives data-driven initializers (eva, corda) the
-    training rows for their pass before training, and AdaLoRA the planned step count.
+    training rows for their pass before training, and the adapter plugin the planned step count.
     With ``adapters`` (several named ones) every adapter is attached and only ``adapter_name`` (``--adapter``,
     else ``adapters.active``) trains: see :mod:`fw.model.multi_adapter`."""
     data = config_data(config)
@@ -248,10 +176,10 @@ def apply_adapter(model, config, training=None, adapter_name: str | None = None)
         return model
     if section.get("pretrained_adapter_weights"):
         return load_pretrained_adapter(model, section["pretrained_adapter_weights"], trainable=True)
-    from fw.model.rank_allocation import with_total_step
+    from fw.model.adapters import with_planned_steps
     from fw.model.initialization import wrap_with_initializer
 
-    return wrap_with_initializer(model, with_total_step(section, training), training)
+    return wrap_with_initializer(model, with_planned_steps(section, training), training)
 
 
 def load_pretrained_adapter(model, source: str, trainable: bool):

@@ -18,25 +18,19 @@ What happens, all through PEFT (``get_peft_model`` / ``add_adapter`` / ``load_ad
   :func:`load_saved` attaches them all again and :func:`activate` switches (``fw predict --adapter NAME``).
 
 The cross-field rules PEFT imposes (one adapter method per model, add_weighted_adapter's equal ranks and
-target-module forms, initializers that rewrite the base weights) are checked at validation time by
-:func:`config_issues` (called from :mod:`fw.config.rules`), so they never surface as a crash after training.
-This module's top level imports no torch / peft: validation imports it.
+target-module forms, initializers that rewrite the base weights, each adapter plugin's ``check_merge_source``) are
+checked at validation time (:mod:`fw.config.rules`), so they never surface as a crash after training.
 """
 from __future__ import annotations
 
-import re
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-from fw.errors import ConfigIssue, ConfigWarning, FwError
+from fw.errors import FwError
+from fw.plugin import get_registry, load_schema
+from fw.plugin.models import hub_error_message, hub_token, looks_like_path
 
-#: adapter names become module-dict keys and directory names: no dots, slashes or spaces
-NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]+")
 #: PEFT's name for an adapter saved at the top of the directory instead of in a sub-directory
 PEFT_DEFAULT_NAME = "default"
-#: PEFT tuners' parameter-name prefix where it is not ``<type>_`` (peft.tuners.*.model ``prefix``)
-TUNER_PREFIXES = {"adalora": "lora_", "loha": "hada_", "vera": "vera_lambda_"}
 
 
 # -- reading the section ------------------------------------------------------------------------------------------
@@ -106,99 +100,13 @@ def path_of(name: str, key: str | None = None) -> str:
     return f"adapters.adapters.{name}" + (f".{key}" if key else "")
 
 
-# -- validation (called from fw.config.rules) ----------------------------------------------------------------------------
-def peft_rank(section: dict) -> Any:
-    """The rank PEFT's add_weighted_adapter compares: ``r``, or the largest ``rank_pattern`` value."""
-    pattern = section.get("rank_pattern") or {}
-    return max([section.get("r"), *pattern.values()]) if pattern else section.get("r")
-
-
-def config_issues(config: dict, registry) -> Iterator[ConfigIssue]:
-    """Everything PEFT would refuse after loading the model or after training, found before."""
-    adapters = section_of(config)
-    if adapters is None or config.get("adapter") is not None:
-        return
-    sections = adapters.get("adapters") or {}
-    yield from _names_usable(sections)
-    yield from _one_method(sections)
-    yield from _initializers_fit(sections, registry)
-    merge = adapters.get("merge")
-    if merge:
-        yield from _merge_sources_fit(sections, merge, registry)
-
-
-def _names_usable(sections: dict) -> Iterator[ConfigIssue]:
-    for name, section in sections.items():
-        prefix = TUNER_PREFIXES.get(section.get("type"), f"{section.get('type')}_")
-        if not NAME_PATTERN.fullmatch(str(name)):
-            yield ConfigIssue(path_of(name), f"adapter name {name!r} may use only letters, digits, _ and - (it "
-                                             "becomes a PEFT module key and a directory name).")
-        elif name in prefix:
-            yield ConfigWarning(path_of(name), f"adapter name {name!r} is part of PEFT's parameter prefix "
-                                               f"{prefix!r}; PEFT warns this may re-initialize its weights when "
-                                               "loading.", "choose a longer name, e.g. task_a")
-
-
-def _one_method(sections: dict) -> Iterator[ConfigIssue]:
-    types = {name: section.get("type") for name, section in sections.items()}
-    if len(set(types.values())) > 1:
-        first_name, first_type = next(iter(types.items()))
-        for name, kind in types.items():
-            if kind != first_type:
-                yield ConfigIssue(path_of(name, "type"),
-                                  f"{name!r} is {kind!r} but {first_name!r} is {first_type!r}: PEFT keeps one adapter "
-                                  "method per model, so every named adapter must have the same type.",
-                                  "give them all the same type")
-
-
-def _initializers_fit(sections: dict, registry) -> Iterator[ConfigIssue]:
-    """Initializers that rewrite the base weights or wrap the model themselves (pissa, olora, eva, corda,
-    loftq) cannot share one base model with other adapters."""
-    for name, section in sections.items():
-        value = section.get("init_lora_weights")
-        init = "default" if value is True else value
-        if not isinstance(init, str) or not registry.has("initializer", init):
-            continue
-        if registry.get("initializer", init).prepare:
-            yield ConfigIssue(path_of(name, "init_lora_weights"),
-                              f"{init!r} is not available for named adapters: it rewrites the shared base weights "
-                              "or needs its own pass before wrapping, which would change every other adapter.",
-                              "use it with a single `adapter:` section, or init_lora_weights: true / gaussian")
-
-
-def _merge_sources_fit(sections: dict, merge: dict, registry) -> Iterator[ConfigIssue]:
-    """add_weighted_adapter's own constraints beyond equal ranks (checked in fw.config.rules)."""
-    sources = {name: sections[name] for name in merge.get("sources") or [] if name in sections}
-    for name, section in sources.items():
-        if section.get("type") == "adalora":
-            yield ConfigIssue(path_of(name, "type"), f"PEFT's add_weighted_adapter cannot merge AdaLoRA adapters "
-                                                     f"({name!r} is adalora).", "use type: lora for merged adapters")
-        if section.get("use_dora"):
-            yield ConfigIssue(path_of(name, "use_dora"),
-                              f"PEFT's add_weighted_adapter does not merge DoRA magnitude vectors, so merging "
-                              f"{name!r} (use_dora: true) would silently lose them.",
-                              "train the merge sources without use_dora")
-        if section.get("use_rslora") and name == next(iter(sources)):
-            yield ConfigIssue(path_of(name, "use_rslora"),
-                              f"PEFT's add_weighted_adapter copies the first source's config ({name!r}, use_rslora: "
-                              "true) with alpha = r, so the merged adapter would be scaled by sqrt(r) instead of 1.",
-                              "train the first merge source without use_rslora, or list another source first")
-    forms = {name: "a regex" if isinstance(section.get("target_modules"), str) else "a list"
-             for name, section in sources.items()}
-    if len(set(forms.values())) > 1:
-        listed = ", ".join(f"{name} ({form})" for name, form in forms.items())
-        yield ConfigIssue("adapters.merge.sources",
-                          f"PEFT's add_weighted_adapter needs every source's target_modules in the same form, "
-                          f"got {listed}.", "write target_modules as a list (or as a regex) in all of them")
-
-
 # -- attaching the adapters ---------------------------------------------------------------------------------------
 def attach_adapters(model, data: dict, trained: str | None = None):
     """A PeftModel carrying every named adapter; ``trained`` (or none) is trainable, the rest frozen."""
-    from fw.model.adapters import adapter_descriptor
+    from fw.model.adapters import adapter_descriptor, peft_config_for
 
     sections = section_of(data)["adapters"]
-    configs = {name: fresh_config(model, section, path_of(name)) for name, section in sections.items()
+    configs = {name: peft_config_for(model, section, path_of(name)) for name, section in sections.items()
                if not section.get("pretrained_adapter_weights")}
     peft_model = None
     for name, section in sections.items():
@@ -212,19 +120,6 @@ def attach_adapters(model, data: dict, trained: str | None = None):
             peft_model = add_saved(model, peft_model, name, location, trainable)
     activate(peft_model, trained or next(iter(sections)), trainable=trained is not None)
     return peft_model
-
-
-def fresh_config(model, section: dict, config_path: str):
-    """The PEFT config of a fresh adapter, built as ``fw.model.adapters.wrap_model`` builds it, on the bare model."""
-    from fw.model.adapters import (adapter_descriptor, build_config, fit_config_to_model, model_problems, raise_issues,
-                                 resolve_target_modules, targeted_modules)
-
-    descriptor = adapter_descriptor(section["type"])
-    params = {**section, "target_modules": resolve_target_modules(model, section, descriptor)}
-    raise_issues(config_path, model_problems(descriptor, params, model))
-    config = build_config(descriptor, params)
-    fit_config_to_model(config, model, targeted_modules(model, params["target_modules"]))
-    return config
 
 
 def add_fresh(model, peft_model, name: str, config):
@@ -242,8 +137,6 @@ def add_fresh(model, peft_model, name: str, config):
 def add_saved(model, peft_model, name: str, location: str, trainable: bool):
     from peft import PeftModel
 
-    from fw.model.loading import hub_error_message, hub_token
-
     try:
         if peft_model is None:
             return PeftModel.from_pretrained(model, location, adapter_name=name, is_trainable=trainable,
@@ -260,8 +153,6 @@ def add_saved(model, peft_model, name: str, location: str, trainable: bool):
 def adapter_location(source: str, name: str, config_path: str) -> str:
     """A PEFT adapter directory for ``source``: itself, or its ``<name>/`` sub-directory (the ``model/`` folder
     of an earlier multi-adapter run); a hub id is passed on unchanged."""
-    from fw.model.loading import looks_like_path
-
     if not looks_like_path(source):
         return source
     path = Path(source).expanduser()
@@ -284,12 +175,10 @@ def activate(peft_model, name: str, trainable: bool = False) -> None:
 # -- merging ------------------------------------------------------------------------------------------------------
 def build_merge(peft_model, data: dict) -> str | None:
     """Run ``adapters.merge`` (PEFT add_weighted_adapter via the merge-strategy plugin); returns its name."""
-    from fw.plugin.registry import get_registry
-
     merge = (section_of(data) or {}).get("merge")
     if not merge:
         return None
-    strategy = get_registry().get("merge_strategy", merge.get("combination_type") or "linear")
+    strategy = get_registry().get("merge_strategy", merge["combination_type"])
     if merge["name"] in peft_model.peft_config:
         peft_model.delete_adapter(merge["name"])  # rebuilt from the sources' current weights
     active = peft_model.active_adapter
@@ -305,13 +194,12 @@ def build_merge(peft_model, data: dict) -> str | None:
 
 
 def merge_kwargs(strategy, merge: dict) -> dict:
-    """add_weighted_adapter's keyword arguments: the strategy's combination type and the keys it uses."""
+    """add_weighted_adapter's keyword arguments: the strategy's combination type, and every key of the section
+    that its schema maps to a PEFT argument (``x-peft``) and that is set."""
     kwargs = {"combination_type": strategy.peft_combination_type}
-    if strategy.uses_density:
-        kwargs["density"] = merge["density"]
-    for key in ("majority_sign_method", "svd_rank", "svd_clamp", "svd_full_matrices", "svd_driver"):
-        if merge.get(key) is not None:
-            kwargs[key] = merge[key]
+    for key, prop in load_schema(strategy.schema).get("properties", {}).items():
+        if prop.get("x-peft") and merge.get(key) is not None:
+            kwargs[prop["x-peft"]] = merge[key]
     return kwargs
 
 

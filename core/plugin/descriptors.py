@@ -1,7 +1,8 @@
 """Typed plugin descriptors: what a plugin hands to fw through its hook.
 
-Each descriptor is a small frozen dataclass. Behaviour is referenced as a ``"module:function"`` string
-and imported only when used, so listing plugins or validating a config never imports torch.
+Each descriptor is a small frozen dataclass of data. Behaviour is referenced as a ``"module:function"`` string
+and imported only when used, so listing plugins or validating a config never imports torch (see
+docs/design-notes.md). Optional behaviour is ``None``: fw then does the ordinary thing.
 """
 from __future__ import annotations
 
@@ -24,21 +25,47 @@ class PluginDescriptor:
 
 @dataclass(frozen=True)
 class AdapterPlugin(PluginDescriptor):
-    """A PEFT method: turns validated ``adapter`` params into a PEFT config object."""
+    """A PEFT method: validated ``adapter`` params become a PEFT config.
+
+    A method whose schema maps one to one onto its PEFT config class (each property's ``x-peft`` names the PEFT
+    field) is declared with ``peft_config_class`` alone; ``build_peft_config`` is for methods that convert values.
+    """
 
     kind: ClassVar[str] = "adapter"
-    #: ``"module:function"``; ``function(params: dict) -> peft.PeftConfig``
-    build_peft_config: str = ""
-    #: LoRA-family adapters may be trained on a quantized base model (QLoRA) and take initializers
+    #: name of the ``peft`` config class (``"BOFTConfig"``) the schema's ``x-peft`` fields map onto
+    peft_config_class: str = ""
+    #: optional ``"module:function"``; ``function(params: dict) -> peft.PeftConfig``, replacing the plain mapping
+    #: (use :func:`fw.plugin.build_peft_config` with the conversions as overrides)
+    build_peft_config: str | None = None
+    #: LoRA-family adapters may be trained on a quantized base model (QLoRA), take initializers and be merged
+    #: with PEFT's ``add_weighted_adapter``
     lora_family: bool = False
     #: whether PEFT can merge this adapter's weights into the base model
     mergeable: bool = True
-    #: optional ``"module:function"``; ``function(params, model) -> list[str]`` of problems found
-    #: against the real model (e.g. a block size that does not divide a layer) before training
+    #: PEFT's parameter-name prefix of this method's weights where it is not ``"<name>_"`` (LoHa: ``"hada_"``);
+    #: fw warns when a named adapter's name is part of it
+    peft_prefix: str | None = None
+    #: optional ``"module:function"``; ``function(params, model) -> list[str]`` of ``"<key>: <message>"`` problems
+    #: found against the real model (e.g. a block size that does not divide a layer) before training
     check_model: str | None = None
-    #: optional ``"module:function"``; ``function(params) -> list[tuple[key, message]]`` for cross-field
-    #: rules of this adapter's own params that JSON Schema expresses poorly (OFT: r xor oft_block_size)
+    #: optional ``"module:function"``; ``function(params, explicit_keys) -> list[tuple[key, message]]`` for
+    #: cross-field rules of this adapter's own params that JSON Schema expresses poorly (OFT: r xor oft_block_size)
     check_params: str | None = None
+    #: optional ``"module:function"``; ``function(name, params, first: bool) -> list[tuple[key, message, hint]]``:
+    #: why PEFT's ``add_weighted_adapter`` cannot merge the adapter ``name`` as a merge source (``first``: listed first)
+    check_merge_source: str | None = None
+    #: optional ``"module:function"``; ``function(model) -> list[str]``: the modules to target when
+    #: ``target_modules`` is null and PEFT has no default for the architecture (else: every linear layer)
+    default_target_modules: str | None = None
+    #: optional ``"module:function"``; ``function(params, planned_steps: int) -> params``: the section completed
+    #: with what depends on the run's number of optimizer steps (AdaLoRA's ``total_step``); may raise FwError
+    with_planned_steps: str | None = None
+    #: optional ``"module:function"``; ``function(model, params, learning_rate, weight_decay) -> list[dict]``: the
+    #: optimizer's parameter groups of the trainable parameters (LoRA+: the B matrices at a higher rate)
+    parameter_groups: str | None = None
+    #: optional ``"module:function"``; ``function(model, global_step: int) -> None`` run after every optimizer
+    #: step, while the gradients still exist (AdaLoRA's rank reallocation)
+    after_step: str | None = None
 
 
 @dataclass(frozen=True)
@@ -53,9 +80,11 @@ class InitializerPlugin(PluginDescriptor):
     #: initializers that need a pass over training data before training (eva, corda)
     needs_data: bool = False
     #: adapter types this initializer can initialize
-    adapters: tuple[str, ...] = ("lora",)
+    adapters: tuple[str, ...] = ()
     #: optional ``"module:function"``; ``function(model, section, calibration, wrap) -> wrapped model``: wraps the
-    #: model itself when the initializer needs a data pass or a step before / after wrapping (fw.model.initialization)
+    #: model itself when the initializer needs a data pass or a step before / after wrapping. ``wrap(model,
+    #: **changes)`` is fw's own wrapping of the section (``wrap.peft_config(model)`` the PEFT config it would
+    #: use); ``calibration.batches(n, device)`` / ``calibration.progress(label, total)`` give training rows
     prepare: str | None = None
     #: optional ``"module:function"``; ``function(section, config) -> list[tuple[key, message]]``: combinations
     #: with the adapter section or the rest of the config (quantization) this initializer cannot work with
@@ -72,6 +101,12 @@ class QuantizerPlugin(PluginDescriptor):
     #: ``"module:function"``; ``function(model, params) -> model`` applied after loading
     transform: str | None = None
     supports_qat: bool = False
+    #: optional ``"module:function"``; ``function(params) -> params``: the section as it is loaded for training
+    #: (torchao: a mode whose kernels have no backward pass trains fake-quantized, ``qat: true``)
+    training_params: str | None = None
+    #: optional ``"module:function"``; ``function(model, params) -> model`` run on a model trained with
+    #: ``qat: true`` before it is saved (torchao: fake-quantized layers become real quantized weights)
+    after_training: str | None = None
 
 
 @dataclass(frozen=True)
@@ -79,14 +114,17 @@ class MatcherPlugin(PluginDescriptor):
     """A category-matching strategy for ``decoder.match.<label>``."""
 
     kind: ClassVar[str] = "matcher"
-    #: ``"module:function"``; ``function(value) -> Callable[[str], bool]``; called once at config load,
-    #: raising ``ValueError`` for a value it cannot use (a bad regex)
+    #: ``"module:function"``; ``function(value, options) -> Callable[[str], bool]``; also called once while the
+    #: config is validated, raising ``ValueError`` for a value it cannot use (a bad regex)
     compile: str = ""
 
 
 @dataclass(frozen=True)
 class MergeStrategyPlugin(PluginDescriptor):
-    """A way of merging named adapters, chosen by ``adapters.merge.combination_type``."""
+    """A way of merging named adapters, chosen by ``adapters.merge.combination_type``.
+
+    The section keys whose schema property names a PEFT argument in ``x-peft`` (``density``, ``svd_rank``) are
+    passed to ``add_weighted_adapter`` when set."""
 
     kind: ClassVar[str] = "merge_strategy"
     #: the ``combination_type`` PEFT's ``add_weighted_adapter`` knows it by
@@ -106,12 +144,40 @@ class RetrieverPlugin(PluginDescriptor):
     #: index keeps its files (load them when present, else write them); ``index.query(texts, k, exclude)`` returns,
     #: per query text, up to k example positions, best first, none in that query's ``exclude`` set (fw.data.retrieval)
     build_index: str = ""
+    #: optional ``"module:function"``; ``function(params) -> params`` with local paths made absolute (and checked),
+    #: so the saved index works from any directory; called before the index is built or looked up
+    localize_params: str | None = None
+
+
+@dataclass(frozen=True)
+class DecoderPlugin(PluginDescriptor):
+    """Turns generated texts into output values, chosen by ``output_features[0].decoder.type``."""
+
+    kind: ClassVar[str] = "decoder"
+    #: ``"module:function"``; ``function(texts: list[str], config: dict) -> fw.plugin.DecodedOutputs``: one value
+    #: per generated text (the validated config gives the output feature and this decoder's section)
+    decode: str = ""
+    #: output feature types (``text``, ``category``) this decoder can produce
+    output_types: tuple[str, ...] = ("text",)
+    #: optional ``"module:function"``; ``function(params, explicit_keys) -> list[tuple[key, message]]``, as for
+    #: adapters: cross-field rules of the decoder section
+    check_params: str | None = None
+
+
+@dataclass
+class DecodedOutputs:
+    """What a decoder returns: one output value per generated text, extra prediction columns (name -> one value
+    per row), and for category outputs whether a label really matched (False: ``fallback_label`` was used)."""
+
+    values: list
+    columns: dict[str, list] = field(default_factory=dict)
+    matched: list[bool] | None = None
 
 
 DESCRIPTOR_TYPES: dict[str, type[PluginDescriptor]] = {
     cls.kind: cls
     for cls in (AdapterPlugin, InitializerPlugin, QuantizerPlugin, MatcherPlugin, MergeStrategyPlugin,
-                RetrieverPlugin)
+                RetrieverPlugin, DecoderPlugin)
 }
 
 #: plugin kind -> name of the collecting hook
@@ -122,5 +188,6 @@ HOOK_FOR_KIND: dict[str, str] = {
     "matcher": "fw_matchers",
     "merge_strategy": "fw_merge_strategies",
     "retriever": "fw_retrievers",
+    "decoder": "fw_decoders",
 }
 KINDS: tuple[str, ...] = tuple(HOOK_FOR_KIND)

@@ -1,8 +1,8 @@
 """Hook specifications of fw's plugin system (pluggy project ``"fw"``).
 
-A plugin is a module registered under the ``fw`` entry-point group. It implements one or more of these
-collecting hooks, each returning descriptors (see :mod:`fw.plugin.descriptors`). fw never picks a plugin by hook order:
-the config's ``type`` (or ``backend``, ``combination_type``) names it, and the registry looks it up.
+A plugin is a module (or object) registered under the ``fw`` entry-point group. It implements one or more of
+these collecting hooks, each returning descriptors (see :mod:`fw.plugin.descriptors`). fw never picks a plugin by
+hook order: the config's ``type`` (or ``backend``, ``combination_type``) names it, and the registry looks it up.
 """
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from collections.abc import Iterable
 
 import pluggy
 
-from fw.plugin.descriptors import (AdapterPlugin, InitializerPlugin, MatcherPlugin, MergeStrategyPlugin, QuantizerPlugin,
-                      RetrieverPlugin)
+from fw.plugin.descriptors import (AdapterPlugin, DecoderPlugin, InitializerPlugin, MatcherPlugin,
+                                   MergeStrategyPlugin, QuantizerPlugin, RetrieverPlugin)
 
 PROJECT_NAME = "fw"
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
@@ -46,3 +46,8 @@ def fw_merge_strategies() -> Iterable[MergeStrategyPlugin]:
 @hookspec
 def fw_retrievers() -> Iterable[RetrieverPlugin]:
     """Return the few-shot retrievers this plugin provides (``prompt.retrieval.type``)."""
+
+
+@hookspec
+def fw_decoders() -> Iterable[DecoderPlugin]:
+    """Return the output decoders this plugin provides (``output_features[0].decoder.type``)."""

@@ -12,9 +12,8 @@ from types import ModuleType
 
 import pluggy
 
+from fw.errors import PluginConflictError, PluginNotFoundError, did_you_mean
 from fw.plugin import hookspecs
-from fw.errors import BrokenPluginError, PluginConflictError, PluginNotFoundError
-from fw.errors import did_you_mean
 from fw.plugin.descriptors import DESCRIPTOR_TYPES, HOOK_FOR_KIND, KINDS, PluginDescriptor
 
 ENTRY_POINT_GROUP = "fw"
@@ -174,11 +173,6 @@ class Registry:
             message += f" A plugin that may provide it failed to load: {broken[0].error}"
         return message + f" (see fw list-plugins --kind {kind})"
 
-    def require_not_broken(self) -> None:
-        if self.broken:
-            first = self.broken[0]
-            raise BrokenPluginError(f"plugin {first.entry_point} ({first.distribution}) is broken: {first.error}")
-
 
 def conflict_message(kind: str, name: str, entries: list[RegisteredPlugin]) -> str:
     providers = ", ".join(str(entry.distribution) for entry in entries)
@@ -201,9 +195,3 @@ def get_registry() -> Registry:
     if _default_registry is None:
         _default_registry = Registry().load_entry_points()
     return _default_registry
-
-
-def reset_registry() -> None:
-    """Forget the cached registry (after installing a plugin in the same process)."""
-    global _default_registry
-    _default_registry = None

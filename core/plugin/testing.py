@@ -2,10 +2,10 @@
 
     from fw.plugin.testing import check_descriptor, registry_with, fake_distribution
 
-* ``registry_with(module, ...)`` — a fresh registry holding only the given plugin modules.
+* ``registry_with(module, ...)`` — a fresh registry holding only the given plugin modules (or ``declare()`` objects).
 * ``fake_distribution(tmp_path, ...)`` — an installed-looking distribution on disk, for entry-point tests.
 * ``check_descriptor(descriptor)`` — the problems a descriptor has (schema invalid, undocumented params,
-  callables that do not import); an empty list means it is well-formed.
+  references that do not import, an adapter with no PEFT config class); an empty list means it is well-formed.
 """
 from __future__ import annotations
 
@@ -14,8 +14,10 @@ import textwrap
 from pathlib import Path
 from types import ModuleType
 
+from fw.plugin.descriptors import AdapterPlugin, PluginDescriptor
+from fw.plugin.lazy import resolve
 from fw.plugin.registry import Distribution, Registry
-from fw.plugin.descriptors import PluginDescriptor
+from fw.plugin.schemas import load_schema
 
 
 def registry_with(*modules: ModuleType | object, distribution: Distribution | None = None) -> Registry:
@@ -47,9 +49,6 @@ def check_descriptor(descriptor: PluginDescriptor) -> list[str]:
     from jsonschema import Draft202012Validator
     from jsonschema.exceptions import SchemaError
 
-    from fw.plugin.lazy import resolve
-    from fw.config.store import load_schema
-
     problems: list[str] = []
     try:
         schema = load_schema(descriptor.schema)
@@ -68,4 +67,16 @@ def check_descriptor(descriptor: PluginDescriptor) -> list[str]:
                 resolve(value)
             except (ImportError, AttributeError) as exc:
                 problems.append(f"{descriptor.kind} '{descriptor.name}': {field_name}={value} does not resolve: {exc}")
+    if isinstance(descriptor, AdapterPlugin):
+        problems += _peft_config_class_problems(descriptor)
     return problems
+
+
+def _peft_config_class_problems(descriptor: AdapterPlugin) -> list[str]:
+    import peft
+
+    if not descriptor.peft_config_class and not descriptor.build_peft_config:
+        return [f"adapter '{descriptor.name}': set peft_config_class (or build_peft_config)"]
+    if descriptor.peft_config_class and not hasattr(peft, descriptor.peft_config_class):
+        return [f"adapter '{descriptor.name}': peft has no {descriptor.peft_config_class} (peft {peft.__version__})"]
+    return []

@@ -74,25 +74,13 @@ def lr_factor(step: int, total: int, warmup: int, decay: str) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def parameter_groups(model, trainer: dict, loraplus_ratio: float | None) -> list[dict]:
-    """AdamW param groups; with LoRA+ the ``lora_B`` / ``lora_embedding_B`` matrices get ``lr * ratio``."""
-    lr, decay = trainer["learning_rate"], trainer["optimizer"]["weight_decay"]
-    base, fast = [], []
-    for name, param in model.named_parameters():
-        if param.requires_grad:
-            (fast if loraplus_ratio and ("lora_B" in name or "lora_embedding_B" in name) else base).append(param)
-    groups = [{"params": base, "lr": lr, "weight_decay": decay}]
-    if fast:
-        groups.append({"params": fast, "lr": lr * loraplus_ratio, "weight_decay": decay})
-    return [group for group in groups if group["params"]]
-
-
 def build_optimizer(model, config: dict):
     import torch
 
+    from fw.model.adapters import optimizer_parameter_groups
+
     trainer = config["trainer"]
-    ratio = (config.get("adapter") or {}).get("loraplus_lr_ratio")
-    groups = parameter_groups(model, trainer, ratio)
+    groups = optimizer_parameter_groups(model, config, trainer["learning_rate"], trainer["optimizer"]["weight_decay"])
     if not groups:
         from fw.errors import FwError
 
@@ -306,9 +294,9 @@ def train(model, tokenizer, train_rows, validation_rows, config: dict, run_dir: 
     trainer = config["trainer"]
     checkpoints = Path(run_dir) / "checkpoints"
     layout = plan(train_rows, trainer)
-    from fw.model.rank_allocation import step_callbacks
+    from fw.model.adapters import after_step_callbacks
 
-    layout.after_step = step_callbacks(model)
+    layout.after_step = after_step_callbacks(model, config)
     model.train()
     if trainer["enable_gradient_checkpointing"]:
         enable_gradient_checkpointing(model)

@@ -12,8 +12,7 @@ are ``r: 0, oft_block_size: 32``. fw's rule:
 """
 from __future__ import annotations
 
-from fw.plugin.hookspecs import hookimpl
-from fw.plugin.descriptors import AdapterPlugin
+from fw.plugin import AdapterPlugin, build_peft_config, hookimpl, schema_defaults, with_defaults
 
 SCHEMA = "fw.schemas:adapters/oft.json"
 
@@ -21,21 +20,17 @@ SCHEMA = "fw.schemas:adapters/oft.json"
 @hookimpl
 def fw_adapters():
     return [AdapterPlugin(name="oft", schema=SCHEMA, summary="Orthogonal fine-tuning (OFT)",
-                          build_peft_config=f"{__name__}:build_peft_config",
+                          peft_config_class="OFTConfig", build_peft_config=f"{__name__}:build_oft_config",
                           check_params=f"{__name__}:check_params")]
 
 
-def build_peft_config(params: dict):
-    from fw.plugin.peft import build_peft_config as build, with_defaults
-
+def build_oft_config(params: dict):
     overrides = {"oft_block_size": 0} if with_defaults(params, SCHEMA)["r"] > 0 else {}
-    return build("OFTConfig", params, SCHEMA, **overrides)
+    return build_peft_config("OFTConfig", params, SCHEMA, **overrides)
 
 
 def check_params(params: dict, explicit_keys: set[str] | None = None) -> list[tuple[str, str]]:
     """The r / oft_block_size rule above, as (key, message) problems."""
-    from fw.plugin.peft import schema_defaults, with_defaults
-
     p = with_defaults(params, SCHEMA)
     r, block_size = p["r"], p["oft_block_size"]
     if explicit_keys is None:

@@ -5,8 +5,8 @@ so fw passes it as ``db1``. WaveFT has no ``r``/``alpha`` (see the schema's x-fw
 """
 from __future__ import annotations
 
-from fw.plugin.hookspecs import hookimpl
-from fw.plugin.descriptors import AdapterPlugin
+from fw.plugin import (AdapterPlugin, build_peft_config, hookimpl, size_limit_problems, target_layer_shapes,
+                       with_defaults)
 
 SCHEMA = "fw.schemas:adapters/waveft.json"
 WAVELET_ALIASES = {"haar": "db1"}
@@ -15,21 +15,16 @@ WAVELET_ALIASES = {"haar": "db1"}
 @hookimpl
 def fw_adapters():
     return [AdapterPlugin(name="waveft", schema=SCHEMA, summary="Wavelet-domain fine-tuning (WaveFT)",
-                          build_peft_config=f"{__name__}:build_peft_config",
+                          peft_config_class="WaveFTConfig", build_peft_config=f"{__name__}:build_waveft_config",
                           check_model=f"{__name__}:check_model")]
 
 
-def build_peft_config(params: dict):
-    from fw.plugin.peft import build_peft_config as build, with_defaults
-
+def build_waveft_config(params: dict):
     family = with_defaults(params, SCHEMA)["wavelet_family"]
-    return build("WaveFTConfig", params, SCHEMA, wavelet_family=WAVELET_ALIASES.get(family, family))
+    return build_peft_config("WaveFTConfig", params, SCHEMA, wavelet_family=WAVELET_ALIASES.get(family, family))
 
 
 def check_model(params: dict, model) -> list[str]:
     """n_frequency may not exceed in_features * out_features of any targeted layer."""
-    from fw.model.adapters import size_limit_problems, target_layer_shapes
-    from fw.plugin.peft import with_defaults
-
     p = with_defaults(params, SCHEMA)
     return size_limit_problems("n_frequency", p["n_frequency"], target_layer_shapes(model, p))

@@ -1,19 +1,16 @@
 """LoRA weight initializers (``adapter.init_lora_weights``), one descriptor each.
 
 The value the user writes (``pissa``) maps to PEFT's ``LoraConfig.init_lora_weights``; ``default`` maps to
-PEFT's ``True`` (Kaiming-uniform A, zero B). Data-driven initializers (eva, corda) and LoftQ declare a
-``prepare`` step; that step is not built yet and says so instead of silently training plain LoRA.
+PEFT's ``True`` (Kaiming-uniform A, zero B). Initializers that need more than the PEFT value declare a ``prepare``
+step: a calibration pass over training rows (eva, corda), LoftQ on an already quantized model, and keeping the
+initial adapter of those that rewrite the base weights (pissa, olora, corda) so the saved adapter fits the original
+base model.
 
 AdaLoRA only tests ``init_lora_weights`` for truthiness (PEFT 0.21.2 ``AdaLoraLayer.update_layer``) and
 rejects ``loftq_config``, so only ``default`` is offered for it: any other string would be accepted by PEFT
 and silently give AdaLoRA's own initialization.
 """
-from fw.plugin.hookspecs import hookimpl
-from fw.plugin.descriptors import InitializerPlugin
-
-#: initializers that fold part of the pretrained weight into the adapter (the base keeps the residual), so they
-#: need the real floating-point weights: PEFT refuses quantized ones
-_REWRITE_BASE = ("pissa", "olora", "corda")
+from fw.plugin import FwError, InitializerPlugin, hookimpl, inference_mode, keep_initial_adapter, model_device
 
 
 def _schema(name: str) -> str:
@@ -24,6 +21,10 @@ def _check(name: str) -> str:
     return f"{__name__}:check_{name}"
 
 
+#: what PEFT's LoraConfig initializes
+LORA = ("lora",)
+
+
 @hookimpl
 def fw_initializers():
     return [
@@ -31,26 +32,27 @@ def fw_initializers():
                           summary="Kaiming-uniform A, zero B: the adapter starts as a no-op",
                           adapters=("lora", "adalora")),
         InitializerPlugin(name="gaussian", schema=_schema("gaussian"), peft_value="gaussian",
-                          summary="Gaussian A scaled by the rank, zero B"),
+                          adapters=LORA, summary="Gaussian A scaled by the rank, zero B"),
         InitializerPlugin(name="pissa", schema=_schema("pissa"), peft_value="pissa",
                           prepare=f"{__name__}:prepare_residual", check_config=_check("unquantized"),
-                          summary="PiSSA: A and B from the top-r singular vectors of the weight"),
+                          adapters=LORA, summary="PiSSA: A and B from the top-r singular vectors of the weight"),
         InitializerPlugin(name="olora", schema=_schema("olora"), peft_value="olora",
                           prepare=f"{__name__}:prepare_residual", check_config=_check("olora"),
-                          summary="OLoRA: orthonormal A and B from a QR decomposition of the weight"),
+                          adapters=LORA, summary="OLoRA: orthonormal A and B from a QR decomposition of the weight"),
         InitializerPlugin(name="orthogonal", schema=_schema("orthogonal"), peft_value="orthogonal",
                           check_config=_check("orthogonal"),
-                          summary="Orthogonal initialization of A and B"),
+                          adapters=LORA, summary="Orthogonal initialization of A and B"),
         InitializerPlugin(name="eva", schema=_schema("eva"), peft_value="eva", config_key="eva_config",
                           needs_data=True, prepare=f"{__name__}:prepare_eva",
-                          summary="EVA: data-driven init from the SVD of layer input activations"),
+                          adapters=LORA, summary="EVA: data-driven init from the SVD of layer input activations"),
         InitializerPlugin(name="corda", schema=_schema("corda"), peft_value="corda",
                           config_key="corda_config", check_config=_check("unquantized"),
                           needs_data=True, prepare=f"{__name__}:prepare_corda",
-                          summary="CorDA: context-oriented decomposition from activation covariance"),
+                          adapters=LORA, summary="CorDA: context-oriented decomposition from activation covariance"),
         InitializerPlugin(name="loftq", schema=_schema("loftq"), peft_value="loftq",
                           config_key="loftq_config", check_config=_check("loftq"),
                           prepare=f"{__name__}:prepare_loftq",
+                          adapters=LORA,
                           summary="LoftQ: quantize the base weights and initialize LoRA to cancel the error"),
     ]
 
@@ -120,12 +122,10 @@ def _quantization_backend(config: dict) -> str | None:
     return quantization.get("backend") or "bitsandbytes"
 
 
-# -- prepare steps (run by fw.model.initialization.wrap_with_initializer) ----------------------------------------------
+# -- prepare steps (run by fw when it wraps the model with the adapter) ---------------------------------------------
 def prepare_residual(model, section: dict, calibration, wrap):
     """PiSSA / OLoRA: PEFT initializes while wrapping; keep the initial adapter so the saved one is converted
     to a plain LoRA adapter for the original base model."""
-    from fw.model.initialization import keep_initial_adapter
-
     wrapped = wrap(model)
     keep_initial_adapter(wrapped)
     return wrapped
@@ -140,9 +140,6 @@ def prepare_eva(model, section: dict, calibration, wrap):
     over ``eva_config.n_samples`` training rows; A becomes the top right-singular vectors (ranks possibly
     redistributed across layers, ``rho``)."""
     from peft import initialize_lora_eva_weights
-
-    from fw.errors import FwError
-    from fw.model.initialization import model_device
 
     options = section.get("eva_config") or {}
     wrapped = wrap(model)
@@ -177,8 +174,6 @@ def prepare_corda(model, section: dict, calibration, wrap):
     ``corda_config.n_samples`` training rows on the base model, then wrap (PEFT decomposes W @ C)."""
     from peft.tuners.lora.corda import preprocess_corda
 
-    from fw.model.initialization import inference_mode, keep_initial_adapter, model_device, peft_config_for
-
     options = section.get("corda_config") or {}
     # PEFT's covariance hook takes one sequence per forward pass (it squeezes the batch dimension)
     batches = calibration.batches(options.get("n_samples", 128), model_device(model), batch_size=1)
@@ -189,7 +184,7 @@ def prepare_corda(model, section: dict, calibration, wrap):
                 model(**{key: value for key, value in batch.items() if key != "labels"})
                 advance()
 
-    preprocess_corda(model, peft_config_for(model, section), run_model=run_model)
+    preprocess_corda(model, wrap.peft_config(model), run_model=run_model)
     wrapped = wrap(model)
     keep_initial_adapter(wrapped)
     return wrapped
@@ -215,8 +210,6 @@ def prepare_loftq(model, section: dict, calibration, wrap):
     wrapped with default init and PEFT's ``replace_lora_weights_loftq`` then fits A / B to the error of the
     already quantized weights."""
     import peft
-
-    from fw.errors import FwError
 
     missing = loftq_missing()
     if missing:

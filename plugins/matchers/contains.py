@@ -1,8 +1,7 @@
 """contains: the label is chosen when a literal string occurs in the generated text."""
 from collections.abc import Callable
 
-from fw.plugin.hookspecs import hookimpl
-from fw.plugin.descriptors import MatcherPlugin
+from fw.plugin import MatcherPlugin, hookimpl
 
 SCHEMA = "fw.schemas:matchers/contains.json"
 

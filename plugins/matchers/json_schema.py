@@ -9,8 +9,7 @@ import json
 import re
 from collections.abc import Callable
 
-from fw.plugin.hookspecs import hookimpl
-from fw.plugin.descriptors import MatcherPlugin
+from fw.plugin import MatcherPlugin, hookimpl
 
 SCHEMA = "fw.schemas:matchers/json_schema.json"
 

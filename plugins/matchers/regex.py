@@ -1,8 +1,7 @@
 """regex: the label is chosen when a Python regular expression is found in the generated text."""
 from collections.abc import Callable
 
-from fw.plugin.hookspecs import hookimpl
-from fw.plugin.descriptors import MatcherPlugin
+from fw.plugin import MatcherPlugin, hookimpl
 
 SCHEMA = "fw.schemas:matchers/regex.json"
 

@@ -4,10 +4,10 @@ The table mirrors PEFT 0.21.2 ``LoraModel._check_add_weighted_adapter`` / ``add_
 linear, ties, dare_linear, dare_ties and magnitude_prune need all sources to share one rank (the merged
 adapter keeps it); svd takes any ranks (new rank = svd_rank or the largest source rank); cat takes any
 ranks (new rank = their sum). density is used by ties, dare_linear, dare_ties and magnitude_prune.
-The merge itself is run by the core (one call to ``add_weighted_adapter`` with the section's keys).
+The merge itself is run by the core: one call to ``add_weighted_adapter`` with the section's keys whose schema
+property names a PEFT argument (``x-peft``: ``density`` for the pruning strategies, the ``svd_*`` keys for svd).
 """
-from fw.plugin.hookspecs import hookimpl
-from fw.plugin.descriptors import MergeStrategyPlugin
+from fw.plugin import MergeStrategyPlugin, hookimpl
 
 # name -> (summary, uses_density, requires_equal_ranks)
 STRATEGIES = {

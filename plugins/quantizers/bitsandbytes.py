@@ -3,8 +3,7 @@
 bitsandbytes >= 0.50 quantizes and trains on CPU as well as on CUDA GPUs; older releases need a CUDA GPU.
 PEFT's ``prepare_model_for_kbit_training`` runs before the adapter is applied (fw.model.quantization).
 """
-from fw.plugin.hookspecs import hookimpl
-from fw.plugin.descriptors import QuantizerPlugin
+from fw.plugin import FwError, QuantizerPlugin, hookimpl
 
 SCHEMA = "fw.schemas:quantizers/bitsandbytes.json"
 
@@ -64,11 +63,9 @@ def load_kwargs(params: dict, device=None) -> dict:
     """``from_pretrained`` kwargs for a validated ``quantization`` section: ``{"quantization_config": ...,
     "device_map": ...}`` (bitsandbytes quantizes while the weights are placed on the device).
 
-    Raises :class:`fw.errors.FwError` naming everything that is missing (the package, a CUDA GPU).
+    Raises :class:`fw.plugin.FwError` naming everything that is missing (the package, a CUDA GPU).
     """
     import warnings
-
-    from fw.errors import FwError
 
     missing = _missing_requirements(device)
     if missing:

@@ -7,8 +7,8 @@ same weight format:
   output head stays in full precision). Such a model saves with ``save_pretrained`` and loads back from its
   ``config.json`` alone, and PEFT trains LoRA on top of it (``TorchaoLoraLinear``).
 - QAT (``qat: true``, training only): ``QATConfig(step="prepare")`` swaps the Linear layers for fake-quantized
-  ones before training; :func:`convert_after_training` turns them into real quantized weights at save time. A
-  model loaded for inference is simply quantized for real (the PTQ path).
+  ones before training; :func:`convert_after_training` (the descriptor's ``after_training``) turns them into real
+  quantized weights at save time. A model loaded for inference is simply quantized for real (the PTQ path).
 
 Modes and the torchao configs they use (torchao 0.18):
 
@@ -17,20 +17,19 @@ Modes and the torchao configs they use (torchao 0.18):
 - ``int8_weight_only``: ``IntxWeightOnlyConfig(int8, per output channel)``.
 - ``int8_dynamic``: ``Int8DynamicActivationIntxWeightConfig(int8 weights per channel)``: activations are
   quantized per token in every forward pass. Quantized activations carry no gradient, so training on an
-  int8_dynamic base always runs on fake quantization (fw.model.quantization.section_for_loading), inference on the
-  real kernels.
+  int8_dynamic base always runs on fake quantization (:func:`training_params`), inference on the real kernels.
 - ``float8``: ``Float8DynamicActivationFloat8WeightConfig``: fp8 weights and fp8 matmuls, which torchao only
   runs on CUDA GPUs of compute capability >= 8.9 (H100, L4, RTX 40xx).
 """
-from fw.plugin.hookspecs import hookimpl
-from fw.plugin.descriptors import QuantizerPlugin
+from fw.plugin import FwError, QuantizerPlugin, hookimpl, quiet_libraries
 
 SCHEMA = "fw.schemas:quantizers/torchao.json"
 #: weights sharing one scale in int4 mode; divides the width of every common architecture
 INT4_GROUP_SIZE = 32
 FLOAT8_MIN_CAPABILITY = (8, 9)
-#: set on a QAT-prepared model; fw.model.quantization calls it before the model is saved
-AFTER_TRAINING_ATTRIBUTE = "fw_after_training"
+#: modes whose quantized kernels have no backward pass (int8 activations carry no gradient): training runs them
+#: on fake quantization with the same numerics (as with ``qat: true``), inference on the real kernels
+TRAINED_WITH_FAKE_QUANTIZATION = ("int8_dynamic",)
 
 
 @hookimpl
@@ -38,21 +37,18 @@ def fw_quantizers():
     return [QuantizerPlugin(name="torchao", schema=SCHEMA,
                             summary="PyTorch-native int4/int8/float8 quantization after load, with QAT",
                             load_kwargs=f"{__name__}:load_kwargs", transform=f"{__name__}:transform",
-                            supports_qat=True)]
+                            supports_qat=True, training_params=f"{__name__}:training_params",
+                            after_training=f"{__name__}:convert_after_training")]
 
 
 # -- what this machine can run -----------------------------------------------------------------------------------
 def require_torchao() -> None:
     import importlib.util
 
-    from fw.errors import FwError
-
     if importlib.util.find_spec("torchao") is None:
         raise FwError("quantization.backend: torchao is not installed. Install it with `pip install torchao` "
                       "(or `pip install 'fw[train]'`).")
-    from fw.model.quantization import quiet_quantization_libraries
-
-    quiet_quantization_libraries()
+    quiet_libraries()
 
 
 def float8_problem(device) -> str | None:
@@ -68,8 +64,6 @@ def float8_problem(device) -> str | None:
 
 
 def check_runnable(params: dict, device) -> None:
-    from fw.errors import FwError
-
     require_torchao()
     mode = params.get("mode")
     if mode is None:
@@ -95,8 +89,6 @@ def base_config(mode: str):
         return Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int8, weight_granularity=PerAxis(0))
     if mode == "float8":
         return Float8DynamicActivationFloat8WeightConfig()
-    from fw.errors import FwError
-
     raise FwError(f"quantization.mode: {mode!r} is not a torchao mode (int4_weight_only, int8_weight_only, "
                   "int8_dynamic, float8).")
 
@@ -108,6 +100,14 @@ def torchao_config(mode: str):
 
 
 # -- the plugin hooks --------------------------------------------------------------------------------------------
+def training_params(params: dict) -> dict:
+    """The section as it is loaded for training: modes that cannot backpropagate through their real kernels
+    train fake-quantized (``qat: true``)."""
+    if params.get("mode") in TRAINED_WITH_FAKE_QUANTIZATION:
+        return {**params, "qat": True}
+    return params
+
+
 def load_kwargs(params: dict, device=None) -> dict:
     """PTQ: ``TorchAoConfig`` for ``from_pretrained``. QAT: nothing at load (see :func:`transform`)."""
     check_runnable(params, device)
@@ -134,7 +134,6 @@ def transform(model, params: dict):
 
     with torch.random.fork_rng(devices=[]):  # the swap builds new Linear modules: keep the adapter's random init
         quantize_(model, QATConfig(base_config(params["mode"]), step="prepare"), filter_fn=body_linear)
-    setattr(model, AFTER_TRAINING_ATTRIBUTE, f"{__name__}:convert_after_training")
     return model
 
 
@@ -142,16 +141,15 @@ def convert_after_training(model, params: dict):
     """QAT at save time: fake-quantized layers become real quantized weights, marked so that transformers saves
     them (safetensors) and loads them back from ``config.json``. An adapter that was not merged is saved on its
     own: it was trained against the fake-quantized base, which ``fw predict`` loads quantized for real."""
-    from fw.artifacts import is_peft_model
+    from peft import PeftModel
 
-    if is_peft_model(model):
+    if isinstance(model, PeftModel):
         return model
     from torchao.quantization import quantize_
     from torchao.quantization.qat import QATConfig
 
     quantize_(model, QATConfig(base_config(params["mode"]), step="convert"))
     mark_quantized(model, torchao_config(params["mode"]))
-    delattr(model, AFTER_TRAINING_ATTRIBUTE)
     return model
 
 

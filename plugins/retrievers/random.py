@@ -1,6 +1,5 @@
 """random: few-shot examples drawn at random from the training set (``prompt.retrieval.type: random``)."""
-from fw.plugin.hookspecs import hookimpl
-from fw.plugin.descriptors import RetrieverPlugin
+from fw.plugin import RetrieverPlugin, hookimpl
 
 SCHEMA = "fw.schemas:retrievers/random.json"
 

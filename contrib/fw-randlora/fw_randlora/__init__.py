@@ -1,21 +1,14 @@
 """RandLoRA for fw: full-rank updates from shared random bases scaled by small trainable matrices.
 
-A complete third-party fw plugin: one hook, one descriptor, one JSON Schema. Nothing heavy is imported at
-module level, so `fw list-plugins` stays fast with it installed.
+A complete third-party fw plugin: one hook, one descriptor, one JSON Schema whose ``x-peft`` keys name the fields
+of PEFT's ``RandLoraConfig``. It imports only ``fw.plugin`` (fw's public plugin API) and nothing heavy, so
+`fw list-plugins` stays fast with it installed.
 """
-from fw.plugin.hookspecs import hookimpl
-from fw.plugin.descriptors import AdapterPlugin
-
-SCHEMA = "fw_randlora:schema.json"
+from fw.plugin import AdapterPlugin, hookimpl
 
 
 @hookimpl
 def fw_adapters():
-    return [AdapterPlugin(name="randlora", schema=SCHEMA,
+    return [AdapterPlugin(name="randlora", schema="fw_randlora:schema.json",
                           summary="RandLoRA: full-rank update from shared random bases (contrib example)",
-                          build_peft_config=f"{__name__}:build_peft_config")]
-
-
-def build_peft_config(params: dict):
-    from fw.plugin.peft import build_peft_config as build
-    return build("RandLoraConfig", params, SCHEMA)
+                          peft_config_class="RandLoraConfig")]

@@ -13,7 +13,7 @@ backend-independent steps the pipeline calls:
 """
 from __future__ import annotations
 
-from fw.plugin import get_registry, resolve
+from fw.plugin import get_registry, is_kbit_model, resolve
 
 
 def quantizer_of(section: dict):
@@ -31,11 +31,6 @@ def section_for_loading(section: dict | None, for_training: bool) -> dict | None
         return {**section, "qat": False} if section.get("qat") else section
     adjust = quantizer_of(section).training_params
     return resolve(adjust)(section) if adjust else section
-
-
-def is_kbit_model(model) -> bool:
-    """Loaded in 4-bit or 8-bit (transformers' flags, set by bitsandbytes)."""
-    return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False))
 
 
 def prepare_for_training(model, data: dict):

@@ -19,7 +19,7 @@ from fw.plugin.descriptors import (AdapterPlugin, DecodedOutputs, DecoderPlugin,
                                    MergeStrategyPlugin, PluginDescriptor, QuantizerPlugin, RetrieverPlugin)
 from fw.plugin.hookspecs import hookimpl
 from fw.plugin.lazy import resolve
-from fw.plugin.models import (device, ensure_pad_token, hub_error_message, hub_token, inference_mode,
+from fw.plugin.models import (device, ensure_pad_token, hub_error_message, hub_token, inference_mode, is_kbit_model,
                               looks_like_path, model_device, quiet_libraries)
 from fw.plugin.peft import build_peft_config, keep_initial_adapter, with_defaults
 from fw.plugin.registry import get_registry
@@ -39,7 +39,7 @@ __all__ = [
     "build_peft_config", "target_layer_shapes", "targeted_modules", "layer_shape", "divisor_problems",
     "size_limit_problems",
     # initializers and other plugins that run a model
-    "keep_initial_adapter", "model_device", "inference_mode",
+    "keep_initial_adapter", "model_device", "inference_mode", "is_kbit_model",
     # plugins that load a model of their own (an embedding model)
     "device", "hub_token", "looks_like_path", "hub_error_message", "ensure_pad_token", "quiet_libraries",
 ]

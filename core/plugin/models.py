@@ -88,6 +88,11 @@ def ensure_pad_token(tokenizer) -> None:
         tokenizer.pad_token = tokenizer.eos_token if tokenizer.eos_token is not None else tokenizer.unk_token
 
 
+def is_kbit_model(model) -> bool:
+    """Loaded in 4-bit or 8-bit (transformers' flags, set by bitsandbytes)."""
+    return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False))
+
+
 def model_device(model):
     return next(model.parameters()).device
 

@@ -10,7 +10,8 @@ AdaLoRA only tests ``init_lora_weights`` for truthiness (PEFT 0.21.2 ``AdaLoraLa
 rejects ``loftq_config``, so only ``default`` is offered for it: any other string would be accepted by PEFT
 and silently give AdaLoRA's own initialization.
 """
-from fw.plugin import FwError, InitializerPlugin, hookimpl, inference_mode, keep_initial_adapter, model_device
+from fw.plugin import (FwError, InitializerPlugin, hookimpl, inference_mode, is_kbit_model, keep_initial_adapter,
+                       model_device)
 
 
 def _schema(name: str) -> str:
@@ -216,14 +217,10 @@ def prepare_loftq(model, section: dict, calibration, wrap):
         raise FwError(f"adapter.init_lora_weights: loftq needs {' and '.join(missing)}: PEFT {peft.__version__} "
                       "quantizes the weights with bitsandbytes on a CUDA GPU (peft.utils.loftq_utils). Run on a "
                       "CUDA machine with bitsandbytes installed, or use init_lora_weights: pissa on CPU.")
-    if not _is_bnb_quantized(model):
+    if not is_kbit_model(model):
         return wrap(model)
     from peft import replace_lora_weights_loftq
 
     wrapped = wrap(model, init_lora_weights="default", loftq_config=None)
     replace_lora_weights_loftq(wrapped)
     return wrapped
-
-
-def _is_bnb_quantized(model) -> bool:
-    return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False))

@@ -13,9 +13,9 @@
     predictions.parquet|.csv    from fw predict / fw evaluate
     test_statistics.json        from fw evaluate
 
-``model/`` is written into a temporary directory and renamed into place, so a crash never leaves it half
-written. It loads with transformers / peft alone; ``fw_config.yaml`` lets ``fw predict --model_path`` reuse the
-prompt, tokenizer settings and generation section.
+Every file here is written atomically (:mod:`fw.atomic`), ``model/`` into a temporary directory renamed into
+place, so a crash never leaves one half written. ``model/`` loads with transformers / peft alone; ``fw_config.yaml``
+lets ``fw predict --model_path`` reuse the prompt, tokenizer settings and generation section.
 """
 from __future__ import annotations
 
@@ -27,7 +27,8 @@ from pathlib import Path
 
 import yaml
 
-from fw.train.checkpoint import atomic_directory, write_json_atomic
+from fw.atomic import atomic_directory, write_json_atomic, write_text_atomic
+from fw.config import view
 from fw.errors import FwError
 
 MODEL_DIR = "model"
@@ -97,10 +98,7 @@ def config_yaml(data: dict) -> str:
 
 
 def write_config(run_dir: Path, data: dict) -> None:
-    path = Path(run_dir) / CONFIG_FILE
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(config_yaml(data), encoding="utf-8")
-    os.replace(temporary, path)
+    write_text_atomic(Path(run_dir) / CONFIG_FILE, config_yaml(data))
 
 
 def versions() -> dict:
@@ -131,8 +129,8 @@ def write_manifest(run_dir: Path, data: dict, dataset_hash: str, extra: dict | N
     import platform
 
     manifest = {"versions": versions(), "python": platform.python_version(), "data_hash": dataset_hash,
-                "seed": data["trainer"]["seed"], "base_model": data["base_model"],
-                "adapter": (data.get("adapter") or {}).get("type"),
+                "seed": view.seed(data), "base_model": view.base_model(data),
+                "adapter": (view.adapter(data) or {}).get("type"),
                 "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 **(extra or {})}
     write_json(Path(run_dir) / MANIFEST, manifest)
@@ -235,7 +233,7 @@ def load_trained(model_path: str | Path, config: dict | None = None, adapter: st
     multi_adapter.check_requested(data, adapter)
     prepare = prepare_base or (lambda loaded: loaded)
     saved_tokenizer = str(model_dir)
-    if data.get("adapters") or multi_adapter.is_multi_adapter_dir(model_dir):
+    if view.named_adapters(data) or multi_adapter.is_multi_adapter_dir(model_dir):
         base, tokenizer = load_base_model({**data, "base_model": multi_adapter.saved_base_model(model_dir, data)},
                                           for_training=False, tokenizer_from=saved_tokenizer)
         model = multi_adapter.load_saved(prepare(base), model_dir, data, adapter)
@@ -257,4 +255,4 @@ def adapter_base(model_dir: Path, data: dict) -> str:
     declared = json.loads((model_dir / "adapter_config.json").read_text()).get("base_model_name_or_path")
     if declared and (Path(declared).is_dir() or not os.path.isabs(declared)):
         return declared
-    return data["base_model"]
+    return view.base_model(data)

@@ -42,6 +42,10 @@ class PluginConflictError(FwError):
     pass
 
 
+class UsageError(FwError):
+    """The command line was used wrongly (a missing file, a bad argument): exit code 2."""
+
+
 class ConfigWarning(ConfigIssue):
     """Something accepted but worth telling (an ignored key); never fails validation."""
 

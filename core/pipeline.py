@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fw import artifacts
-from fw.model import quantization
+from fw import artifacts, console
+from fw.config import view
 from fw.data import retrieval
 from fw.errors import FwError
+from fw.model import quantization
 
 SPLITS = ("full", "train", "validation", "test")
 
@@ -86,7 +87,7 @@ def prompts_of(frame, data: dict, tokenizer=None, retriever=None, split_name: st
     from fw.data.prompt import PromptRenderer
 
     renderer = PromptRenderer(data)
-    if retrieval.section(data):
+    if view.retrieval(data):
         if retriever is None:
             raise FwError("prompt.retrieval is set but no examples index was prepared (fw.data.retrieval.prepare).")
         return retrieval.few_shot_prompts(renderer, rows_of(frame), retriever, data, tokenizer, split_name)
@@ -109,12 +110,11 @@ def encode_frame(frame, data: dict, tokenizer, split_name: str, retriever=None):
 
 def encode_pairs(prompts: list[str], targets: list[str], tokenizer, data: dict, split_name: str):
     """Rendered prompts + targets as training rows; truncation reported in one line."""
-    from fw import report
     from fw.data.tokens import encode
 
     rows, truncation = encode(prompts, targets, tokenizer, data)
     if truncation.truncated_rows:
-        report.info(f"{split_name}: {truncation.summary()}")
+        console.info(f"{split_name}: {truncation.summary()}")
     return rows
 
 
@@ -122,7 +122,7 @@ def localize_base_model(data: dict) -> dict:
     """The config with a local ``base_model`` made absolute (the saved config then works from anywhere)."""
     from fw.model.loading import looks_like_path, resolve_location
 
-    name = data["base_model"]
+    name = view.base_model(data)
     return {**data, "base_model": resolve_location(name)} if looks_like_path(name) else data
 
 
@@ -133,21 +133,20 @@ def train(config, dataset=None, training_set=None, validation_set=None, test_set
     """Fine-tune per the config; write ``<output_directory>/<experiment>_<run>/`` and return where it is.
     ``adapter`` names the adapter of an ``adapters:`` section to train (default: ``adapters.active``)."""
     from fw.model import multi_adapter
-    from fw import report
     from fw.train import trainer as training
     from fw.model.loading import apply_adapter, load_base_model
 
     data = localize_base_model(resolve_config(config))
-    if data["trainer"]["type"] == "none":
+    if view.trainer_type(data) == "none":
         raise FwError("trainer.type is none: there is nothing to train. Run fw predict / fw evaluate with --config "
                       "to use the base model directly, or set trainer.type: finetune.")
-    artifacts.check_mergeable(data.get("adapter"))
+    artifacts.check_mergeable(view.adapter(data))
     quantization.check_runnable(data, for_training=True)
     trained = multi_adapter.trained_name(data, adapter)
     splits = load_splits(data, dataset, training_set, validation_set, test_set)
     retriever = retrieval.prepare(data, splits.train)
     run_dir = prepare_run_directory(data, splits, output_directory, experiment_name, model_name, resume)
-    seed_everything(data["trainer"]["seed"])
+    seed_everything(view.seed(data))
     model, tokenizer = load_base_model(data, for_training=True)
     model = quantization.prepare_for_training(model, data)
     train_rows = encode_frame(splits.train, data, tokenizer, "train", retriever)
@@ -158,14 +157,14 @@ def train(config, dataset=None, training_set=None, validation_set=None, test_set
                                 resume=resume, show_progress=show_progress)
     test_rows = encode_frame(splits.test, data, tokenizer, "test", retriever)
     if test_rows:
-        statistics["test"] = training.evaluate_loss(model, tokenizer, test_rows, eval_batch_size(data))
+        statistics["test"] = training.evaluate_loss(model, tokenizer, test_rows, view.eval_batch_size(data))
     if trained:
         statistics["adapter"] = trained
         multi_adapter.finish_training(model, data)
     artifacts.write_json(run_dir / artifacts.TRAINING_STATISTICS, statistics)
     model_dir, model = save_trained(model, tokenizer, data, run_dir)
     retrieval.save_with_model(retriever, model_dir)
-    report.info(f"saved the model to {model_dir}")
+    console.info(f"saved the model to {model_dir}")
     return TrainResult(run_dir, model_dir, statistics, data, model, tokenizer)
 
 
@@ -173,14 +172,12 @@ def prepare_run_directory(data: dict, splits, output_directory, experiment_name:
                           resume: bool) -> Path:
     """A new ``<experiment>_<run>`` directory (or, with ``resume``, the latest one that has a checkpoint) holding
     the resolved config and the manifest."""
-    from fw import report
-
     dataset_hash = artifacts.data_hash(splits.train, splits.validation, splits.test)
     if resume:
         run_dir = artifacts.run_directory_to_resume(output_directory, experiment_name, model_name)
         previous = artifacts.read_manifest(run_dir).get("data_hash")
         if previous and previous != dataset_hash:
-            report.warn(f"--resume: the data differs from the data {run_dir} was trained on so far.")
+            console.warn(f"--resume: the data differs from the data {run_dir} was trained on so far.")
     else:
         run_dir = artifacts.new_run_directory(output_directory, experiment_name, model_name)
     artifacts.write_config(run_dir, data)
@@ -193,17 +190,13 @@ def training_data(train_rows, tokenizer, data: dict, show_progress: bool):
     from fw.model.initialization import TrainingData
     from fw.train.trainer import plan
 
-    planned = plan(train_rows, data["trainer"]).total_steps if train_rows else None
-    return TrainingData(train_rows, tokenizer, data["trainer"]["batch_size"], planned, show_progress)
-
-
-def eval_batch_size(data: dict) -> int:
-    return data["trainer"].get("eval_batch_size") or data["trainer"]["batch_size"]
+    planned = plan(train_rows, view.trainer(data)).total_steps if train_rows else None
+    return TrainingData(train_rows, tokenizer, view.batch_size(data), planned, show_progress)
 
 
 def save_trained(model, tokenizer, data: dict, run_dir: Path):
     """(model dir, saved model): the adapter merged first when the postprocessor asks for it."""
-    section = data.get("adapter") or {}
+    section = view.adapter(data) or {}
     if artifacts.is_peft_model(model) and (section.get("postprocessor") or {}).get("merge_adapter_into_base_model"):
         model = artifacts.merge_adapter(model, section)
     model = quantization.finish_training(model, data)
@@ -226,9 +219,9 @@ def model_for_inference(model_path=None, config=None, adapter: str | None = None
     data = resolve_config(config)
     multi_adapter.check_requested(data, adapter)
     model, tokenizer = load_base_model(data, for_training=False)
-    if data.get("adapters"):
+    if view.named_adapters(data):
         return data, multi_adapter.for_inference(model, data, adapter), tokenizer
-    weights = (data.get("adapter") or {}).get("pretrained_adapter_weights")
+    weights = (view.adapter(data) or {}).get("pretrained_adapter_weights")
     if weights:
         model = load_pretrained_adapter(model, weights, trainable=False)
     return data, model, tokenizer
@@ -244,7 +237,7 @@ def select_rows(data: dict, dataset, split: str):
         raise FwError(f"--split: '{split}' is not one of {', '.join(SPLITS)}.")
     if split == "full":
         frame = read_table(dataset)
-        column = data["preprocessing"]["split"]["column"]
+        column = view.split_column(data)
         frame = frame.drop(columns=[column]) if column in frame.columns else frame
         return clean(frame, data, "predict")
     frame = getattr(make_splits(data, dataset=dataset), "train" if split == "train" else split)
@@ -267,17 +260,15 @@ def generate_for(prompts: list[str], data: dict, model, tokenizer, show_progress
     """(generations, :class:`fw.plugin.DecodedOutputs`) for every rendered prompt: the decoder plugin turns the
     generations into output values; with ``decoder.label_scoring`` the labels are ranked by likelihood instead of
     generated (no raw generation)."""
-    from fw.infer.decoders import decode
     from fw.data.tokens import encode_prompts
+    from fw.infer.decoders import decode
     from fw.infer.generation import Generation, generate
-    from fw.infer.label_scoring import is_label_scoring, score_labels
-
-    from fw import report
+    from fw.infer.label_scoring import score_labels
 
     encoded, truncation = encode_prompts(prompts, tokenizer, data)
     if truncation.truncated_rows:
-        report.info(f"predict: {truncation.summary()}")
-    if is_label_scoring(data):
+        console.info(f"predict: {truncation.summary()}")
+    if view.scores_labels(data):
         outputs = score_labels(model, tokenizer, encoded, data, show_progress)
         return [Generation(raw="", text=label) for label in outputs.values], outputs
     generations = generate(model, tokenizer, encoded, data, show_progress)
@@ -285,7 +276,7 @@ def generate_for(prompts: list[str], data: dict, model, tokenizer, show_progress
 
 
 def predictions_frame(frame, data: dict, prompts, generations, outputs):
-    name = data["output_features"][0]["name"]
+    name = view.output_name(data)
     table = frame.reset_index(drop=True).copy()
     table["prompt"] = prompts
     table["raw_generation"] = [g.raw for g in generations]
@@ -304,10 +295,8 @@ def predict(model_path=None, config=None, dataset=None, split: str = "full", out
             experiment_name: str = "experiment", model_name: str = "run", show_progress: bool = True,
             adapter: str | None = None) -> PredictResult:
     """Generate for every row; write ``predictions.parquet`` and ``predictions.csv``."""
-    from fw import report
-
     data, model, tokenizer = model_for_inference(model_path, config, adapter)
-    seed_everything(data["trainer"]["seed"])
+    seed_everything(view.seed(data))
     frame = select_rows(data, dataset, split)
     retriever = retrieval.for_inference(data, model_path, dataset)
     prompts = prompts_of(frame, data, tokenizer, retriever)
@@ -315,7 +304,7 @@ def predict(model_path=None, config=None, dataset=None, split: str = "full", out
     table = predictions_frame(frame, data, prompts, generations, outputs)
     directory = output_directory_for(output_directory, model_path, experiment_name, model_name)
     write_predictions(table, directory)
-    report.info(f"wrote {len(table)} predictions to {directory / 'predictions.parquet'} (and .csv)")
+    console.info(f"wrote {len(table)} predictions to {directory / 'predictions.parquet'} (and .csv)")
     return PredictResult(table, directory, data)
 
 
@@ -325,16 +314,14 @@ def evaluate(model_path=None, config=None, dataset=None, split: str = "full", ou
     """Predict, then score against the output column: ``test_statistics.json`` (loss, perplexity, exact
     match, token F1, BLEU / ROUGE for text outputs; accuracy, macro-F1, per-class precision / recall, confusion
     matrix and fallback rate for category outputs)."""
-    from fw import report
-    from fw.infer.constrained import labels_of
+    from fw.data.prompt import is_missing
     from fw.infer.metrics import output_metrics
-    from fw.data.prompt import is_missing, output_column
     from fw.train.trainer import evaluate_loss
 
     data, model, tokenizer = model_for_inference(model_path, config, adapter)
-    seed_everything(data["trainer"]["seed"])
+    seed_everything(view.seed(data))
     frame = select_rows(data, dataset, split)
-    column = output_column(data)
+    column = view.output_column(data)
     if column not in frame.columns:
         raise FwError(f"fw evaluate needs the output column '{column}' in the dataset to score against. "
                       f"Columns: {', '.join(map(str, frame.columns))}. Use fw predict for unlabeled data.")
@@ -344,16 +331,14 @@ def evaluate(model_path=None, config=None, dataset=None, split: str = "full", ou
     retriever = retrieval.for_inference(data, model_path, dataset)
     prompts = prompts_of(frame, data, tokenizer, retriever)  # rendered once: generation and loss share them
     generations, outputs = generate_for(prompts, data, model, tokenizer, show_progress)
-    output_type = data["output_features"][0].get("type", "text")
     targets = targets_of(frame, data)
     scores = evaluate_loss(model, tokenizer, encode_pairs(prompts, targets, tokenizer, data, "evaluate"),
-                           eval_batch_size(data))
-    scores.update(output_metrics(outputs.values, targets, output_type, outputs.matched, labels_of(data)))
-    name = data["output_features"][0]["name"]
-    statistics = {name: scores, "combined": {"loss": scores.get("loss")}, "rows": len(frame)}
+                           view.eval_batch_size(data))
+    scores.update(output_metrics(outputs.values, targets, view.output_type(data), outputs.matched, view.labels(data)))
+    statistics = {view.output_name(data): scores, "combined": {"loss": scores.get("loss")}, "rows": len(frame)}
     table = predictions_frame(frame, data, prompts, generations, outputs)
     directory = output_directory_for(output_directory, model_path, experiment_name, model_name)
     write_predictions(table, directory)
     artifacts.write_json(directory / artifacts.TEST_STATISTICS, statistics)
-    report.info(f"wrote {directory / artifacts.TEST_STATISTICS}")
+    console.info(f"wrote {directory / artifacts.TEST_STATISTICS}")
     return EvaluateResult(statistics, table, directory)

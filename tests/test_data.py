@@ -6,7 +6,7 @@ import json
 import pandas as pd
 import pytest
 
-from fw import report
+from fw import console
 from fw.config.load import load_config
 from fw.data.tables import clean, make_splits, read_dataset, read_table, split_code
 from fw.errors import FwError
@@ -24,9 +24,9 @@ def config(prompt=None, output=None, **extra) -> dict:
 
 @pytest.fixture(autouse=True)
 def fresh_report():
-    report.clear()
+    console.clear()
     yield
-    report.clear()
+    console.clear()
 
 
 def numbered(count: int, **columns) -> pd.DataFrame:
@@ -143,7 +143,7 @@ def test_random_split_respects_ratios_and_is_reproducible():
     together = sorted(first.train.index.tolist() + first.validation.index.tolist() + first.test.index.tolist())
     assert together == list(range(100))
     assert first.train.index.is_monotonic_increasing  # file order kept inside a split
-    assert "data: 80 training, 10 validation, 10 test rows" in report.messages
+    assert "data: 80 training, 10 validation, 10 test rows" in console.messages
 
 
 def test_random_split_follows_seed_and_probabilities():
@@ -216,7 +216,7 @@ def test_rows_without_input_text_are_dropped_with_a_warning_naming_them():
     frame.loc[0, "question"] = None
     cleaned = clean(frame, config(), "train")
     assert cleaned.index.tolist() == [3, 4]
-    assert report.warnings == ["train: dropped 12 of 14 row(s) with no input text (empty 'question'): "
+    assert console.warnings == ["train: dropped 12 of 14 row(s) with no input text (empty 'question'): "
                                "rows 1, 2, 3, 6, 7, 8, 9, 10, 11, 12 and 2 more."]
 
 
@@ -224,14 +224,14 @@ def test_a_row_is_kept_when_any_template_column_has_text():
     data = config({"template": "{title} {body}"})
     frame = pd.DataFrame({"title": ["t", None, None], "body": [None, "b", ""], "answer": ["x", "y", "z"]})
     assert clean(frame, data, "validation").index.tolist() == [0, 1]
-    assert report.warnings == ["validation: dropped 1 of 3 row(s) with no input text (empty 'title', 'body'): row 3."]
+    assert console.warnings == ["validation: dropped 1 of 3 row(s) with no input text (empty 'title', 'body'): row 3."]
 
 
 def test_sample_rows_need_text_in_some_column():
     data = config({"template": "{__sample__}"})
     frame = pd.DataFrame({"a": [None, "x"], "b": [None, None], "answer": ["y", "z"], "split": [0, 0]})
     assert clean(frame, data, "train").index.tolist() == [1]
-    assert report.warnings == ["train: dropped 1 of 2 row(s) with no input text (empty every input column): row 1."]
+    assert console.warnings == ["train: dropped 1 of 2 row(s) with no input text (empty every input column): row 1."]
 
 
 def test_every_row_dropped_is_an_error():
@@ -258,7 +258,7 @@ def test_training_splits_need_the_output_column():
 def test_missing_text_targets_are_dropped_in_training_splits_only():
     frame = pd.DataFrame({"question": ["a", "b", "c"], "answer": ["x", None, "  "]})
     assert clean(frame, config(), "train").index.tolist() == [0]
-    assert report.warnings == ["train: dropped 2 row(s) with no 'answer' target: rows 2, 3."]
+    assert console.warnings == ["train: dropped 2 row(s) with no 'answer' target: rows 2, 3."]
     assert clean(frame, config(), "test").index.tolist() == [0, 1, 2]
 
 
@@ -269,7 +269,7 @@ def test_missing_category_values_get_the_fallback_label():
     frame = pd.DataFrame({"question": ["a", "b", "c"], "answer": [1.0, None, float("nan")]})
     cleaned = clean(frame, data, "test")
     assert cleaned["answer"].tolist() == [1.0, "neutral", "neutral"]
-    assert report.warnings == ["test: 2 row(s) with no 'answer' value get the fallback_label 'neutral': rows 2, 3."]
+    assert console.warnings == ["test: 2 row(s) with no 'answer' value get the fallback_label 'neutral': rows 2, 3."]
     assert clean(frame, data, "predict")["answer"].tolist() == [1.0, "neutral", "neutral"]
 
 
@@ -279,7 +279,7 @@ def test_missing_category_values_without_fallback_are_dropped():
     data = config(output=output, trainer={"type": "none"})
     frame = pd.DataFrame({"question": ["a", "b"], "answer": ["yes", None]})
     assert clean(frame, data, "test").index.tolist() == [0]
-    assert report.warnings == ["test: dropped 1 row(s) with no 'answer' value (set "
+    assert console.warnings == ["test: dropped 1 row(s) with no 'answer' value (set "
                                "output_features[0].preprocessing.fallback_label to keep them): row 2."]
     assert clean(frame, data, "predict").index.tolist() == [0, 1]  # predictions need no label
 
@@ -291,7 +291,7 @@ def test_row_numbers_survive_splitting(tmp_path):
     frame.to_csv(path, index=False)
     splits = make_splits(config(), dataset=path)
     clean(splits.train, config(), "train")
-    assert report.warnings == ["train: dropped 1 of 4 row(s) with no input text (empty 'question'): row 4."]
+    assert console.warnings == ["train: dropped 1 of 4 row(s) with no input text (empty 'question'): row 4."]
 
 
 def test_read_dataset_reads_and_cleans(tmp_path):
@@ -299,4 +299,4 @@ def test_read_dataset_reads_and_cleans(tmp_path):
     path.write_text("question\nfirst\n\nthird\n")
     frame = read_dataset(path, config())
     assert frame["question"].tolist() == ["first", "third"] and frame.index.tolist() == [0, 2]
-    assert report.warnings == ["predict: dropped 1 of 3 row(s) with no input text (empty 'question'): row 2."]
+    assert console.warnings == ["predict: dropped 1 of 3 row(s) with no input text (empty 'question'): row 2."]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fw import report
+from fw import console
 from fw.cli.main import main
 
 CONFIG = """
@@ -22,9 +22,9 @@ DATA = "question,answer\nWhy is the sky blue?,Rayleigh scattering\n,orphan\nWhat
 
 @pytest.fixture(autouse=True)
 def fresh_report():
-    report.clear()
+    console.clear()
     yield
-    report.clear()
+    console.clear()
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from fw import pipeline, report
+from fw import console, pipeline
 from fw.artifacts import load_trained
 from fw.cli.main import main
 from fw.errors import FwError
@@ -300,9 +300,9 @@ def test_an_adapter_trained_on_a_quantized_base_merges_into_the_unquantized_weig
 
     quantization = {"backend": "torchao", "mode": "int8_weight_only"}
     result = train(tmp_path, config(tiny_llama_dir, quantization=quantization))
-    report.clear()
+    console.clear()
     assert main(["export", "--model_path", str(result.model_dir), "--output", str(tmp_path / "out"), "--merge"]) == 0
-    assert any("trained on a base quantized with torchao" in warning for warning in report.warnings)
+    assert any("trained on a base quantized with torchao" in warning for warning in console.warnings)
     exported = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
     assert "quantization_config" not in json.loads((tmp_path / "out" / "config.json").read_text())
     reference = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_llama_dir), result.model_dir)
@@ -315,9 +315,9 @@ def test_weights_saved_quantized_are_exported_dequantized(tmp_path, tiny_llama_d
     adapter = {"type": "lora", "r": 4, "postprocessor": {"merge_adapter_into_base_model": True}}
     result = train(tmp_path, config(tiny_llama_dir, adapter=adapter,
                                     quantization={"backend": "torchao", "mode": "int8_weight_only"}))
-    report.clear()
+    console.clear()
     assert main(["export", "--model_path", str(result.model_dir), "--output", str(tmp_path / "out")]) == 0
-    assert any("stored quantized (torchao)" in warning for warning in report.warnings)
+    assert any("stored quantized (torchao)" in warning for warning in console.warnings)
     exported = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
     assert "quantization_config" not in json.loads((tmp_path / "out" / "config.json").read_text())
     assert type(exported.model.layers[0].self_attn.q_proj.weight) is torch.nn.Parameter
@@ -435,7 +435,7 @@ def hub(monkeypatch, tmp_path):
     monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-saved-token"))
     monkeypatch.setattr(huggingface_hub, "HfApi", RecordedHfApi)
     RecordedHfApi.instances, RecordedHfApi.fail_with = [], None
-    report.clear()
+    console.clear()
     return RecordedHfApi
 
 
@@ -447,7 +447,7 @@ def calls(recorder) -> dict:
 def assert_token_never_leaked(capsys, caplog, *directories: Path) -> None:
     captured = capsys.readouterr()
     assert TOKEN not in captured.out + captured.err + caplog.text
-    assert not any(TOKEN in message for message in report.messages)
+    assert not any(TOKEN in message for message in console.messages)
     for directory in directories:
         for path in Path(directory).rglob("*"):
             assert not path.is_file() or TOKEN.encode() not in path.read_bytes(), path

@@ -12,7 +12,7 @@ import yaml
 
 from fw.data import retrieval
 from fw.plugins.retrievers import semantic as embedding
-from fw import pipeline, report
+from fw import console, pipeline
 from fw.cli.main import main
 from fw.errors import FwError
 from fw.data.prompt import PromptRenderer
@@ -27,9 +27,9 @@ WORDS = ["apple", "river", "mountain", "violin", "planet", "copper", "garden", "
 def isolated(tmp_path, monkeypatch):
     """A fresh cache dir and report per test."""
     monkeypatch.setenv("FW_CACHE_DIR", str(tmp_path / "cache"))
-    report.clear()
+    console.clear()
     yield
-    report.clear()
+    console.clear()
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +129,7 @@ def test_training_with_random_retrieval_puts_examples_in_every_split(tmp_path, t
     monkeypatch.setattr(retrieval, "few_shot_prompts", spy)
     data = config(tiny_llama_dir, {"type": "random", "k": 2}, SHORT_TEMPLATE)
     pipeline.train(data, dataset=table(), output_directory=tmp_path, show_progress=False)
-    assert not report.warnings
+    assert not console.warnings
     assert set(captured) == {"train", "validation", "test"}
     for rows, prompts in captured.values():
         for row, examples in zip(rows, contexts(prompts)):
@@ -164,7 +164,7 @@ def test_the_index_is_cached_by_data_and_model_and_reused(tiny_llama_dir, encode
     embedded.clear()
     again = retrieval.prepare(data, train_rows())
     assert again.directory == first.directory and embedded == []  # nothing embedded again
-    assert any("reusing the semantic index" in message for message in report.messages)
+    assert any("reusing the semantic index" in message for message in console.messages)
     changed = train_rows().assign(answer=lambda frame: frame["answer"] + "!")
     assert retrieval.prepare(data, changed).directory != first.directory  # other data: another index
 
@@ -235,13 +235,13 @@ def test_k_is_reduced_when_the_prompt_would_exceed_the_input_budget(tiny_llama_d
     sizes = [retrieval.prompt_tokens(prompt, tokenizer) for prompt in unlimited]
     budget = min(sizes) - 5
     data["input_features"] = [{"name": "question", "preprocessing": {"max_sequence_length": budget}}]
-    report.clear()
+    console.clear()
     limited = prompts_for(data, train_rows().head(3), train_rows(), tokenizer)
     for full, short in zip(contexts(unlimited), contexts(limited)):
         assert 0 < len(short) < 4 and short == full[:len(short)]  # the best examples kept, in order
     assert all(retrieval.prompt_tokens(prompt, tokenizer) <= budget for prompt in limited)
     assert any("prompt.retrieval.k: 3 of 3 predict prompt(s) would exceed the" in message
-               and "input_features[0].preprocessing.max_sequence_length" in message for message in report.warnings)
+               and "input_features[0].preprocessing.max_sequence_length" in message for message in console.warnings)
 
 
 # -- errors ------------------------------------------------------------------------------------------------------
@@ -267,7 +267,7 @@ def test_k_larger_than_the_training_split_warns_naming_k(tiny_llama_dir):
     prompts = prompts_for(data, train_rows().head(2), train_rows())
     assert [len(examples) for examples in contexts(prompts)] == [11, 11]  # all the others, never itself
     assert any(message.startswith("prompt.retrieval.k is 20 but the training split has only 12 row(s)")
-               for message in report.warnings)
+               for message in console.warnings)
 
 
 def test_an_empty_training_split_is_an_error(tiny_llama_dir):

@@ -7,9 +7,9 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from fw.console import say
-from fw.errors import ConfigError, FwError
-from fw.errors import did_you_mean
+from fw.cli import preview, publish, run
+from fw.console import plain_table, say
+from fw.errors import ConfigError, FwError, UsageError, did_you_mean
 from fw.plugin.descriptors import KINDS
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
@@ -17,10 +17,6 @@ KIND_ALIASES = {"adapters": "adapter", "initializers": "initializer", "quantizer
                 "quantization": "quantizer", "matchers": "matcher", "merge": "merge_strategy",
                 "merges": "merge_strategy", "merge_strategies": "merge_strategy", "retrievers": "retriever",
                 "retrieval": "retriever", "decoders": "decoder"}
-
-
-class UsageError(FwError):
-    pass
 
 
 def _kind(value: str) -> str:
@@ -49,7 +45,6 @@ def cmd_list_plugins(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return EXIT_OK
-    from fw.console import plain_table
     cells = [[row["kind"], row["name"], f"{row['distribution']} {row['version']}", row["summary"], row["status"]]
              for row in rows]
     styles = [None if row["status"] == "ok" else "red" for row in rows]
@@ -116,23 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     validate = verb("validate", cmd_validate, "Check a config; report every problem with its path.")
     validate.add_argument("config", help="path to the YAML config")
     validate.add_argument("--resolved", action="store_true", help="print the config with every default filled in")
-    for register in _extra_verbs():
-        register(verbs)
+    for module in (run, preview, publish):  # verbs that live in their own modules
+        module.register(verbs)
     return parser
-
-
-def _extra_verbs() -> list[Callable]:
-    """Verbs that live in their own modules (train, predict, ...), registered here when present."""
-    registrars = []
-    for module_name in ("fw.cli.run", "fw.cli.preview", "fw.cli.publish"):
-        try:
-            module = __import__(module_name, fromlist=["register"])
-        except ModuleNotFoundError as exc:
-            if exc.name != module_name:
-                raise
-            continue
-        registrars.append(module.register)
-    return registrars
 
 
 def _version() -> str:

@@ -8,6 +8,9 @@ from __future__ import annotations
 import argparse
 import os
 
+from fw import console
+from fw.config import view
+
 DEFAULT_ROWS = 3
 
 
@@ -31,28 +34,24 @@ def _positive(value: str) -> int:
 
 
 def cmd_preview(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
     from fw.config.load import load_config
+    from fw.data.prompt import PromptRenderer, target_text
     from fw.data.tables import clean, read_table
-    from fw.data.prompt import PromptRenderer, output_column, target_text
 
     config = load_config(args.config).data
     frame = read_table(args.dataset)
-    has_target = output_column(config) in frame.columns
+    has_target = view.output_column(config) in frame.columns
     frame = clean(frame, config, "train" if has_target else "predict")  # the rows training would see
     renderer = PromptRenderer(config)
     tokenizer = _tokenizer(args.tokenizer, config)
     prompts = _prompts(renderer, frame, config, args.dataset, tokenizer)
     targets = [target_text(row, config) for _, row in frame.iterrows()] if has_target else None
     rows, report = _encoded(prompts, targets, tokenizer, config)
-    console = Console(highlight=False, soft_wrap=True)
     for shown, index in enumerate(frame.index[:args.rows]):
-        _show_row(console, index, prompts[shown], targets[shown] if targets else None,
-                  rows[shown] if rows else None)
-    console.print(f"{len(frame)} row(s) in {args.dataset}; showing {min(args.rows, len(frame))}.")
+        _show_row(index, prompts[shown], targets[shown] if targets else None, rows[shown] if rows else None)
+    console.say(f"{len(frame)} row(s) in {args.dataset}; showing {min(args.rows, len(frame))}.", err=False)
     if report is not None:
-        console.print(report.summary())
+        console.say(report.summary(), err=False)
     return 0
 
 
@@ -61,14 +60,14 @@ def _prompts(renderer, frame, config: dict, dataset: str, tokenizer) -> list[str
     (as ``fw train`` retrieves them; fewer for prompts over the input budget when a tokenizer is known)."""
     from fw.data import retrieval
 
-    if retrieval.section(config) is None:
+    if view.retrieval(config) is None:
         return [renderer.render(row) for _, row in frame.iterrows()]
     retriever = retrieval.prepare(config, retrieval.training_split(config, dataset))
     return retrieval.few_shot_prompts(renderer, frame.to_dict("records"), retriever, config, tokenizer, "preview")
 
 
 def _tokenizer(path: str | None, config: dict):
-    location = path or (config["base_model"] if os.path.isdir(str(config["base_model"])) else None)
+    location = path or (view.base_model(config) if os.path.isdir(str(view.base_model(config))) else None)
     if location is None:
         return None
     from fw.model.loading import load_tokenizer
@@ -86,16 +85,10 @@ def _encoded(prompts, targets, tokenizer, config):
     return encode(prompts, targets, tokenizer, config)
 
 
-def _show_row(console, index: int, prompt: str, target: str | None, encoded) -> None:
-    from rich.panel import Panel
-    from rich.text import Text
-
-    counts = ""
-    if encoded is not None:
-        prompt_tokens = encoded.prompt_length
-        counts = f" · {prompt_tokens} tokens"
-    console.print(Panel(Text(prompt), title=f"row {index + 1} · prompt{counts}", title_align="left"))
+def _show_row(index: int, prompt: str, target: str | None, encoded) -> None:
+    counts = f" · {encoded.prompt_length} tokens" if encoded is not None else ""
+    panels = [console.panel(prompt, f"row {index + 1} · prompt{counts}")]
     if target is not None:
         target_counts = f" · {len(encoded) - encoded.prompt_length} tokens with EOS" if encoded is not None else ""
-        console.print(Panel(Text(target), title=f"row {index + 1} · target{target_counts}", title_align="left",
-                            border_style="green"))
+        panels.append(console.panel(target, f"row {index + 1} · target{target_counts}", border_style="green"))
+    console.show(*panels)

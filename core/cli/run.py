@@ -13,6 +13,9 @@ from __future__ import annotations
 import argparse
 import os
 
+from fw import console
+from fw.errors import UsageError
+
 
 def _data_flags(parser: argparse.ArgumentParser, sets: bool) -> None:
     parser.add_argument("--dataset", help="a CSV / TSV / JSON / JSONL / Parquet file")
@@ -31,8 +34,6 @@ def _data_flags(parser: argparse.ArgumentParser, sets: bool) -> None:
 
 
 def _require_config_file(path: str | None) -> None:
-    from fw.cli.main import UsageError
-
     if path is not None and not os.path.exists(path):
         raise UsageError(f"config file not found: {path}")
 
@@ -58,7 +59,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
                               output_directory=args.output_directory, experiment_name=args.experiment_name,
                               model_name=args.model_name, show_progress=not args.no_progress,
                               adapter=args.adapter)
-    _console().print(f"[green]✓[/green] {len(result.predictions)} predictions in {result.directory}")
+    console.success(f"{len(result.predictions)} predictions in {result.directory}")
     return 0
 
 
@@ -71,45 +72,31 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                                experiment_name=args.experiment_name, model_name=args.model_name,
                                show_progress=not args.no_progress, adapter=args.adapter)
     _print_statistics(result.statistics)
-    _console().print(f"[green]✓[/green] test_statistics.json and predictions in {result.directory}")
+    console.success(f"test_statistics.json and predictions in {result.directory}")
     return 0
-
-
-def _console():
-    from rich.console import Console
-
-    return Console(highlight=False, soft_wrap=True)
 
 
 def _print_training(result) -> None:
     stats = result.statistics
     last = stats["train_loss_per_step"][-1] if stats.get("train_loss_per_step") else float("nan")
-    line = f"[green]✓[/green] trained {stats.get('steps', 0)} steps, final loss {last:.4f}"
+    line = f"trained {stats.get('steps', 0)} steps, final loss {last:.4f}"
     if stats.get("best"):
         line += f", best validation loss {stats['best']['loss']:.4f} (epoch {stats['best']['epoch']})"
-    _console().print(line)
-    _console().print(f"  model: {result.model_dir}")
+    console.success(line)
+    console.say(f"  model: {result.model_dir}", err=False)
 
 
 def _print_statistics(statistics: dict) -> None:
-    from rich.table import Table
+    from fw.infer.metrics import category_tables
 
-    table = Table(title="test statistics")
-    table.add_column("output")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
+    rows = []
     for output, metrics in statistics.items():
         if output in ("combined", "rows") or not isinstance(metrics, dict):
             continue
-        for metric, value in metrics.items():
-            if isinstance(value, (dict, list)):  # per_class / confusion_matrix: printed below
-                continue
-            table.add_row(output, metric, "-" if value is None else f"{value:.4f}")
-    _console().print(table)
-    from fw.infer.metrics import category_tables
-
-    for extra in category_tables(statistics):
-        _console().print(extra)
+        rows += [[output, metric, "-" if value is None else f"{value:.4f}"] for metric, value in metrics.items()
+                 if not isinstance(value, (dict, list))]  # per_class / confusion_matrix: tables of their own
+    console.show(console.table("test statistics", ["output", "metric", "value"], rows, right_aligned=2),
+                 *category_tables(statistics))
 
 
 def register(verbs) -> None:

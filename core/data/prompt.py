@@ -23,8 +23,8 @@ import string
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from fw.errors import FwError
-from fw.errors import did_you_mean
+from fw.config import view
+from fw.errors import FwError, did_you_mean
 
 SAMPLE, TASK, CONTEXT = "__sample__", "__task__", "__context__"
 SPECIAL_FIELDS = (SAMPLE, TASK, CONTEXT)
@@ -52,34 +52,6 @@ USER: Complete the following task: {__task__}
 
 ASSISTANT:
 """
-
-
-# -- reading the config ---------------------------------------------------------------------------
-def config_data(config) -> dict:
-    """The plain dict of a :class:`fw.config.load.Config` (or the dict itself)."""
-    return config.data if hasattr(config, "data") else config
-
-
-def _column_of(feature: Mapping[str, Any]) -> str:
-    return str(feature.get("column") or feature["name"])
-
-
-def input_column(config) -> str:
-    """The dataset column of the input feature (used as-is when there is no template or task)."""
-    return _column_of(config_data(config)["input_features"][0])
-
-
-def output_column(config) -> str:
-    """The dataset column holding the target."""
-    return _column_of(config_data(config)["output_features"][0])
-
-
-def output_type(config) -> str:
-    return config_data(config)["output_features"][0].get("type", "text")
-
-
-def split_column(config) -> str:
-    return ((config_data(config).get("preprocessing") or {}).get("split") or {}).get("column", "split")
 
 
 # -- values ---------------------------------------------------------------------------------------
@@ -122,7 +94,7 @@ def sample_json(row: Mapping[str, Any], exclude: Iterable[str] = ()) -> str:
 
 def target_text(row: Mapping[str, Any], config) -> str:
     """The output column of ``row`` as text ("" when absent or missing)."""
-    column = output_column(config)
+    column = view.output_column(config)
     return as_text(row[column]) if column in row.keys() else ""
 
 
@@ -132,11 +104,10 @@ class PromptRenderer:
     also reads the whole row (``{__sample__}``)."""
 
     def __init__(self, config):
-        data = config_data(config)
-        prompt = data.get("prompt") or {}
+        prompt = view.prompt(config)
         self.task: str | None = prompt.get("task")
-        self.input_column = input_column(data)
-        self.excluded = {output_column(data), split_column(data)}
+        self.input_column = view.input_column(config)
+        self.excluded = {view.output_column(config), view.split_column(config)}
         self.template: str | None = prompt.get("template") or self._default_template(prompt)
         self.mode = "column" if self.template is None else ("template" if prompt.get("template") else "task")
         self._parts = self._parse(self.template) if self.template is not None else []

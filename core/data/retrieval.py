@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import shutil
 from collections.abc import Mapping, Sequence
@@ -32,9 +31,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fw import console
+from fw.atomic import atomic_directory
+from fw.config import view
+from fw.data.prompt import PromptRenderer, as_text, sample_json
 from fw.errors import FwError
 from fw.plugin import get_registry, resolve
-from fw.data.prompt import PromptRenderer, as_text, config_data, output_column, sample_json
 
 INDEX_VERSION = 1
 EXAMPLES_FILE = "examples.json"
@@ -64,15 +66,9 @@ class Retriever:
 
 
 # -- the config --------------------------------------------------------------------------------------------------
-def section(data: dict) -> dict | None:
-    """The ``prompt.retrieval`` section when retrieval is on (a type is set), else None."""
-    retrieval = (config_data(data).get("prompt") or {}).get("retrieval") or {}
-    return retrieval if retrieval.get("type") else None
-
-
 def index_params(data: dict, retrieval: dict) -> dict:
     """What the plugin gets: the section plus ``seed``, localized by the plugin (a local model made absolute)."""
-    params = {**retrieval, "seed": config_data(data)["trainer"].get("seed", 42)}
+    params = {**retrieval, "seed": view.seed(data)}
     localize = retriever_of(params).localize_params
     return resolve(localize)(params) if localize else params
 
@@ -86,7 +82,7 @@ def example_line(renderer: PromptRenderer, row: Mapping[str, Any], data: dict) -
     """The row as a labelled sample: its input columns and its output (when present) as one JSON object."""
     keys = [str(key) for key in row.keys()]
     columns = renderer.input_columns(keys)
-    target = output_column(data)
+    target = view.output_column(data)
     wanted = set(columns) | ({target} if target in keys else set())
     return sample_json({key: row[key] for key in keys if key in wanted})
 
@@ -103,7 +99,7 @@ def query_text(renderer: PromptRenderer, row: Mapping[str, Any]) -> str:
 def prepare(data: dict, train_frame) -> Retriever | None:
     """The retriever over ``train_frame`` (the cleaned training split), from the cache when it was built
     before for the same examples, retriever and model. None when retrieval is off."""
-    retrieval = section(data)
+    retrieval = view.retrieval(data)
     if retrieval is None:
         return None
     if train_frame is None or not len(train_frame):
@@ -134,28 +130,15 @@ def index_directory(params: dict, examples: Sequence[str], texts: Sequence[str])
 
 
 def _cached(params: dict, examples: list[str], texts: list[str], directory: Path) -> Retriever:
-    from fw import report
-
     if (directory / META_FILE).is_file():
-        report.info(f"retrieval: reusing the {params['type']} index of {len(examples)} training rows at {directory}")
+        console.info(f"retrieval: reusing the {params['type']} index of {len(examples)} training rows at {directory}")
         return Retriever(params, examples, texts, build(params, texts, directory), directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    building = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
-    shutil.rmtree(building, ignore_errors=True)
-    building.mkdir(parents=True)
-    try:
+    with atomic_directory(directory, replace=False) as building:  # built meanwhile by another run: keep that one
         index = build(params, texts, building)
         (building / EXAMPLES_FILE).write_text(json.dumps({"examples": examples, "texts": texts}), encoding="utf-8")
         meta = {"version": INDEX_VERSION, "params": params, "rows": len(examples)}
         (building / META_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
-        try:
-            os.replace(building, directory)
-        except OSError:  # built meanwhile by another run: use that one
-            shutil.rmtree(building, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(building, ignore_errors=True)
-        raise
-    report.info(f"retrieval: built the {params['type']} index of {len(examples)} training rows at {directory}")
+    console.info(f"retrieval: built the {params['type']} index of {len(examples)} training rows at {directory}")
     return Retriever(params, examples, texts, index, directory)
 
 
@@ -168,7 +151,7 @@ def load(directory: Path, data: dict) -> Retriever:
     """A retriever saved by :func:`prepare` / :func:`save_with_model`; ``k`` still comes from ``data``."""
     meta = json.loads((directory / META_FILE).read_text(encoding="utf-8"))
     stored = json.loads((directory / EXAMPLES_FILE).read_text(encoding="utf-8"))
-    params = {**meta["params"], "k": (section(data) or {}).get("k", meta["params"].get("k"))}
+    params = {**meta["params"], "k": (view.retrieval(data) or {}).get("k", meta["params"].get("k"))}
     return Retriever(params, stored["examples"], stored["texts"], build(params, stored["texts"], directory),
                      directory)
 
@@ -185,16 +168,16 @@ def save_with_model(retriever: Retriever | None, model_dir: Path) -> None:
 def for_inference(data: dict, model_path=None, dataset=None) -> Retriever | None:
     """The retriever for ``fw predict`` / ``fw evaluate``: the one saved with the model at ``model_path``, else
     one over the training split of ``dataset`` (in-context learning with ``--config``)."""
-    if section(data) is None:
+    if view.retrieval(data) is None:
         return None
     if model_path is not None:
-        from fw import artifacts, report
+        from fw import artifacts
 
         saved = artifacts.find_model_dir(model_path) / MODEL_SUBDIR
         if (saved / META_FILE).is_file():
             return load(saved, data)
-        report.warn(f"prompt.retrieval: the model at {model_path} was saved without its retrieval index "
-                    f"(no {MODEL_SUBDIR}/ folder); the examples come from the training split of the given dataset.")
+        console.warn(f"prompt.retrieval: the model at {model_path} was saved without its retrieval index "
+                     f"(no {MODEL_SUBDIR}/ folder); the examples come from the training split of the given dataset.")
     return prepare(data, training_split(data, dataset))
 
 
@@ -205,7 +188,7 @@ def training_split(data: dict, dataset):
     if dataset is None:
         raise FwError("prompt.retrieval: no data to draw examples from: pass --dataset.")
     frame = dataset if hasattr(dataset, "columns") else read_table(dataset)
-    target = output_column(data)
+    target = view.output_column(data)
     if target not in frame.columns:
         raise FwError(f"prompt.retrieval: the examples come from the training split of the dataset, which has no "
                       f"'{target}' column to show as their answers. Give a labelled dataset, or a model trained "
@@ -218,8 +201,6 @@ def few_shot_prompts(renderer: PromptRenderer, rows: list[dict], retriever: Retr
                      tokenizer=None, split_name: str = "predict") -> list[str]:
     """The prompt of each row with up to ``k`` retrieved examples in ``{__context__}`` (fewer for rows whose
     prompt would exceed the input budget; see :func:`input_budget`)."""
-    from fw import report
-
     k = requested_k(retriever)
     exclude = [set(retriever.positions.get(example_line(renderer, row, data), ())) for row in rows]
     picks = retriever.index.query([query_text(renderer, row) for row in rows], k, exclude)
@@ -231,22 +212,20 @@ def few_shot_prompts(renderer: PromptRenderer, rows: list[dict], retriever: Retr
         if used < len(picked):
             shortened.append(used)
     if shortened:
-        report.warn(f"prompt.retrieval.k: {len(shortened)} of {len(rows)} {split_name} prompt(s) would exceed the "
-                    f"{budget}-token input budget ({source}) with k={k} examples, so they got fewer (as few as "
-                    f"{min(shortened)}). Raise {source} or lower prompt.retrieval.k.")
+        console.warn(f"prompt.retrieval.k: {len(shortened)} of {len(rows)} {split_name} prompt(s) would exceed the "
+                     f"{budget}-token input budget ({source}) with k={k} examples, so they got fewer (as few as "
+                     f"{min(shortened)}). Raise {source} or lower prompt.retrieval.k.")
     return prompts
 
 
 def requested_k(retriever: Retriever) -> int:
     """``k``, capped at the number of training rows (with one warning per retriever)."""
-    from fw import report
-
     k, size = int(retriever.params.get("k") or 0), len(retriever.examples)
     if k > size and not retriever.warned_k:
         retriever.warned_k = True
-        report.warn(f"prompt.retrieval.k is {k} but the training split has only {size} row(s): each prompt gets at "
-                    f"most {size} example(s) (a training row never gets itself). Lower prompt.retrieval.k or give "
-                    "more training rows.")
+        console.warn(f"prompt.retrieval.k is {k} but the training split has only {size} row(s): each prompt gets at "
+                     f"most {size} example(s) (a training row never gets itself). Lower prompt.retrieval.k or give "
+                     "more training rows.")
     return min(k, size)
 
 
@@ -277,6 +256,6 @@ def input_budget(data: dict, tokenizer) -> tuple[int | None, str]:
         return limits.input, "input_features[0].preprocessing.max_sequence_length"
     if limits.total is None:
         return None, ""
-    source = "preprocessing.global_max_sequence_length" \
-        if (config_data(data).get("preprocessing") or {}).get("global_max_sequence_length") else "the model's context"
+    source = "preprocessing.global_max_sequence_length" if view.global_max_sequence_length(data) \
+        else "the model's context"
     return max(1, limits.total - (limits.output or 0)), source

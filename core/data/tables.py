@@ -20,10 +20,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fw import report
-from fw.errors import FwError
-from fw.data.prompt import PromptRenderer, config_data, is_missing, output_column, output_type, split_column
-from fw.errors import did_you_mean
+from fw import console
+from fw.config import view
+from fw.data.prompt import PromptRenderer, is_missing
+from fw.errors import FwError, did_you_mean
 
 SPLIT_NAMES = ("train", "validation", "test")
 #: splits whose rows are trained on: a missing text target drops the row there
@@ -135,7 +135,6 @@ def make_splits(config, dataset: Any = None, training_set: Any = None, validatio
     """``dataset`` split by its split column or at random (seeded), or the explicit sets as given.
 
     ``preprocessing.sample_ratio`` < 1 keeps that fraction of every source (seeded, in file order)."""
-    data = config_data(config)
     explicit = {"train": training_set, "validation": validation_set, "test": test_set}
     given = {name: source for name, source in explicit.items() if source is not None}
     if dataset is not None and given:
@@ -144,15 +143,14 @@ def make_splits(config, dataset: Any = None, training_set: Any = None, validatio
     if dataset is None and not given:
         raise FwError("no data given: pass --dataset, or --training_set (optionally with --validation_set and "
                       "--test_set).")
-    seed = data.get("trainer", {}).get("seed", 42)
     if dataset is not None:
-        splits = _split(_sampled(read_table(dataset), data, seed, _name(dataset)), data, seed, _name(dataset))
+        splits = _split(_sampled(read_table(dataset), config, _name(dataset)), config, _name(dataset))
     else:
-        frames = {name: _sampled(read_table(source), data, seed, _name(source)) for name, source in given.items()}
+        frames = {name: _sampled(read_table(source), config, _name(source)) for name, source in given.items()}
         empty = next(iter(frames.values())).iloc[0:0]
         splits = Splits(**{name: frames.get(name, empty) for name in SPLIT_NAMES})
     sizes = splits.sizes()
-    report.info(f"data: {sizes['train']} training, {sizes['validation']} validation, {sizes['test']} test rows")
+    console.info(f"data: {sizes['train']} training, {sizes['validation']} validation, {sizes['test']} test rows")
     return splits
 
 
@@ -160,27 +158,27 @@ def _name(source: Any) -> str:
     return "the DataFrame" if isinstance(source, pd.DataFrame) else str(source)
 
 
-def _sampled(frame: pd.DataFrame, data: dict, seed: int, name: str) -> pd.DataFrame:
-    ratio = (data.get("preprocessing") or {}).get("sample_ratio", 1.0)
+def _sampled(frame: pd.DataFrame, config, name: str) -> pd.DataFrame:
+    ratio = view.sample_ratio(config)
     if ratio >= 1:
         return frame
-    sampled = frame.sample(frac=ratio, random_state=seed).sort_index()
+    sampled = frame.sample(frac=ratio, random_state=view.seed(config)).sort_index()
     if sampled.empty:
         raise FwError(f"preprocessing.sample_ratio: {ratio:g} keeps no row of the {len(frame)} in {name}; "
                       "raise it.")
     return sampled
 
 
-def _split(frame: pd.DataFrame, data: dict, seed: int, name: str) -> Splits:
-    settings = (data.get("preprocessing") or {}).get("split") or {}
-    column = split_column(data)
+def _split(frame: pd.DataFrame, config, name: str) -> Splits:
+    settings = view.split_settings(config)
+    column = settings["column"]
     if column in frame.columns:
         return _split_by_column(frame, column, name)
-    if settings.get("type") == "fixed":
+    if settings["type"] == "fixed":
         raise FwError(f"preprocessing.split.type is fixed, but dataset {name} has no column '{column}'. "
                       f"Columns: {', '.join(frame.columns)}.{did_you_mean(column, frame.columns)} Add the column "
                       "(0/train, 1/validation, 2/test) or set preprocessing.split.column.")
-    return _random_split(frame, settings.get("probabilities", [0.8, 0.1, 0.1]), seed)
+    return _random_split(frame, settings["probabilities"], view.seed(config))
 
 
 def split_code(value: Any) -> int | None:
@@ -229,7 +227,7 @@ def row_numbers(index: Iterable[int]) -> str:
 
 def require_target_column(frame: pd.DataFrame, config, split_name: str) -> None:
     """Raise FwError when the output feature's column is missing from ``frame``."""
-    column = output_column(config)
+    column = view.output_column(config)
     if column not in frame.columns:
         raise FwError(f"output_features[0] reads column '{column}' that the {split_name} data does not have. "
                       f"Columns: {', '.join(map(str, frame.columns))}.{did_you_mean(column, frame.columns)}")
@@ -248,7 +246,7 @@ def clean(frame: pd.DataFrame, config, split_name: str) -> pd.DataFrame:
     if frame.empty:
         return frame.copy()
     cleaned = _drop_rows_without_input(frame, renderer, split_name)
-    if output_column(config) in cleaned.columns:
+    if view.output_column(config) in cleaned.columns:
         cleaned = _fill_or_drop_missing_targets(cleaned, config, split_name)
     if cleaned.empty:
         raise FwError(f"no {split_name} rows left: all {len(frame)} were dropped (see the warnings above).")
@@ -264,32 +262,32 @@ def _drop_rows_without_input(frame: pd.DataFrame, renderer: PromptRenderer, spli
     if empty.any():
         which = "every input column" if renderer.uses_sample and len(columns) > 1 else \
             ", ".join(f"'{column}'" for column in columns)
-        report.warn(f"{split_name}: dropped {empty.sum()} of {len(frame)} row(s) with no input text (empty "
-                    f"{which}): {row_numbers(frame.index[empty])}.")
+        console.warn(f"{split_name}: dropped {empty.sum()} of {len(frame)} row(s) with no input text (empty "
+                     f"{which}): {row_numbers(frame.index[empty])}.")
     return frame[~empty].copy()
 
 
 def _fill_or_drop_missing_targets(frame: pd.DataFrame, config, split_name: str) -> pd.DataFrame:
-    column = output_column(config)
+    column = view.output_column(config)
     missing = frame[column].map(is_missing).astype(bool)
     if not missing.any():
         return frame
     rows = row_numbers(frame.index[missing])
-    if output_type(config) == "category":
-        fallback = (config_data(config)["output_features"][0].get("preprocessing") or {}).get("fallback_label")
+    if view.output_type(config) == "category":
+        fallback = view.fallback_label(config)
         if fallback is not None:
             frame[column] = frame[column].astype(object)
             frame.loc[missing, column] = fallback
-            report.warn(f"{split_name}: {missing.sum()} row(s) with no '{column}' value get the fallback_label "
-                        f"'{fallback}': {rows}.")
+            console.warn(f"{split_name}: {missing.sum()} row(s) with no '{column}' value get the fallback_label "
+                         f"'{fallback}': {rows}.")
             return frame
         if split_name == "predict":  # predictions need no label
             return frame
-        report.warn(f"{split_name}: dropped {missing.sum()} row(s) with no '{column}' value (set "
-                    f"output_features[0].preprocessing.fallback_label to keep them): {rows}.")
+        console.warn(f"{split_name}: dropped {missing.sum()} row(s) with no '{column}' value (set "
+                     f"output_features[0].preprocessing.fallback_label to keep them): {rows}.")
         return frame[~missing]
     if split_name in TRAINING_SPLITS:
-        report.warn(f"{split_name}: dropped {missing.sum()} row(s) with no '{column}' target: {rows}.")
+        console.warn(f"{split_name}: dropped {missing.sum()} row(s) with no '{column}' target: {rows}.")
         return frame[~missing]
     return frame
 

@@ -23,9 +23,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from fw.config import view
 from fw.errors import FwError
-from fw.data.prompt import config_data
 
+#: the label of a token the loss skips (the ignore_index of torch cross_entropy and of transformers' losses);
+#: this is its one home: every module that masks or counts labels imports it from here
 IGNORE_INDEX = -100
 #: tokenizers without a real limit report a huge ``model_max_length``; below this it is taken as the context
 REAL_LIMIT = 10_000_000
@@ -62,17 +64,12 @@ class Limits:
 
     @classmethod
     def from_config(cls, config, tokenizer=None, context_length: int | None = None) -> Limits:
-        data = config_data(config)
-        total = (data.get("preprocessing") or {}).get("global_max_sequence_length") or context_length
+        total = view.global_max_sequence_length(config) or context_length
         if total is None and tokenizer is not None:
             model_max = getattr(tokenizer, "model_max_length", None)
             total = int(model_max) if isinstance(model_max, (int, float)) and 0 < model_max < REAL_LIMIT else None
-        return cls(input=_feature_limit(data["input_features"][0]), output=_feature_limit(data["output_features"][0]),
+        return cls(input=view.input_max_sequence_length(config), output=view.output_max_sequence_length(config),
                    total=total)
-
-
-def _feature_limit(feature: dict) -> int | None:
-    return (feature.get("preprocessing") or {}).get("max_sequence_length")
 
 
 @dataclass

@@ -9,18 +9,10 @@ length is capped at the longest label plus EOS.
 """
 from __future__ import annotations
 
+from fw.config import view
+
 #: a prompt-like text the labels are tokenized after, so "positive" gets the token(s) it has mid-sentence
 ANCHOR = "Answer:"
-
-
-def labels_of(data: dict) -> list[str]:
-    decoder = data["output_features"][0].get("decoder") or {}
-    return [str(label) for label in (decoder.get("match") or {})]
-
-
-def is_constrained(data: dict) -> bool:
-    feature = data["output_features"][0]
-    return feature.get("type") == "category" and bool((feature.get("decoder") or {}).get("constrain_to_vocabulary"))
 
 
 def continuation_ids(tokenizer, text: str, anchor: str = ANCHOR) -> list[int]:
@@ -100,7 +92,7 @@ class LabelTrieLogitsProcessor:
 
 def processor_factory(data: dict, tokenizer):
     """``prompt_width -> LabelTrieLogitsProcessor`` for ``data``'s labels, and the longest label in tokens."""
-    trie = build_trie(tokenizer, labels_of(data))
+    trie = build_trie(tokenizer, view.labels(data))
     eos = tokenizer.eos_token_id
     eos_ids = list(eos) if isinstance(eos, (list, tuple)) else [eos]
     return (lambda prompt_width: LabelTrieLogitsProcessor(trie, prompt_width, eos_ids, tokenizer.pad_token_id),

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from fw.config import view
+
 
 @dataclass(frozen=True)
 class Generation:
@@ -56,22 +58,22 @@ def generate(model, tokenizer, prompt_ids, data: dict, show_progress: bool = Fal
     """Generate for every prompt (token id lists), batched by length; results in input order."""
     import torch
 
+    from fw.console import ProgressBar
     from fw.data.tokens import length_sorted_batches
     from fw.infer.settings import plan as generation_plan
 
     sequences = as_id_lists(prompt_ids)
-    trainer = data.get("trainer") or {}
     longest = max((len(sequence) for sequence in sequences), default=0)
     processors, label_tokens = constrained_processors(data, tokenizer)
     settings = generation_plan(data, tokenizer, model, longest, processors,
                                max_new_tokens=label_tokens + 1 if label_tokens else None)
-    batch_size = settings.batch_size or trainer.get("eval_batch_size") or trainer.get("batch_size") or 1
-    torch.manual_seed(trainer.get("seed", 42))
+    batch_size = settings.batch_size or view.eval_batch_size(data)
+    torch.manual_seed(view.seed(data))
     device = next(model.parameters()).device
     results: list[Generation | None] = [None] * len(sequences)
     batches = length_sorted_batches([len(sequence) for sequence in sequences], batch_size)
     model.eval()
-    with progress_bar(len(sequences), show_progress) as advance, torch.no_grad():
+    with ProgressBar("generating", len(sequences), show_progress) as bar, torch.no_grad():
         for indices in batches:
             ids, mask = left_pad([sequences[i] for i in indices], tokenizer.pad_token_id)
             output = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
@@ -81,40 +83,16 @@ def generate(model, tokenizer, prompt_ids, data: dict, show_progress: bool = Fal
                 tokens = new_tokens[row].tolist()
                 results[index] = Generation(raw=tokenizer.decode(tokens, skip_special_tokens=False),
                                             text=tokenizer.decode(tokens, skip_special_tokens=True).strip())
-            advance(len(indices))
+            bar.advance(len(indices))
     return results  # type: ignore[return-value]
 
 
 def constrained_processors(data: dict, tokenizer) -> tuple[list, int]:
     """([label-trie processor factory], longest label in tokens) when ``constrain_to_vocabulary`` is on, else
     ([], 0). The caller caps the generation at the longest label + EOS: nothing longer can be generated."""
-    from fw.infer.constrained import is_constrained, processor_factory
+    from fw.infer.constrained import processor_factory
 
-    if not is_constrained(data):
+    if not view.constrains_to_labels(data):
         return [], 0
     factory, depth = processor_factory(data, tokenizer)
     return [factory], depth
-
-
-class progress_bar:
-    """``with progress_bar(total, show) as advance: advance(n)`` — a rich bar on stderr, or nothing."""
-
-    def __init__(self, total: int, show: bool):
-        self.total, self.show, self.progress = total, show, None
-
-    def __enter__(self):
-        if not self.show:
-            return lambda n: None
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.progress = Progress(TextColumn("[bold]generating"), BarColumn(), MofNCompleteColumn(),
-                                 TimeRemainingColumn(), console=Console(stderr=True))
-        task = self.progress.add_task("generate", total=self.total)
-        self.progress.start()
-        return lambda n: self.progress.update(task, advance=n)
-
-    def __exit__(self, *exc):
-        if self.progress is not None:
-            self.progress.stop()
-        return False

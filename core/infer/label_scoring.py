@@ -9,6 +9,7 @@ fallback: deterministic, and cheaper than generating when labels are short.
 """
 from __future__ import annotations
 
+from fw.config import view
 from fw.plugin import DecodedOutputs
 
 
@@ -44,31 +45,25 @@ def score_labels(model, tokenizer, prompt_ids, data: dict, show_progress: bool =
     """The most likely label of every prompt, with per-label probabilities, in input order."""
     import torch
 
-    from fw.infer.constrained import labels_of
+    from fw.console import ProgressBar
     from fw.data.tokens import length_sorted_batches
-    from fw.infer.generation import as_id_lists, progress_bar
+    from fw.infer.generation import as_id_lists
 
-    labels = labels_of(data)
+    labels = view.labels(data)
     candidates = label_ids(tokenizer, labels)
     sequences = as_id_lists(prompt_ids)
-    trainer = data.get("trainer") or {}
-    batch_size = trainer.get("eval_batch_size") or trainer.get("batch_size") or 1
     scores = torch.zeros((len(sequences), len(labels)))
     model.eval()
-    with progress_bar(len(sequences), show_progress) as advance, torch.no_grad():
-        for indices in length_sorted_batches([len(sequence) for sequence in sequences], batch_size):
+    with ProgressBar("scoring labels", len(sequences), show_progress) as bar, torch.no_grad():
+        for indices in length_sorted_batches([len(sequence) for sequence in sequences], view.eval_batch_size(data)):
             scores[indices] = score_batch(model, [sequences[i] for i in indices], candidates,
                                           tokenizer.pad_token_id)
-            advance(len(indices))
+            bar.advance(len(indices))
     probabilities = scores.softmax(dim=-1)
     best = probabilities.argmax(dim=-1).tolist()
-    name = data["output_features"][0]["name"]
+    name = view.output_name(data)
     return DecodedOutputs(values=[labels[i] for i in best], matched=[True] * len(best), columns={
         f"{name}_probabilities": [dict(zip(labels, row)) for row in probabilities.tolist()],
         f"{name}_probability": [row[i] for row, i in zip(probabilities.tolist(), best)],
     })
 
-
-def is_label_scoring(data: dict) -> bool:
-    feature = data["output_features"][0]
-    return feature.get("type") == "category" and bool((feature.get("decoder") or {}).get("label_scoring"))

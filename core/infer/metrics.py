@@ -114,25 +114,17 @@ def output_metrics(predictions, targets, output_type: str, matched=None, labels=
 
 
 def category_tables(statistics: dict) -> list:
-    """rich tables of each category output's per-class scores and confusion matrix (for the CLI)."""
-    from rich.table import Table
+    """Tables of each category output's per-class scores and confusion matrix (for the CLI)."""
+    from fw.console import table
 
     tables = []
     for output, metrics in statistics.items():
         if not isinstance(metrics, dict) or "confusion_matrix" not in metrics:
             continue
-        per_class = Table(title=f"{output}: per class")
-        for column in ("label", "precision", "recall", "f1", "support"):
-            per_class.add_column(column, justify="left" if column == "label" else "right")
-        for label, scores in metrics["per_class"].items():
-            per_class.add_row(label, *(f"{scores[key]:.4f}" for key in ("precision", "recall", "f1")),
-                              str(scores["support"]))
-        confusion = Table(title=f"{output}: confusion matrix (rows: true, columns: predicted)")
+        per_class = [[label, *(f"{scores[key]:.4f}" for key in ("precision", "recall", "f1")), scores["support"]]
+                     for label, scores in metrics["per_class"].items()]
         labels = metrics["confusion_matrix"]["labels"]
-        confusion.add_column("")
-        for label in labels:
-            confusion.add_column(label, justify="right")
-        for label, row in zip(labels, metrics["confusion_matrix"]["matrix"]):
-            confusion.add_row(label, *map(str, row))
-        tables += [per_class, confusion]
+        confusion = [[label, *row] for label, row in zip(labels, metrics["confusion_matrix"]["matrix"])]
+        tables += [table(f"{output}: per class", ["label", "precision", "recall", "f1", "support"], per_class),
+                   table(f"{output}: confusion matrix (rows: true, columns: predicted)", ["", *labels], confusion)]
     return tables

@@ -23,6 +23,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from fw.config import view
+
 SAMPLING_ONLY = ("temperature", "top_p", "typical_p", "epsilon_cutoff", "eta_cutoff")
 #: keys fw applies itself instead of handing them to GenerationConfig
 FW_APPLIED = ("forced_decoder_ids", "forced_bos_token_id")
@@ -60,11 +62,11 @@ def model_context_length(model) -> int | None:
 
 def resolve_max_new_tokens(data: dict, model=None, longest_prompt: int = 0) -> int:
     """``generation.max_new_tokens``, or the spec's fallback chain when it is null."""
-    explicit = (data.get("generation") or {}).get("max_new_tokens")
+    explicit = view.generation(data).get("max_new_tokens")
     if explicit is not None:
         return int(explicit)
-    output = (data["output_features"][0].get("preprocessing") or {}).get("max_sequence_length")
-    global_limit = (data.get("preprocessing") or {}).get("global_max_sequence_length")
+    output = view.output_max_sequence_length(data)
+    global_limit = view.global_max_sequence_length(data)
     context = model_context_length(model) if model is not None else None
     room = max(1, context - longest_prompt) if context else None
     for candidate in (output, global_limit):
@@ -90,11 +92,11 @@ def transformers_fields(data: dict, tokenizer, max_new_tokens: int) -> dict:
     """The ``GenerationConfig`` keyword arguments of the ``generation`` section."""
     from fw.infer.strategies import strategy_name
 
-    raw = {key: value for key, value in (data.get("generation") or {}).items() if value is not None}
+    raw = {key: value for key, value in view.generation(data).items() if value is not None}
     section = {key: value for key, value in raw.items() if key not in FW_APPLIED}
     section["max_new_tokens"] = max_new_tokens
     section.pop("max_length", None)
-    if not section.get("do_sample", True):
+    if not section.get("do_sample", view.schema_default("generation", "do_sample")):
         for key in SAMPLING_ONLY:
             section.pop(key, None)
         if strategy_name(raw) != "contrastive_search":
@@ -119,7 +121,7 @@ def plan(data: dict, tokenizer, model=None, longest_prompt: int = 0, extra_proce
     from fw.infer.strategies import custom_generate_for
     from fw.infer.logits_processors import forced_positions_factory
 
-    section = data.get("generation") or {}
+    section = view.generation(data)
     fields = transformers_fields(data, tokenizer,
                                  max_new_tokens or resolve_max_new_tokens(data, model, longest_prompt))
     processors = list(extra_processors)

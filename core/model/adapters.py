@@ -17,6 +17,7 @@ import functools
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from fw.config import view
 from fw.errors import ConfigError, ConfigIssue, FwError
 from fw.plugin import resolve
 from fw.plugin.descriptors import AdapterPlugin
@@ -95,7 +96,7 @@ def peft_failure_message(descriptor: AdapterPlugin, config, model, exc: Exceptio
 # -- what training asks of the adapter -----------------------------------------------------------------------
 def trained_section(config: dict) -> tuple[AdapterPlugin | None, dict]:
     """(descriptor, section) of the adapter being trained, or (None, {}) for a full fine-tune."""
-    section = config.get("adapter") or {}
+    section = view.adapter(config) or {}
     return (adapter_descriptor(section["type"]) if section.get("type") else None), section
 
 

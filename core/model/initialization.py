@@ -46,17 +46,11 @@ class TrainingData:
 
     @contextmanager
     def progress(self, description: str, total: int) -> Iterator[Callable[[], None]]:
-        """A rich progress bar over ``total`` calibration batches; yields ``advance()``."""
-        if not self.show_progress:
-            yield lambda: None
-            return
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        """A progress bar over ``total`` calibration batches; yields ``advance()``."""
+        from fw.console import ProgressBar
 
-        with Progress(TextColumn(f"[bold]{description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=Console(stderr=True), transient=True) as bar:
-            task = bar.add_task(description, total=total)
-            yield lambda: bar.advance(task)
+        with ProgressBar(description, total, self.show_progress, transient=True) as bar:
+            yield bar.advance
 
 
 def initializer_name(section: dict) -> str | None:

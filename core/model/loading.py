@@ -21,14 +21,12 @@ import os
 from pathlib import Path
 from typing import Any
 
+from fw.config import view
 from fw.errors import FwError
 from fw.plugin.models import (REMOTE_CODE_MESSAGE, device, ensure_pad_token, hub_error_message, hub_token,
                               looks_like_path, quiet_libraries)
 
 
-def config_data(config) -> dict:
-    """The plain dict of a :class:`fw.config.load.Config` (or the dict itself)."""
-    return config.data if hasattr(config, "data") else config
 
 
 def choose_dtype(precision: str = "auto"):
@@ -91,7 +89,7 @@ def quantization_kwargs(data: dict, for_training: bool = False) -> tuple[dict, A
     from fw.model.quantization import quantizer_of, section_for_loading
     from fw.plugin import resolve
 
-    section = section_for_loading(data.get("quantization"), for_training)
+    section = section_for_loading(view.quantization(data), for_training)
     if not section:
         return {}, None, section
     descriptor = quantizer_of(section)
@@ -124,18 +122,18 @@ def load_base_model(config, for_training: bool = False, tokenizer_from: str | No
     """(model, tokenizer) for ``config['base_model']``, on the best device, in eval mode unless training.
     ``tokenizer_from``: load the tokenizer from there instead (a saved run's ``model/``)."""
     quiet_libraries()
-    data = config_data(config)
-    name = data["base_model"]
+    data = view.data_of(config)
+    name = view.base_model(data)
     location = resolve_location(name)
     if os.path.isdir(location):
         refuse_remote_code(location, name)
     else:
-        from fw import report
+        from fw import console
 
-        report.info(f"base_model: loading '{name}' from the Hugging Face Hub (or its local cache)")
+        console.info(f"base_model: loading '{name}' from the Hugging Face Hub (or its local cache)")
     tokenizer = load_tokenizer(tokenizer_from) if tokenizer_from else load_tokenizer(location, name)
     quant_kwargs, transform, quant_section = quantization_kwargs(data, for_training)
-    dtype = choose_dtype((data.get("trainer") or {}).get("precision", "auto"))
+    dtype = choose_dtype(view.precision(data))
     from fw.model.rope import rope_kwargs
 
     extra = {**rope_kwargs(location, data, hub_token()), **quant_kwargs}
@@ -165,12 +163,12 @@ def apply_adapter(model, config, training=None, adapter_name: str | None = None)
     training rows for their pass before training, and the adapter plugin the planned step count.
     With ``adapters`` (several named ones) every adapter is attached and only ``adapter_name`` (``--adapter``,
     else ``adapters.active``) trains: see :mod:`fw.model.multi_adapter`."""
-    data = config_data(config)
-    if data.get("adapters"):
+    data = view.data_of(config)
+    if view.named_adapters(data):
         from fw.model.multi_adapter import prepare_for_training
 
         return prepare_for_training(model, data, adapter_name)[0]
-    section = data.get("adapter")
+    section = view.adapter(data)
     if not section:
         model.requires_grad_(True)
         return model

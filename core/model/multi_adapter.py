@@ -206,12 +206,12 @@ def merge_kwargs(strategy, merge: dict) -> dict:
 # -- the pipeline's entry points ----------------------------------------------------------------------------------
 def prepare_for_training(model, data: dict, requested: str | None = None):
     """(PeftModel with every adapter, the name of the one to train)."""
-    from fw import report
+    from fw import console
 
     trained = training_adapter(data, requested)
     peft_model = attach_adapters(model, data, trained)
     others = [name for name in adapter_names(data) if name != trained]
-    report.info(f"training adapter '{trained}'" + (f"; frozen: {', '.join(others)}" if others else ""))
+    console.info(f"training adapter '{trained}'" + (f"; frozen: {', '.join(others)}" if others else ""))
     return peft_model, trained
 
 

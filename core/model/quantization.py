@@ -13,12 +13,12 @@ backend-independent steps the pipeline calls:
 """
 from __future__ import annotations
 
+from fw.config import view
+from fw.config.sockets import QUANTIZER
 from fw.plugin import get_registry, is_kbit_model, resolve
 
 
 def quantizer_of(section: dict):
-    from fw.config.sockets import QUANTIZER
-
     return get_registry().get("quantizer", section.get(QUANTIZER.selector) or QUANTIZER.default)
 
 
@@ -40,7 +40,7 @@ def prepare_for_training(model, data: dict):
         return model
     from peft import prepare_model_for_kbit_training
 
-    checkpointing = bool((data.get("trainer") or {}).get("enable_gradient_checkpointing"))
+    checkpointing = view.gradient_checkpointing(data)
     return prepare_model_for_kbit_training(
         model, use_gradient_checkpointing=checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False} if checkpointing else None)
@@ -48,7 +48,7 @@ def prepare_for_training(model, data: dict):
 
 def finish_training(model, data: dict):
     """The quantizer's ``after_training`` step on a model trained with QAT (before it is saved)."""
-    section = section_for_loading(data.get("quantization"), for_training=True)
+    section = section_for_loading(view.quantization(data), for_training=True)
     if not section or not section.get("qat"):
         return model
     step = quantizer_of(section).after_training

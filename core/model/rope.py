@@ -15,10 +15,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from fw.config import view
+
 
 def rope_scaling_of(data: dict) -> dict | None:
     """``{"rope_type", "factor"}`` from the config, or None when RoPE scaling is off."""
-    rope = (data.get("model_parameters") or {}).get("rope_scaling") or {}
+    rope = view.rope_scaling(data)
     if not rope.get("rope_type"):
         return None
     return {"rope_type": rope["rope_type"], "factor": float(rope.get("factor") or 1.0)}

@@ -9,11 +9,11 @@ import hashlib
 import json
 import os
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fw.atomic import write_text_atomic
 from fw.plugin.lazy import resolve
 
 CACHE_VERSION = 1
@@ -70,15 +70,8 @@ def entry_points(group: str) -> list[CachedEntryPoint]:
     except (OSError, ValueError, TypeError):
         pass
     found = _scan(group)
-    _write_atomically(path, json.dumps([vars(e) for e in found]))
-    return found
-
-
-def _write_atomically(path: Path, text: str) -> None:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as handle:
-            handle.write(text)
-        os.replace(handle.name, path)
+        write_text_atomic(path, json.dumps([vars(e) for e in found]))
     except OSError:  # a read-only home only costs speed
         pass
+    return found

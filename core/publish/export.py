@@ -25,7 +25,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from fw import artifacts, report
+from fw import artifacts, console
 from fw.errors import FwError
 
 DTYPES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
@@ -37,10 +37,10 @@ RUN_FILES = (artifacts.MANIFEST, artifacts.TRAINING_STATISTICS, artifacts.TEST_S
 def export(model_path, output, merge: bool = False, dtype: str | None = None, adapter: str | None = None,
            max_shard_size: str = DEFAULT_MAX_SHARD_SIZE) -> Path:
     """Write the standalone model of ``model_path`` to ``output`` (a new or empty directory); returns it."""
+    from fw.atomic import atomic_directory
     from fw.model import multi_adapter
     from fw.model.loading import quiet_libraries
     from fw.publish.card import describe
-    from fw.train.checkpoint import atomic_directory
 
     quiet_libraries()
     model_dir = artifacts.find_model_dir(model_path)
@@ -63,7 +63,7 @@ def export(model_path, output, merge: bool = False, dtype: str | None = None, ad
             tokenizer = export_weights(model_dir, data, name, directory, dtype, max_shard_size)
             exported = merged_config(data, name) if saved.is_adapter or saved.kind == "merged" else data
         finish(directory, model_dir, exported, tokenizer, output, name if merge else None)
-    report.info(f"exported {'the merged model' if merge or not saved.is_adapter else 'the adapter'} to {output}")
+    console.info(f"exported {'the merged model' if merge or not saved.is_adapter else 'the adapter'} to {output}")
     return output
 
 
@@ -148,9 +148,9 @@ def merged(peft_model, data: dict):
     """The base model with the active adapter merged in (PEFT ``merge_and_unload``)."""
     quantization = data.get("quantization")
     if quantization:
-        report.warn(f"the adapter was trained on a base quantized with {quantization.get('backend')}; merged into "
-                    "the base model's unquantized weights its outputs differ slightly from what fw ran and "
-                    "evaluated. Compare a few generations with fw predict before serving it.")
+        console.warn(f"the adapter was trained on a base quantized with {quantization.get('backend')}; merged into "
+                     "the base model's unquantized weights its outputs differ slightly from what fw ran and "
+                     "evaluated. Compare a few generations with fw predict before serving it.")
     return peft_model.merge_and_unload()
 
 
@@ -172,8 +172,8 @@ def dequantized(model):
                           "dequantize (it can bitsandbytes; fw also dequantizes torchao), so fw export cannot write "
                           f"plain weights. Serve the saved model as it is (transformers loads it with {method} "
                           "installed), or train on an unquantized base model.") from None
-    report.warn(f"the weights were stored quantized ({method}): they are exported dequantized, with the precision "
-                "of the quantized values, not of the original weights.")
+    console.warn(f"the weights were stored quantized ({method}): they are exported dequantized, with the precision "
+                 "of the quantized values, not of the original weights.")
     return model
 
 
@@ -228,8 +228,8 @@ def finish(directory: Path, model_dir: Path, data: dict, tokenizer, location: Pa
 
     reason = use_prompt_as_chat_template(tokenizer, data)
     if reason:
-        report.warn(f"the exported tokenizer has no chat template: {reason}, which one chat message cannot fill. "
-                    "Send prompts formatted as the model card shows to the completions endpoint.")
+        console.warn(f"the exported tokenizer has no chat template: {reason}, which one chat message cannot fill. "
+                     "Send prompts formatted as the model card shows to the completions endpoint.")
     tokenizer.save_pretrained(str(directory))
     shutil.copy2(model_dir / "generation_config.json", directory / "generation_config.json")
     (directory / artifacts.MODEL_CONFIG_FILE).write_text(artifacts.config_yaml(data), encoding="utf-8")

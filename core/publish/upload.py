@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from fw import artifacts, report
+from fw import artifacts, console
 from fw.errors import FwError
 
 SERVICES = ("hf_hub",)
@@ -42,8 +42,8 @@ def upload(repo_id: str, model_path, private: bool = False, repo_type: str = "mo
     token = hub_token()
     refresh_card(model_dir, repo_id)
     if (model_dir / "retrieval").is_dir() and not private:
-        report.warn(f"{model_dir}/retrieval holds training rows (the few-shot examples index): they become public "
-                    "with the model. Pass --private to keep the repository private.")
+        console.warn(f"{model_dir}/retrieval holds training rows (the few-shot examples index): they become public "
+                     "with the model. Pass --private to keep the repository private.")
     try:
         return send(model_dir, token, repo_id, private, repo_type, commit_message or DEFAULT_COMMIT_MESSAGE,
                     commit_description, revision)

@@ -9,76 +9,20 @@ A checkpoint is a directory ``checkpoints/step-<N>/`` holding
 
 Each directory is written under a temporary name, every file fsynced, then renamed into place; the pointer
 ``checkpoints/latest.json`` is replaced atomically afterwards. A crash at any moment leaves either the previous
-checkpoint or the new one, never a half-written one. :func:`atomic_directory` is also what writes ``model/``.
+checkpoint or the new one, never a half-written one (:mod:`fw.atomic`, which also writes ``model/``).
 """
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import random
 import shutil
-import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+
+from fw.atomic import atomic_directory, write_json_atomic
 
 LATEST = "latest.json"
 BEST = "best"
 KEEP = 2
-
-
-# -- atomic file system helpers ----------------------------------------------------------------------------------
-def fsync_tree(path: Path) -> None:
-    for item in sorted(Path(path).rglob("*")):
-        if item.is_file():
-            with open(item, "rb") as handle:
-                os.fsync(handle.fileno())
-    fsync_dir(path)
-
-
-def fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        descriptor = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)
-
-
-@contextlib.contextmanager
-def atomic_directory(final: Path) -> Iterator[Path]:
-    """Yield a temporary sibling directory; on success it replaces ``final`` in one rename (the old one, if any,
-    is moved aside first and deleted after). On an exception the temporary directory is removed."""
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    temporary = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-    try:
-        yield temporary
-        fsync_tree(temporary)
-        old = None
-        if final.exists():
-            old = final.parent / f".{final.name}.old-{os.getpid()}"
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(final, old)
-        os.replace(temporary, final)
-        fsync_dir(final.parent)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.parent / f".{path.name}.tmp-{os.getpid()}"
-    with open(temporary, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=2)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-    fsync_dir(path.parent)
 
 
 # -- what is saved -----------------------------------------------------------------------------------------------

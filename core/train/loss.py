@@ -19,7 +19,8 @@ trainer takes the standard path; :func:`matches_standard` checks the rest numeri
 """
 from __future__ import annotations
 
-IGNORE_INDEX = -100
+from fw.data.tokens import IGNORE_INDEX
+
 #: logits elements per chunk (64 Mi: 256 MB in float32), i.e. 512 tokens of a 128k vocabulary
 CHUNK_ELEMENTS = 1 << 26
 #: config attributes that mean the logits are not just the head's output
@@ -141,7 +142,7 @@ def matches_standard(model, batch: dict) -> bool:
 
 def choose(model, batch: dict, wanted: bool):
     """The loss function the trainer uses: chunked when wanted, supported and verified, else standard."""
-    from fw import report
+    from fw import console
 
     if not wanted:
         return standard_loss_sum
@@ -149,6 +150,6 @@ def choose(model, batch: dict, wanted: bool):
     if reason is None and not matches_standard(model, batch):
         reason = "its loss differs from the model's own on a probe row"
     if reason is not None:
-        report.info(f"trainer.chunked_loss: using the model's own loss ({reason}).")
+        console.info(f"trainer.chunked_loss: using the model's own loss ({reason}).")
         return standard_loss_sum
     return chunked_loss_sum

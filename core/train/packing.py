@@ -23,6 +23,7 @@ import bisect
 import math
 from collections.abc import Sequence
 
+from fw.data.tokens import IGNORE_INDEX
 from fw.train.loss import transformers_model
 
 #: per-row loss difference (packed vs unpacked) above which the architecture is taken to mix packed rows
@@ -88,10 +89,10 @@ def choose_attention(model) -> str:
         try:
             base.set_attn_implementation(wanted)
         except (ValueError, ImportError) as exc:  # the architecture has no such kernel: keep SDPA, say so
-            from fw import report
+            from fw import console
 
-            report.warn(f"trainer.packing: {wanted} is not available for {type(base).__name__} ({exc}); "
-                        f"packed batches use {current} with a block-diagonal mask.")
+            console.warn(f"trainer.packing: {wanted} is not available for {type(base).__name__} ({exc}); "
+                         f"packed batches use {current} with a block-diagonal mask.")
     return base.config._attn_implementation
 
 
@@ -106,7 +107,7 @@ def check_rows_separated(model, rows) -> None:
 
     from fw.errors import FwError
 
-    probe = [row for row in rows if sum(label != -100 for label in row.labels[1:])][:2]
+    probe = [row for row in rows if row.trained_tokens][:2]
     if len(probe) < 2:
         return
     was_training = model.training
@@ -138,7 +139,7 @@ def _per_row_losses(model, batch: dict, lengths: list[int]) -> list[float]:
     labels = batch["labels"]
     logits = model(**{k: v for k, v in batch.items() if k != "labels"}, use_cache=False).logits.float()
     token_losses = torch.nn.functional.cross_entropy(logits[0, :-1], labels[0, 1:], reduction="none")
-    mask = labels[0, 1:] != -100
+    mask = labels[0, 1:] != IGNORE_INDEX
     losses, start = [], 0
     for length in lengths:
         # row tokens [start, start+length): their predictions sit at [start-1, start+length-1) of the shift

@@ -21,7 +21,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fw.config.view import eval_batch_size, neftune_noise_alpha
 from fw.train import checkpoint as ckpt
+from fw.train.loss import response_tokens
 
 
 @dataclass
@@ -138,7 +140,7 @@ def evaluate_loss(model, tokenizer, rows, batch_size: int) -> dict:
     with torch.no_grad():
         for indices in micro_batches(rows, batch_size):
             batch = to_device(collate([rows[i] for i in indices], tokenizer), model_device(model))
-            tokens = int((batch["labels"][:, 1:] != -100).sum())
+            tokens = response_tokens(batch["labels"])
             if tokens:
                 total += float(model(**batch).loss) * tokens
                 count += tokens
@@ -171,33 +173,24 @@ class Reporter:
     """Rich progress bar + TensorBoard writer (either may be off)."""
 
     def __init__(self, total_steps: int, start_step: int, log_dir: Path | None, show_progress: bool):
-        self.progress = self.task = self.writer = None
-        if show_progress:
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from fw.console import ProgressBar
 
-            self.progress = Progress(TextColumn("[bold]training"), BarColumn(), MofNCompleteColumn(),
-                                     TextColumn("loss {task.fields[loss]}  lr {task.fields[lr]}  "
-                                                "{task.fields[speed]} tok/s"), TimeRemainingColumn(),
-                                     console=Console(stderr=True))
-            self.task = self.progress.add_task("train", total=total_steps, completed=start_step,
-                                               loss="-", lr="-", speed="-")
-            self.progress.start()
+        self.writer = None
+        self.progress = ProgressBar("training", total_steps, show_progress, completed=start_step,
+                                    status="loss {loss}  lr {lr}  {speed} tok/s").start()
         if log_dir is not None:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:  # tensorboard not installed: skip event files, say so
-                from fw import report
+                from fw import console
 
-                report.warn("tensorboard is not installed; no TensorBoard event files are written "
-                            "(pip install tensorboard).")
+                console.warn("tensorboard is not installed; no TensorBoard event files are written "
+                             "(pip install tensorboard).")
             else:
                 self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=start_step or None)
 
     def step(self, step: int, loss: float, lr: float, tokens_per_second: float) -> None:
-        if self.progress is not None:
-            self.progress.update(self.task, completed=step, loss=f"{loss:.4f}", lr=f"{lr:.2e}",
-                                 speed=f"{tokens_per_second:,.0f}")
+        self.progress.update(step, loss=f"{loss:.4f}", lr=f"{lr:.2e}", speed=f"{tokens_per_second:,.0f}")
         if self.writer is not None:
             self.writer.add_scalar("train/loss", loss, step)
             self.writer.add_scalar("train/learning_rate", lr, step)
@@ -209,8 +202,7 @@ class Reporter:
                 self.writer.add_scalar(f"{prefix}/{key}", value, step)
 
     def close(self) -> None:
-        if self.progress is not None:
-            self.progress.stop()
+        self.progress.stop()
         if self.writer is not None:
             self.writer.close()
 
@@ -300,7 +292,7 @@ def train(model, tokenizer, train_rows, validation_rows, config: dict, run_dir: 
     model.train()
     if trainer["enable_gradient_checkpointing"]:
         enable_gradient_checkpointing(model)
-    alpha = (config.get("model_parameters") or {}).get("neftune_noise_alpha") or 0
+    alpha = neftune_noise_alpha(config)
     hook = add_neftune(model, alpha) if alpha else None
     prepare_speedups(model, tokenizer, train_rows, trainer, layout)
     optimizer = build_optimizer(model, config)
@@ -329,7 +321,7 @@ def train(model, tokenizer, train_rows, validation_rows, config: dict, run_dir: 
 def save_interrupted(checkpoints: Path, model, optimizer, scheduler, position: Position, history: History) -> None:
     """Ctrl-C, out of memory, a crash: keep the work done so far as a checkpoint at the last optimizer step
     (the weights and optimizer are exactly there; a half-accumulated gradient is simply redone on resume)."""
-    from fw import report
+    from fw import console
 
     if position.step == 0:
         return
@@ -337,22 +329,22 @@ def save_interrupted(checkpoints: Path, model, optimizer, scheduler, position: P
         path = ckpt.save_checkpoint(checkpoints, position.step, model, optimizer, scheduler, position.committed(),
                                     history.as_dict())
     except Exception as exc:  # the original error matters more; say why nothing was saved
-        report.warn(f"training stopped at step {position.step}; could not write a checkpoint: {exc}")
+        console.warn(f"training stopped at step {position.step}; could not write a checkpoint: {exc}")
         return
-    report.warn(f"training stopped at step {position.step}; checkpoint saved in {path}. "
-                "Run the same fw train command with --resume to continue.")
+    console.warn(f"training stopped at step {position.step}; checkpoint saved in {path}. "
+                 "Run the same fw train command with --resume to continue.")
 
 
 def restore(checkpoints: Path, model, optimizer, scheduler) -> tuple[Position, History]:
-    from fw import report
+    from fw import console
 
     latest = ckpt.latest_checkpoint(checkpoints)
     if latest is None:
-        report.warn(f"--resume: no checkpoint in {checkpoints}; training from the start.")
+        console.warn(f"--resume: no checkpoint in {checkpoints}; training from the start.")
         return Position(), History()
     state = ckpt.load_checkpoint(latest, model, optimizer, scheduler)
-    report.info(f"resuming from {latest} (epoch {state['position']['epoch'] + 1}, "
-                f"step {state['position']['step']})")
+    console.info(f"resuming from {latest} (epoch {state['position']['epoch'] + 1}, "
+                 f"step {state['position']['step']})")
     position = Position(**state["position"])
     position.committed_batch = position.batch
     return position, History.from_dict(state["history"])
@@ -426,7 +418,7 @@ def end_of_epoch(model, tokenizer, validation_rows, trainer, position: Position,
     """Validation loss/perplexity, best weights, early stopping."""
     if not validation_rows:
         return
-    metrics = evaluate_loss(model, tokenizer, validation_rows, trainer.get("eval_batch_size") or trainer["batch_size"])
+    metrics = evaluate_loss(model, tokenizer, validation_rows, eval_batch_size({"trainer": trainer}))
     history.validation["loss"].append(metrics["loss"])
     history.validation["perplexity"].append(metrics["perplexity"])
     reporter.scalars("validation", metrics, position.step)

@@ -186,3 +186,43 @@ def test_yaml_syntax_error_names_the_line(tmp_path):
     path.write_text("base_model: x\ninput_features:\n  - name: [unclosed\n")
     with pytest.raises(fw.ConfigError, match="line 4"):
         fw.load_config(path)
+
+
+# -- rules: a bug fails loudly; a value the schema reported stops a rule quietly ----------------------
+def broken_rule(data, registry):
+    yield from ()
+    raise KeyError("a key the rule's author misspelled")
+
+
+def test_a_rule_that_crashes_on_a_valid_config_fails_loudly_with_its_name(monkeypatch):
+    from fw.config import rules
+
+    monkeypatch.setattr(rules, "RULES", [*rules.RULES, rules.Rule(broken_rule, reads=("trainer",))])
+    with pytest.raises(rules.RuleFailure, match="the validation rule 'broken_rule' crashed .KeyError: .*a bug in fw"):
+        fw.validate_config(config())
+    with pytest.raises(rules.RuleFailure, match="broken_rule"):  # a problem elsewhere does not excuse it
+        fw.validate_config(config(generation={"num_beams": "two"}))
+
+
+def test_a_rule_meeting_a_value_the_schema_reported_stops_quietly():
+    found = messages(config(preprocessing={"split": {"probabilities": "0.8, 0.1, 0.1"}}))
+    assert found == ["preprocessing.split.probabilities: expected array, got string '0.8, 0.1, 0.1'."]
+
+
+def test_every_rule_declares_what_it_reads_and_is_registered_once():
+    from fw.config import rules
+
+    names = [each.name for each in rules.RULES]
+    assert len(names) == len(set(names)) and "split_probabilities_sum" in names
+    assert all(isinstance(read, str) and read for each in rules.RULES for read in each.reads)
+
+
+@pytest.mark.parametrize("sections, path", [
+    ({"output_features": 7}, "output_features"),
+    ({"output_features": [{"name": "a", "type": ["category"]}]}, "output_features[0].type"),
+    ({"generation": {"num_beam_groups": "two"}}, "generation.num_beam_groups"),
+    ({"generation": {"penalty_alpha": [0.5]}}, "generation.penalty_alpha"),
+])
+def test_a_wrong_typed_value_that_defaults_derive_from_is_left_to_the_schema(sections, path):
+    found = messages(config(**sections))
+    assert found[0].startswith(path + ": "), found

@@ -1,40 +1,80 @@
 """Cross-field rules of the config language that JSON Schema expresses poorly.
 
 Each rule reads the config with defaults filled and yields ConfigIssues (errors) or ConfigWarnings. A rule
-that meets a value of the wrong type stops quietly: the schema has already reported it.
+declares the config paths it reads. When it meets a value of the wrong type there, the schema pass (or a
+plugin's schema) has already reported that value: the rule stops quietly. Any other exception inside a rule is
+a bug, and fails validation loudly with the rule's name (:class:`RuleFailure`) instead of silently disabling it.
 """
 from __future__ import annotations
 
 import re
 import string
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
+from fw.config import view
 from fw.config.sockets import MERGE
 from fw.errors import ConfigIssue, ConfigWarning
 from fw.plugin.registry import Registry
 
 Config = dict[str, Any]
-Rule = Callable[[Config, Registry], Iterator[ConfigIssue]]
-RULES: list[Rule] = []
+Check = Callable[[Config, Registry], Iterator[ConfigIssue]]
 
 SAMPLE, TASK, CONTEXT = "__sample__", "__task__", "__context__"
 #: adapter names become module-dict keys and directory names: no dots, slashes or spaces
 ADAPTER_NAME = re.compile(r"[A-Za-z0-9_-]+")
 
 
-def rule(function: Rule) -> Rule:
-    RULES.append(function)
-    return function
+@dataclass(frozen=True)
+class Rule:
+    check: Check
+    #: config paths the rule reads (``trainer.type``; ``adapter``: the section and everything in it)
+    reads: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        return self.check.__name__
+
+    def reads_any(self, paths: Iterable[str]) -> bool:
+        """Whether one of ``paths`` lies on, under or above a path this rule reads."""
+        return any(_overlap(path, read) for path in paths for read in self.reads)
 
 
-def check(config: Config, registry: Registry, raw: Config | None = None) -> Iterator[ConfigIssue]:
+RULES: list[Rule] = []
+
+
+class RuleFailure(RuntimeError):
+    """A validation rule crashed where no problem had been reported: a bug in fw (or in a plugin's check)."""
+
+
+def rule(*reads: str) -> Callable[[Check], Check]:
+    """Register a rule that reads the config at ``reads``."""
+    def register(function: Check) -> Check:
+        RULES.append(Rule(function, reads))
+        return function
+    return register
+
+
+def _overlap(path: str, read: str) -> bool:
+    shorter, longer = sorted((path, read), key=len)
+    return not shorter or longer == shorter or longer.startswith((shorter + ".", shorter + "["))
+
+
+def check(config: Config, registry: Registry, raw: Config | None = None,
+          reported: Iterable[ConfigIssue] = ()) -> Iterator[ConfigIssue]:
+    """Every rule's findings. ``reported``: the problems found before (schemas, plugin checks). A rule that
+    raises stops quietly when one of them lies where it reads; otherwise it raises :class:`RuleFailure`."""
     derive_defaults(config, raw or {})
+    reported_paths = [issue.path for issue in reported]
     for each in RULES:
         try:
-            yield from each(config, registry)
-        except (TypeError, KeyError, AttributeError, IndexError, ValueError):
-            continue
+            yield from each.check(config, registry)
+        except Exception as exc:
+            if each.reads_any(reported_paths):
+                continue  # it met a value the schema already reported
+            raise RuleFailure(f"the validation rule '{each.name}' crashed ({type(exc).__name__}: {exc}). This is "
+                              "a bug in fw, not in your config: please report it with the config.") from exc
 
 
 def derive_defaults(config: Config, raw: Config) -> None:
@@ -43,10 +83,15 @@ def derive_defaults(config: Config, raw: Config) -> None:
     see fw.config.sockets.)"""
     generation, written = config.get("generation"), raw.get("generation")
     if isinstance(generation, dict) and "do_sample" not in (written if isinstance(written, dict) else {}):
-        contrastive = (generation.get("penalty_alpha") or 0) > 0
-        diverse = (generation.get("num_beam_groups") or 1) > 1
+        contrastive = _number(generation.get("penalty_alpha"), 0) > 0
+        diverse = _number(generation.get("num_beam_groups"), 1) > 1
         if contrastive or diverse:
             generation["do_sample"] = False
+
+
+def _number(value: Any, otherwise: float) -> float:
+    """``value`` when it is a number, else ``otherwise`` (a wrong type is the schema's to report)."""
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else otherwise
 
 
 def template_fields(template: str) -> list[str]:
@@ -55,7 +100,7 @@ def template_fields(template: str) -> list[str]:
 
 
 # -- features ---------------------------------------------------------------------------------------
-@rule
+@rule("input_features")
 def one_text_input(config: Config, registry: Registry) -> Iterator[ConfigIssue]:
     inputs = config["input_features"]
     if len(inputs) != 1:
@@ -65,14 +110,14 @@ def one_text_input(config: Config, registry: Registry) -> Iterator[ConfigIssue]:
                           "'{question} {context}'")
 
 
-@rule
+@rule("output_features")
 def one_output(config: Config, registry: Registry) -> Iterator[ConfigIssue]:
     outputs = config["output_features"]
     if len(outputs) != 1:
         yield ConfigIssue("output_features", f"an LLM has exactly one output feature, got {len(outputs)}.")
 
 
-@rule
+@rule("output_features", "trainer.type")
 def output_type_fits_trainer(config: Config, registry: Registry) -> Iterator[ConfigIssue]:
     feature = config["output_features"][0]
     if config["trainer"]["type"] == "finetune" and feature["type"] != "text":
@@ -82,7 +127,7 @@ def output_type_fits_trainer(config: Config, registry: Registry) -> Iterator[Con
                           "for in-context classification with a category output")
 
 
-@rule
+@rule("output_features")
 def decoder_fits_output(config: Config, registry: Registry) -> Iterator[ConfigIssue]:
     """The decoder plugin produces the output's type (its ``output_types``)."""
     for index, feature in enumerate(config["output_features"]):
@@ -96,7 +141,7 @@ def decoder_fits_output(config: Config, registry: Registry) -> Iterator[ConfigIs
 
 
 # -- prompt -----------------------------------------------------------------------------------------
-@rule
+@rule("prompt")
 def template_placeholders(config: Config, registry: Registry) -> Iterator[ConfigIssue]:
     prompt = config["prompt"]
     template = prompt.get("template")
@@ -122,7 +167,7 @@ def template_placeholders(config: Config, registry: Registry) -> Iterator[Config
                                              "{__context__} where the retrieved examples go.")
 
 
-@rule
+@rule("prompt.retrieval")
 def retrieval_needs_examples(config: Config, registry: Registry) -> Iterator[ConfigIssue]:
     retrieval = config["prompt"].get("retrieval") or {}
     if retrieval.get("type") and retrieval.get("k", 0) < 1:
@@ -131,21 +176,14 @@ def retrieval_needs_examples(config: Config, registry: Registry) -> Iterator[Con
 
 
 # -- adapters ---------------------------------------------------------------------------------------
-@rule
+@rule()
 def adapter_xor_adapters(config: Config, registry: Registry) -> Iterator[ConfigIssue]:
     if config.get("adapter") is not None and config.get("adapters") is not None:
         yield ConfigIssue("adapters", "adapter and adapters are mutually exclusive.",
                           "use adapter for one adapter, or adapters.adapters for several named ones")
 
 
-def _adapter_sections(config: Config) -> dict[str, dict[str, Any]]:
-    if config.get("adapter") is not None:
-        return {"adapter": config["adapter"]}
-    named = (config.get("adapters") or {}).get("adapters") or {}
-    return {f"adapters.adapters.{name}": section for name, section in named.items()}
-
-
-@rule
+@rule("adapters")
 def adapters_names_exist(config: Config, registry: Registry) -> Iterator[ConfigIssue]:
     adapters = config.get("adapters")
     if adapters is None:
@@ -196,7 +234,7 @@ def _merge_sources_compatible(adapters: dict, merge: dict, registry: Registry) -
                           "use combination_type svd or cat, or give the adapters the same r")
 
 
-@rule
+@rule("adapter", "adapters")
 def multi_adapter_fits_peft(config: Config, registry: Registry) -> Iterator[ConfigIssue]:
     """Several named adapters: what PEFT would refuse after loading the model or after training, found before
     (names PEFT cannot use, mixed methods, initializers that rewrite the shared base, merge sources)."""
@@ -285,11 +323,11 @@ def peft_rank(section: dict) -> Any:
 
 
 # -- quantization -----------------------------------------------------------------------------------
-@rule
+@rule("quantization", "trainer.type", "adapter", "adapters")
 def quantized_finetune_needs_lora(config: Config, registry: Registry) -> Iterator[ConfigIssue]:
     if config.get("quantization") is None or config["trainer"]["type"] != "finetune":
         return
-    sections = _adapter_sections(config)
+    sections = view.adapter_sections(config)
     if not sections and not config["quantization"].get("qat"):  # QAT trains the full weights, fake-quantized
         yield ConfigIssue("quantization", "quantized fine-tuning needs a LoRA-family adapter; "
                                           "full fine-tuning of quantized weights is not possible.",
@@ -302,7 +340,7 @@ def quantized_finetune_needs_lora(config: Config, registry: Registry) -> Iterato
                                               f"({family}), got {kind!r}.")
 
 
-@rule
+@rule("quantization")
 def quantizer_mode_and_qat(config: Config, registry: Registry) -> Iterator[ConfigIssue]:
     quantization = config.get("quantization")
     if quantization is None:
@@ -318,12 +356,12 @@ def quantizer_mode_and_qat(config: Config, registry: Registry) -> Iterator[Confi
                           "no installed quantization backend supports QAT")
 
 
-@rule
+@rule("adapter", "adapters", "quantization")
 def initializer_fits_config(config: Config, registry: Registry) -> Iterator[ConfigIssue]:
     """The initializer plugin's own check against its adapter section and the rest of the config."""
     from fw.plugin.lazy import resolve
 
-    for path, section in _adapter_sections(config).items():
+    for path, section in view.adapter_sections(config).items():
         name = "default" if section.get("init_lora_weights") is True else section.get("init_lora_weights")
         if not isinstance(name, str) or not registry.has("initializer", name):
             continue
@@ -333,7 +371,7 @@ def initializer_fits_config(config: Config, registry: Registry) -> Iterator[Conf
 
 
 # -- generation ---------------------------------------------------------------------------------------
-@rule
+@rule("generation")
 def generation_combinations(config: Config, registry: Registry) -> Iterator[ConfigIssue]:
     g = config["generation"]
     beams, groups = g["num_beams"], g["num_beam_groups"]
@@ -363,7 +401,7 @@ def generation_combinations(config: Config, registry: Registry) -> Iterator[Conf
 
 
 # -- model parameters / trainer ---------------------------------------------------------------------
-@rule
+@rule("model_parameters.rope_scaling")
 def rope_scaling_complete(config: Config, registry: Registry) -> Iterator[ConfigIssue]:
     rope = config["model_parameters"]["rope_scaling"]
     if rope.get("rope_type") and rope.get("factor") is None:
@@ -376,7 +414,7 @@ def rope_scaling_complete(config: Config, registry: Registry) -> Iterator[Config
         yield ConfigIssue("model_parameters.rope_scaling.factor", f"linear scaling needs factor >= 1, got {rope['factor']}.")
 
 
-@rule
+@rule("preprocessing.split")
 def split_probabilities_sum(config: Config, registry: Registry) -> Iterator[ConfigIssue]:
     split = config["preprocessing"]["split"]
     total = sum(split["probabilities"])
@@ -384,17 +422,17 @@ def split_probabilities_sum(config: Config, registry: Registry) -> Iterator[Conf
         yield ConfigIssue("preprocessing.split.probabilities", f"must sum to 1, got {total:g}.")
 
 
-@rule
+@rule("trainer.type", "adapter", "adapters")
 def adapter_without_training(config: Config, registry: Registry) -> Iterator[ConfigIssue]:
     if config["trainer"]["type"] != "none":
         return
-    for path, section in _adapter_sections(config).items():
+    for path, section in view.adapter_sections(config).items():
         if not section.get("pretrained_adapter_weights"):
             yield ConfigWarning(path, "trainer.type is none, so a fresh adapter is never trained and "
                                       "changes nothing.", "set pretrained_adapter_weights, or remove it")
 
 
-@rule
+@rule("trainer.max_tokens_per_batch", "trainer.packing")
 def token_budget_needs_packing(config: Config, registry: Registry) -> Iterator[ConfigIssue]:
     trainer = config["trainer"]
     if trainer.get("max_tokens_per_batch") is not None and not trainer.get("packing"):
@@ -405,7 +443,7 @@ def token_budget_needs_packing(config: Config, registry: Registry) -> Iterator[C
 
 
 # -- generation strategies, constrained decoding, label scoring (fw.infer.settings, fw.infer.constrained) -------
-@rule
+@rule("generation")
 def generation_keys_transformers_dropped(config: Config, registry: Registry) -> Iterator[ConfigIssue]:
     g = config["generation"]
     if g.get("force_words_ids"):
@@ -427,7 +465,7 @@ def generation_keys_transformers_dropped(config: Config, registry: Registry) -> 
                                                                      "commas, e.g. '12 13': -2.0.")
 
 
-@rule
+@rule("generation")
 def generation_strategy_conflicts(config: Config, registry: Registry) -> Iterator[ConfigIssue]:
     g = config["generation"]
     if g.get("penalty_alpha") and g["num_beams"] > 1:
@@ -440,7 +478,7 @@ def generation_strategy_conflicts(config: Config, registry: Registry) -> Iterato
                           "set num_beams: 1 and no penalty_alpha, or prompt_lookup_num_tokens: null")
 
 
-@rule
+@rule("output_features", "generation.min_new_tokens")
 def category_decoding_choices(config: Config, registry: Registry) -> Iterator[ConfigIssue]:
     """Constrained decoding and label scoring (run by fw.infer) on a category output's decoder."""
     feature = config["output_features"][0]

@@ -41,7 +41,8 @@ DECODER = Socket("decoder", "type", nullable=True)
 def decoder_socket(feature: dict[str, Any]) -> Socket:
     """The decoder socket of an output feature: its default decoder follows the output type."""
     defaults = core_schema()["$defs"]["decoder"]["x-fw-default-type"]
-    return replace(DECODER, default=defaults.get(feature.get("type")))
+    kind = feature.get("type")
+    return replace(DECODER, default=defaults.get(kind) if isinstance(kind, str) else None)  # else: schema's error
 
 
 def _dict(value: Any) -> dict | None:

@@ -65,7 +65,7 @@ def validate(config: Any, registry: Registry | None = None) -> ValidationReport:
         explicit = set(_section_at(config, path) or {})
         for found in _validate_section(path, section, socket, explicit, registry):
             report.add(found)
-    for found in rules.check(resolved, registry, config):
+    for found in rules.check(resolved, registry, config, reported=report.issues):
         report.add(found)
     report.resolved = resolved
     return report

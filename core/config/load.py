@@ -35,9 +35,6 @@ class Config:
     def __getitem__(self, key: str) -> Any:
         return self.data[key]
 
-    def to_yaml(self) -> str:
-        return yaml.safe_dump(self.data, sort_keys=False, allow_unicode=True)
-
 
 def read_yaml(path: str | os.PathLike[str]) -> Any:
     """Parse a YAML file; syntax errors become a ConfigError naming the line."""

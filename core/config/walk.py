@@ -62,8 +62,3 @@ def fill_defaults(schema: dict[str, Any], value: Any, root: dict[str, Any] | Non
         for item in value:
             fill_defaults(schema["items"], item, root)
     return value
-
-
-def defaults_of(schema: dict[str, Any]) -> dict[str, Any]:
-    """Every top-level default of an object schema."""
-    return fill_defaults(schema, {})

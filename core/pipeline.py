@@ -145,13 +145,15 @@ def train(config, dataset=None, training_set=None, validation_set=None, test_set
     trained = multi_adapter.trained_name(data, adapter)
     splits = load_splits(data, dataset, training_set, validation_set, test_set)
     retriever = retrieval.prepare(data, splits.train)
-    run_dir = prepare_run_directory(data, splits, output_directory, experiment_name, model_name, resume)
+    resumed = artifacts.run_directory_to_resume(output_directory, experiment_name, model_name) if resume else None
     seed_everything(view.seed(data))
     model, tokenizer = load_base_model(data, for_training=True)
     model = quantization.prepare_for_training(model, data)
     train_rows = encode_frame(splits.train, data, tokenizer, "train", retriever)
     validation_rows = encode_frame(splits.validation, data, tokenizer, "validation", retriever)
     model = apply_adapter(model, data, training_data(train_rows, tokenizer, data, show_progress), adapter_name=trained)
+    # only now: a model or adapter that cannot be loaded leaves no run directory behind
+    run_dir = prepare_run_directory(data, splits, output_directory, experiment_name, model_name, resumed)
     statistics = training.train(model, tokenizer, train_rows, validation_rows,
                                 multi_adapter.training_view(data, trained) if trained else data, run_dir,
                                 resume=resume, show_progress=show_progress)
@@ -169,12 +171,12 @@ def train(config, dataset=None, training_set=None, validation_set=None, test_set
 
 
 def prepare_run_directory(data: dict, splits, output_directory, experiment_name: str, model_name: str,
-                          resume: bool) -> Path:
-    """A new ``<experiment>_<run>`` directory (or, with ``resume``, the latest one that has a checkpoint) holding
-    the resolved config and the manifest."""
+                          resumed: Path | None = None) -> Path:
+    """A new ``<experiment>_<run>`` directory (or ``resumed``, the run being resumed) holding the resolved config
+    and the manifest."""
     dataset_hash = artifacts.data_hash(splits.train, splits.validation, splits.test)
-    if resume:
-        run_dir = artifacts.run_directory_to_resume(output_directory, experiment_name, model_name)
+    if resumed is not None:
+        run_dir = resumed
         previous = artifacts.read_manifest(run_dir).get("data_hash")
         if previous and previous != dataset_hash:
             console.warn(f"--resume: the data differs from the data {run_dir} was trained on so far.")

@@ -52,6 +52,14 @@ def test_base_model_directory_without_a_model(workspace, capsys):
     assert code == 1 and "is not a model directory (no config.json in it)" in error
 
 
+def test_a_base_model_that_cannot_load_leaves_no_run_directory(workspace, capsys):
+    root, dataset, write_config = workspace
+    code, error = run(capsys, "train", "--config", write_config(base_model="./models/nope"), "--dataset", dataset,
+                      "--output_directory", root / "results")
+    assert code == 1 and "base_model: local path './models/nope' does not exist" in error
+    assert not (root / "results").exists() or not any((root / "results").iterdir())
+
+
 def test_models_that_need_remote_code_are_refused(workspace, capsys, tiny_llama_dir):
     root, dataset, write_config = workspace
     custom = root / "custom"

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -20,6 +21,17 @@ adapter: %s
 """
 
 
+#: what a build leaves in a source tree; never copied, so the copy builds from the sources alone
+BUILD_LEFTOVERS = shutil.ignore_patterns(".git", ".venv", "build", "dist", "results", "*.egg-info", "__pycache__",
+                                         ".pytest_cache")
+
+
+def source_copy(project: Path, parent: Path) -> Path:
+    """A copy of ``project`` to build from: pip builds in the source tree (build/, *.egg-info), and tests never
+    write into the checkout."""
+    return Path(shutil.copytree(project, parent / project.name, ignore=BUILD_LEFTOVERS))
+
+
 def pip_install(*args: str | Path) -> None:
     result = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check", *map(str, args)],
                             capture_output=True, text=True)
@@ -29,8 +41,8 @@ def pip_install(*args: str | Path) -> None:
 @pytest.fixture(scope="module")
 def contrib_site(tmp_path_factory) -> Path:
     """The contrib packages pip-installed (for real, built from their pyproject) into one directory."""
-    site = tmp_path_factory.mktemp("contrib-site")
-    pip_install("--no-deps", "--target", site, *(ROOT / "contrib" / name for name in CONTRIB))
+    site, sources = tmp_path_factory.mktemp("contrib-site"), tmp_path_factory.mktemp("contrib-sources")
+    pip_install("--no-deps", "--target", site, *(source_copy(ROOT / "contrib" / name, sources) for name in CONTRIB))
     return site
 
 
@@ -135,7 +147,8 @@ def test_contrib_decoder_reads_key_value_lines(contrib_site, monkeypatch):
 
 def test_wheel_installs_into_a_clean_venv_and_works(tmp_path):
     dist = tmp_path / "dist"
-    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(dist), str(ROOT)],
+    source = source_copy(ROOT, tmp_path / "source")
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(dist), str(source)],
                            capture_output=True, text=True)
     assert build.returncode == 0, build.stderr[-3000:]
     (wheel,) = dist.glob("fw-*.whl")

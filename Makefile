@@ -28,6 +28,7 @@ demo: install
 # Training speed (bench/train_speed.py) needs a CUDA GPU; without one it runs its CPU --smoke check instead.
 bench: install
 	$(BIN)/python bench/cli_speed.py
+	$(BIN)/python bench/merge_two_tasks.py
 	@if $(BIN)/python -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then \
 		$(BIN)/python bench/train_speed.py; \
 	else \

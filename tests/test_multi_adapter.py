@@ -1,7 +1,7 @@
 """Several named adapters on one base model (``adapters:``): train one while the others stay frozen, save them
 side by side, switch with ``--adapter``, merge with every combination type, and the validation errors for what
 PEFT would refuse. The two-task test shows a merge of adapters trained on different tasks beating each source
-on the union of both tasks' held-out rows."""
+on the other source's task (bench/merge_two_tasks.py measures it in full)."""
 from __future__ import annotations
 
 import copy
@@ -206,16 +206,24 @@ def test_merge_kwargs_pass_density_only_where_it_applies():
 
 
 # -- the two-task merge -------------------------------------------------------------------------------------------
-def test_merging_two_task_adapters_beats_each_source_on_both_tasks_held_out_rows(tmp_path, tiny_llama_dir):
-    """Train task_a on spelling digits, then task_b on fruit colours (task_a loaded frozen from the first run),
-    merge them linearly 0.5 / 0.5 and compare the loss on each task's held-out rows (A, B; union = their mean).
-    Measured with dropout 0 for seeds 1-4: the merge beats each source on the other source's task every time,
-    and beats both sources on the union for seeds 2-4 (3.28 vs 4.76 / 5.48; 4.19 vs 4.44 / 6.37; 4.30 vs
-    4.95 / 4.96) but not for seed 1 (4.55 vs task_a 4.04 / task_b 5.17). So the test asserts what held every
-    time: better than each source on the other's task, and better on the union than the sources on average."""
+def held_out_loss(model, tokenizer, data: dict, adapter: str, rows: pd.DataFrame) -> float:
+    from fw.train.trainer import evaluate_loss
+
+    model.set_adapter(adapter, inference_mode=True)
+    prompts, targets = pipeline.prompts_of(rows, data), pipeline.targets_of(rows, data)
+    return evaluate_loss(model, tokenizer, pipeline.encode_pairs(prompts, targets, tokenizer, data, "held-out"),
+                         batch_size=10)["loss"]
+
+
+def test_a_merge_of_two_task_adapters_beats_each_source_on_the_other_task(tmp_path, tiny_llama_dir):
+    """task_a learns to spell digits; task_b (task_a loaded frozen from the first run) learns fruit colours; the
+    linear 0.5 / 0.5 merge is built after training. On held-out rows the merge beats each source on the other
+    source's task. The full measurement behind README's figures (every combination type, several seeds) is
+    ``bench/merge_two_tasks.py``; this is the ordering it found for every seed, here on a shorter training (4 epochs
+    of 5 batches; it held for seeds 1-6)."""
     adapter = {"type": "lora", "r": 8, "dropout": 0.0, "target_modules": TARGETS}
     merge = {"name": "merged", "sources": ["task_a", "task_b"], "weights": [0.5, 0.5], "combination_type": "linear"}
-    trainer = {"epochs": 6, "batch_size": 4, "learning_rate": 0.01, "seed": 1}
+    trainer = {"epochs": 4, "batch_size": 8, "learning_rate": 0.02, "seed": 1}
     first = config(tiny_llama_dir, adapters={"task_a": adapter, "task_b": adapter}, merge=merge, trainer=trainer)
     run_a = pipeline.train(first, training_set=spell_digits(40), output_directory=tmp_path, model_name="a",
                            show_progress=False, adapter="task_a")
@@ -229,15 +237,10 @@ def test_merging_two_task_adapters_beats_each_source_on_both_tasks_held_out_rows
         "task_a stayed frozen in the second run"
 
     held_out = {"A": spell_digits(10, offset=3), "B": fruit_colors(10, offset=5)}
-    loss = {name: {task: pipeline.evaluate(model_path=run_b.model_dir, dataset=rows, adapter=name,
-                                           output_directory=tmp_path / "eval", show_progress=False)
-                   .statistics["answer"]["loss"] for task, rows in held_out.items()}
-            for name in ("task_a", "task_b", "merged")}
-    union = {name: (scores["A"] + scores["B"]) / 2 for name, scores in loss.items()}
-    print("held-out loss:", loss, "union:", union)
-    assert loss["task_a"]["A"] < loss["task_b"]["A"] and loss["task_b"]["B"] < loss["task_a"]["B"]  # they learned
-    assert union["merged"] < (union["task_a"] + union["task_b"]) / 2
-    assert loss["merged"]["A"] < loss["task_b"]["A"] and loss["merged"]["B"] < loss["task_a"]["B"]
+    loss = {name: {task: held_out_loss(run_b.model, run_b.tokenizer, second, name, rows)
+                   for task, rows in held_out.items()} for name in ("task_a", "task_b", "merged")}
+    assert loss["task_a"]["A"] < loss["task_b"]["A"] and loss["task_b"]["B"] < loss["task_a"]["B"], loss  # learned
+    assert loss["merged"]["A"] < loss["task_b"]["A"] and loss["merged"]["B"] < loss["task_a"]["B"], loss
 
 
 # -- validation: what PEFT would refuse, found before loading anything ----------------------------------------------

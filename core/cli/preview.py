@@ -9,7 +9,6 @@ import argparse
 import os
 
 from fw import console
-from fw.config import view
 
 DEFAULT_ROWS = 3
 
@@ -34,6 +33,7 @@ def _positive(value: str) -> int:
 
 
 def cmd_preview(args: argparse.Namespace) -> int:
+    from fw.config import view
     from fw.config.load import load_config
     from fw.data.prompt import PromptRenderer, target_text
     from fw.data.tables import clean, read_table
@@ -58,6 +58,7 @@ def cmd_preview(args: argparse.Namespace) -> int:
 def _prompts(renderer, frame, config: dict, dataset: str, tokenizer) -> list[str]:
     """The rendered prompts; with ``prompt.retrieval``, the examples retrieved from the dataset's training split
     (as ``fw train`` retrieves them; fewer for prompts over the input budget when a tokenizer is known)."""
+    from fw.config import view
     from fw.data import retrieval
 
     if view.retrieval(config) is None:
@@ -67,6 +68,8 @@ def _prompts(renderer, frame, config: dict, dataset: str, tokenizer) -> list[str
 
 
 def _tokenizer(path: str | None, config: dict):
+    from fw.config import view
+
     location = path or (view.base_model(config) if os.path.isdir(str(view.base_model(config))) else None)
     if location is None:
         return None

@@ -156,6 +156,33 @@ def test_the_example_prompt_keeps_a_template_a_placeholder_cannot_fill():
     assert example_prompt(config("base", prompt={"task": "spell it"})).endswith("ASSISTANT:\n")
 
 
+def described_adapter(directory: Path, section: dict):
+    from fw.publish.card import SavedModel
+
+    return SavedModel(directory, config("m/base", adapter=section), "adapter", {"default": directory},
+                      location=directory)
+
+
+@pytest.mark.parametrize("section, title, vllm", [
+    ({"type": "lora", "r": 12, "rank_pattern": {"q_proj": 40}}, "A LoRA adapter (PEFT)",
+     "LLM(model='m/base', enable_lora=True, max_lora_rank=64)"),
+    ({"type": "lora", "r": 4, "use_dora": True}, "A LoRA adapter (PEFT)",
+     "vLLM serves LoRA adapters without DoRA's magnitude vectors, and this one has them (use_dora: true): merge it "
+     "into the base model with `fw export --merge` (when PEFT can merge it) and serve the result."),
+    ({"type": "adalora", "r": 4}, "A AdaLoRA adapter (PEFT)", "vLLM serves LoRA adapters only, not AdaLoRA ones: "),
+    ({"type": "ia3"}, "A IA³ adapter (PEFT)", "vLLM serves LoRA adapters only, not IA³ ones: "),
+    ({"type": "not_installed_here", "r": 4}, "A not_installed_here adapter (PEFT)",
+     "vLLM serves LoRA adapters only, not not_installed_here ones: "),
+])
+def test_the_card_names_the_method_and_serves_with_vllm_what_its_plugin_allows(tmp_path, section, title, vllm):
+    """The adapter plugin names its method (display_name) and says whether vLLM serves it (vllm_problem)."""
+    from fw.publish.card import method_summary, vllm_snippet
+
+    saved = described_adapter(tmp_path, section)
+    assert method_summary(saved) == title
+    assert vllm in vllm_snippet(saved, str(tmp_path), None, "Q: <question>\nA:")
+
+
 @pytest.mark.parametrize("prompt, reason", [
     ({"template": "{question} and {answer_hint}"}, "the prompt template reads 2 columns (answer_hint, question), not one"),
     ({"template": "Row: {__sample__}"}, "the prompt template uses {__sample__}"),
@@ -338,8 +365,10 @@ def test_a_quantization_nothing_can_dequantize_is_refused():
             raise NotImplementedError("gptq has no implementation of `dequantize`")
 
     with pytest.raises(FwError, match=r"^--model_path: the weights are stored quantized with gptq, which "
-                                      r"transformers cannot dequantize .* so fw export cannot write plain weights"):
+                                      r"transformers cannot dequantize .* so fw export cannot write plain weights") \
+            as refusal:
         dequantized(Model())
+    assert "no fw quantizer plugin does (torchao can)" in str(refusal.value)  # the plugins with a dequantize
 
 
 @pytest.mark.parametrize("arguments, message", [

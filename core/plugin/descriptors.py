@@ -34,6 +34,8 @@ class AdapterPlugin(PluginDescriptor):
     kind: ClassVar[str] = "adapter"
     #: name of the ``peft`` config class (``"BOFTConfig"``) the schema's ``x-peft`` fields map onto
     peft_config_class: str = ""
+    #: the method's name in prose (model cards: "A LoRA adapter"); empty: ``name``
+    display_name: str = ""
     #: optional ``"module:function"``; ``function(params: dict) -> peft.PeftConfig``, replacing the plain mapping
     #: (use :func:`fw.plugin.build_peft_config` with the conversions as overrides)
     build_peft_config: str | None = None
@@ -66,6 +68,11 @@ class AdapterPlugin(PluginDescriptor):
     #: optional ``"module:function"``; ``function(model, global_step: int) -> None`` run after every optimizer
     #: step, while the gradients still exist (AdaLoRA's rank reallocation)
     after_step: str | None = None
+    #: optional ``"module:function"``; ``function(params) -> str | None``: why vLLM cannot serve an adapter of this
+    #: section as a LoRA adapter (``LoRARequest``, ``--lora-modules``), a phrase naming vLLM, or None when it can
+    #: (LoRA: it can but with DoRA). Unset: vLLM serves no adapter of this method. The model card shows the vLLM
+    #: snippet, or the reason and ``fw export --merge``
+    vllm_problem: str | None = None
 
 
 @dataclass(frozen=True)
@@ -107,6 +114,10 @@ class QuantizerPlugin(PluginDescriptor):
     #: optional ``"module:function"``; ``function(model, params) -> model`` run on a model trained with
     #: ``qat: true`` before it is saved (torchao: fake-quantized layers become real quantized weights)
     after_training: str | None = None
+    #: optional ``"module:function"``; ``function(model) -> model`` with plain weights and no quantization config,
+    #: for a model loaded with weights stored quantized by this backend (its transformers ``quant_method`` is this
+    #: plugin's name; ``fw export``). Unset: transformers' ``model.dequantize()`` (bitsandbytes)
+    dequantize: str | None = None
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,9 @@ from fw.plugin.lazy import resolve
 from fw.plugin.registry import Distribution, Registry
 from fw.plugin.schemas import load_schema
 
+#: descriptor fields holding a path or prose, not a ``"module:function"`` reference
+NOT_REFERENCES = {"schema", "summary", "display_name"}
+
 
 def registry_with(*modules: ModuleType | object, distribution: Distribution | None = None) -> Registry:
     registry = Registry()
@@ -62,7 +65,7 @@ def check_descriptor(descriptor: PluginDescriptor) -> list[str]:
     if schema.get("type") == "object" and schema.get("additionalProperties") is not False:
         problems.append(f"{descriptor.kind} '{descriptor.name}': schema must set additionalProperties: false")
     for field_name, value in vars(descriptor).items():
-        if isinstance(value, str) and ":" in value and field_name != "schema" and field_name != "summary":
+        if isinstance(value, str) and ":" in value and field_name not in NOT_REFERENCES:
             try:
                 resolve(value)
             except (ImportError, AttributeError) as exc:

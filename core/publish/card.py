@@ -10,7 +10,8 @@ Written when ``fw train`` saves ``model/``, when ``fw export`` writes a standalo
   fetched);
 - body: what was trained (method and its parameters, quantization, epochs, data size and hash from the run's
   manifest), the prompt format and generation settings the model expects, the figures of ``test_statistics.json``
-  when ``fw evaluate`` wrote one, and loading snippets for transformers + peft, vLLM and ``fw predict``.
+  when ``fw evaluate`` wrote one, and loading snippets for transformers + peft, vLLM and ``fw predict``. The
+  adapter's plugin names its method (``display_name``) and says whether vLLM serves it (``vllm_problem``).
 
 Everything is read from disk (the directory, its ``fw_config.yaml``, the run's manifest and statistics), so the
 card says what the directory really holds. Imports no torch.
@@ -23,6 +24,7 @@ from pathlib import Path
 
 from fw import artifacts
 from fw.errors import FwError
+from fw.plugin import get_registry, resolve
 
 CARD_FILE = "README.md"
 PIPELINE_TAG = "text-generation"
@@ -173,9 +175,15 @@ def method_summary(saved: SavedModel) -> str:
 
 
 def method_name(section: dict) -> str:
-    kind = section["type"]
-    return {"lora": "LoRA", "adalora": "AdaLoRA", "ia3": "IA³", "vera": "VeRA", "loha": "LoHa", "lokr": "LoKr",
-            "oft": "OFT", "boft": "BOFT", "hra": "HRA"}.get(kind, kind) + (" (DoRA)" if section.get("use_dora") else "")
+    """The adapter method as prose names it (the plugin's ``display_name``)."""
+    descriptor = adapter_plugin(section)
+    return (descriptor.display_name or descriptor.name) if descriptor else section["type"]
+
+
+def adapter_plugin(section: dict):
+    """The plugin of an adapter section, None when it is not installed here (the card still describes the run)."""
+    registry = get_registry()
+    return registry.get("adapter", section["type"]) if registry.has("adapter", section["type"]) else None
 
 
 def adapter_sections(data: dict) -> dict[str, dict]:
@@ -358,6 +366,8 @@ def transformers_snippet(saved: SavedModel, location: str, example: str) -> str:
 
 
 def vllm_snippet(saved: SavedModel, location: str, repo_id: str | None, example: str) -> str:
+    from fw.config.rules import peft_rank
+
     sampling = sampling_params(saved)
     if not saved.is_adapter:
         code = ["from vllm import LLM, SamplingParams", "", f"llm = LLM(model={location!r})",
@@ -367,9 +377,10 @@ def vllm_snippet(saved: SavedModel, location: str, repo_id: str | None, example:
                 "formatted prompt to the completions endpoint (`/v1/completions`).")
     sections = adapter_sections(saved.data)
     section = sections.get(saved.active) or next(iter(sections.values()))
-    if section["type"] != "lora" or section.get("use_dora"):
-        return (f"vLLM serves plain LoRA adapters only, not {method_name(section)}: merge it into the base model "
-                "with `fw export --merge` (when PEFT can merge it) and serve the result.")
+    problem = vllm_problem(section)
+    if problem:
+        return (f"{problem}: merge it into the base model with `fw export --merge` (when PEFT can merge it) and "
+                "serve the result.")
     name, subfolder = loaded_adapter(saved)
     name = name or "adapter"
     rank = next((value for value in VLLM_LORA_RANKS if value >= peft_rank(section)), VLLM_LORA_RANKS[-1])
@@ -387,9 +398,13 @@ def vllm_snippet(saved: SavedModel, location: str, repo_id: str | None, example:
             f"prompt to the completions endpoint with `\"model\": \"{name}\"`.")
 
 
-def peft_rank(section: dict) -> int:
-    pattern = section.get("rank_pattern") or {}
-    return max([int(section.get("r") or 8), *pattern.values()])
+def vllm_problem(section: dict) -> str | None:
+    """Why vLLM cannot serve the adapter of ``section`` as a LoRA adapter (its plugin's ``vllm_problem``), None
+    when it can."""
+    descriptor = adapter_plugin(section)
+    if descriptor is None or descriptor.vllm_problem is None:
+        return f"vLLM serves LoRA adapters only, not {method_name(section)} ones"
+    return resolve(descriptor.vllm_problem)(section)
 
 
 def sampling_params(saved: SavedModel) -> str:

@@ -16,9 +16,9 @@ What it writes, with transformers / peft doing the work:
 
 Quantization: an adapter trained on a base quantized at load time (QLoRA, torchao) is merged into the base's
 original, unquantized weights, with a warning that its outputs then differ slightly from what fw ran. Weights
-stored quantized (a pre-quantized base checkpoint, a merged or QAT run saved quantized) are dequantized where a
-library can: transformers' ``dequantize`` (bitsandbytes), torchao's tensors' ``dequantize``; any other method is
-refused in one line.
+stored quantized (a pre-quantized base checkpoint, a merged or QAT run saved quantized) are dequantized by the
+quantizer plugin of that method when it has a ``dequantize`` (torchao's tensors), else by transformers'
+``dequantize`` (bitsandbytes); a method neither can dequantize is refused in one line.
 """
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ from pathlib import Path
 
 from fw import artifacts, console
 from fw.errors import FwError
+from fw.plugin import get_registry, resolve
 
 DTYPES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 DEFAULT_MAX_SHARD_SIZE = "5GB"
@@ -156,37 +157,36 @@ def merged(peft_model, data: dict):
 
 def dequantized(model):
     """``model`` with plain weights when they were loaded quantized (a pre-quantized checkpoint, or a run saved
-    quantized), else itself."""
+    quantized), else itself: the quantizer plugin's ``dequantize`` where it has one, else transformers'."""
     quantizer = getattr(model, "hf_quantizer", None)
     if quantizer is None:
         return model
     method = str(getattr(quantizer.quantization_config, "quant_method", "unknown")).split(".")[-1].lower()
-    if method == "torchao":
-        dequantize_torchao(model)
-        quantizer.remove_quantization_config(model)
+    own_dequantize = plugin_dequantize(method)
+    if own_dequantize:
+        model = resolve(own_dequantize)(model)
     else:
         try:
-            model = model.dequantize()  # transformers: bitsandbytes 4 / 8 bit, higgs
+            model = model.dequantize()
         except NotImplementedError:
             raise FwError(f"--model_path: the weights are stored quantized with {method}, which transformers cannot "
-                          "dequantize (it can bitsandbytes; fw also dequantizes torchao), so fw export cannot write "
-                          f"plain weights. Serve the saved model as it is (transformers loads it with {method} "
-                          "installed), or train on an unquantized base model.") from None
+                          f"dequantize and no fw quantizer plugin does{plugins_that_dequantize()}, so fw export "
+                          "cannot write plain weights. Serve the saved model as it is (transformers loads it with "
+                          f"{method} installed), or train on an unquantized base model.") from None
     console.warn(f"the weights were stored quantized ({method}): they are exported dequantized, with the precision "
                  "of the quantized values, not of the original weights.")
     return model
 
 
-def dequantize_torchao(model) -> None:
-    """Replace every torchao-quantized weight by its dequantized tensor (torchao's ``dequantize``)."""
-    import torch
-    from torchao.utils import TorchAOBaseTensor
+def plugin_dequantize(method: str) -> str | None:
+    """The ``dequantize`` of the quantizer plugin named like transformers' ``quant_method``, if any."""
+    registry = get_registry()
+    return registry.get("quantizer", method).dequantize if registry.has("quantizer", method) else None
 
-    dtype = model.config.dtype if isinstance(model.config.dtype, torch.dtype) else torch.float32
-    for module in model.modules():
-        weight = getattr(module, "weight", None)
-        if isinstance(weight, TorchAOBaseTensor):
-            module.weight = torch.nn.Parameter(weight.dequantize().to(dtype), requires_grad=False)
+
+def plugins_that_dequantize() -> str:
+    names = sorted({entry.name for entry in get_registry().all("quantizer") if entry.descriptor.dequantize})
+    return f" ({', '.join(names)} can)" if names else ""
 
 
 # -- the config saved with the export -----------------------------------------------------------------------------

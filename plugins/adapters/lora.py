@@ -8,7 +8,9 @@ What they add to the plain schema mapping:
 - LoRA+ (``loraplus_lr_ratio``): the B matrices get ``learning_rate * ratio`` (:func:`parameter_groups`);
 - AdaLoRA: ``total_step: null`` becomes the run's planned optimizer steps (:func:`with_planned_steps`), and the
   ranks are reallocated after every optimizer step (:func:`reallocate_ranks`);
-- the merge-source rules of PEFT's ``add_weighted_adapter`` (:func:`check_merge_source`).
+- the merge-source rules of PEFT's ``add_weighted_adapter`` (:func:`check_merge_source`);
+- serving: vLLM loads a LoRA adapter but not DoRA's magnitude vectors (:func:`vllm_problem`); AdaLoRA adapters it
+  does not load at all (no ``vllm_problem``).
 """
 from __future__ import annotations
 
@@ -26,11 +28,12 @@ SPEC_TOTAL_STEP = 10000
 LORAPLUS_B_MATRICES = ("lora_B", "lora_embedding_B")
 
 lora = declare(AdapterPlugin(
-    name="lora", schema=LORA_SCHEMA, summary="Low-rank adaptation (LoRA, DoRA, rsLoRA, LoRA+)",
+    name="lora", schema=LORA_SCHEMA, summary="Low-rank adaptation (LoRA, DoRA, rsLoRA, LoRA+)", display_name="LoRA",
     peft_config_class="LoraConfig", build_peft_config=f"{__name__}:build_lora_config", lora_family=True,
-    parameter_groups=f"{__name__}:parameter_groups", check_merge_source=f"{__name__}:check_merge_source"))
+    parameter_groups=f"{__name__}:parameter_groups", check_merge_source=f"{__name__}:check_merge_source",
+    vllm_problem=f"{__name__}:vllm_problem"))
 adalora = declare(AdapterPlugin(
-    name="adalora", schema=ADALORA_SCHEMA, summary="Adaptive-rank LoRA (AdaLoRA)",
+    name="adalora", schema=ADALORA_SCHEMA, summary="Adaptive-rank LoRA (AdaLoRA)", display_name="AdaLoRA",
     peft_config_class="AdaLoraConfig", build_peft_config=f"{__name__}:build_adalora_config", lora_family=True,
     peft_prefix="lora_", check_params=f"{__name__}:check_adalora", parameter_groups=f"{__name__}:parameter_groups",
     with_planned_steps=f"{__name__}:with_planned_steps", after_step=f"{__name__}:reallocate_ranks",
@@ -166,3 +169,11 @@ def check_merge_source(name: str, params: dict, first: bool) -> list[tuple[str, 
 def check_adalora_merge_source(name: str, params: dict, first: bool) -> list[tuple[str, str, str]]:
     return [("type", f"PEFT's add_weighted_adapter cannot merge AdaLoRA adapters ({name!r} is adalora).",
              "use type: lora for merged adapters")]
+
+
+# -- serving -------------------------------------------------------------------------------------------------------
+def vllm_problem(params: dict) -> str | None:
+    """Why vLLM cannot serve this LoRA adapter (None: it can)."""
+    if params.get("use_dora"):
+        return "vLLM serves LoRA adapters without DoRA's magnitude vectors, and this one has them (use_dora: true)"
+    return None

@@ -19,7 +19,7 @@ SCHEMA = "fw.schemas:adapters/oft.json"
 
 @hookimpl
 def fw_adapters():
-    return [AdapterPlugin(name="oft", schema=SCHEMA, summary="Orthogonal fine-tuning (OFT)",
+    return [AdapterPlugin(name="oft", schema=SCHEMA, summary="Orthogonal fine-tuning (OFT)", display_name="OFT",
                           peft_config_class="OFTConfig", build_peft_config=f"{__name__}:build_oft_config",
                           check_params=f"{__name__}:check_params")]
 

@@ -10,9 +10,9 @@ from fw.plugin import (AdapterPlugin, declare, divisor_problems, size_limit_prob
                        with_defaults)
 
 
-def _method(name: str, peft_config_class: str, summary: str, **behaviour) -> AdapterPlugin:
+def _method(name: str, peft_config_class: str, display_name: str, summary: str, **behaviour) -> AdapterPlugin:
     return AdapterPlugin(name=name, schema=schema(name), summary=summary, peft_config_class=peft_config_class,
-                         **behaviour)
+                         display_name=display_name, **behaviour)
 
 
 def schema(name: str) -> str:
@@ -24,25 +24,28 @@ def _own(function: str) -> str:
 
 
 # -- layer-targeting methods --------------------------------------------------------------------------------------
-boft = declare(_method("boft", "BOFTConfig", "Butterfly orthogonal fine-tuning (BOFT)"))
-hra = declare(_method("hra", "HRAConfig", "Householder reflection adaptation (HRA)"))
-loha = declare(_method("loha", "LoHaConfig", "Low-rank Hadamard product adaptation (LoHa)", peft_prefix="hada_"))
-lokr = declare(_method("lokr", "LoKrConfig", "Low-rank Kronecker product adaptation (LoKr)"))
-vera = declare(_method("vera", "VeraConfig", "Vector-based random matrix adaptation (VeRA)",
+boft = declare(_method("boft", "BOFTConfig", "BOFT", "Butterfly orthogonal fine-tuning (BOFT)"))
+hra = declare(_method("hra", "HRAConfig", "HRA", "Householder reflection adaptation (HRA)"))
+loha = declare(_method("loha", "LoHaConfig", "LoHa", "Low-rank Hadamard product adaptation (LoHa)",
+                       peft_prefix="hada_"))
+lokr = declare(_method("lokr", "LoKrConfig", "LoKr", "Low-rank Kronecker product adaptation (LoKr)"))
+vera = declare(_method("vera", "VeraConfig", "VeRA", "Vector-based random matrix adaptation (VeRA)",
                        peft_prefix="vera_lambda_"))
-tinylora = declare(_method("tinylora", "TinyLoraConfig", "Extreme parameter-efficient SVD projection (TinyLoRA)"))
-ln_tuning = declare(_method("ln_tuning", "LNTuningConfig", "Layer-norm tuning (LN-Tuning)",
+tinylora = declare(_method("tinylora", "TinyLoraConfig", "TinyLoRA",
+                           "Extreme parameter-efficient SVD projection (TinyLoRA)"))
+ln_tuning = declare(_method("ln_tuning", "LNTuningConfig", "LN-Tuning", "Layer-norm tuning (LN-Tuning)",
                             default_target_modules=_own("norm_layer_names")))
-ia3 = declare(_method("ia3", "IA3Config", "Infused adapter rescaling activations ((IA)^3)",
+ia3 = declare(_method("ia3", "IA3Config", "IA³", "Infused adapter rescaling activations ((IA)^3)",
                       check_params=_own("check_ia3")))
-c3a = declare(_method("c3a", "C3AConfig", "Circular convolution adaptation (C3A)", check_model=_own("check_c3a")))
-fourierft = declare(_method("fourierft", "FourierFTConfig", "Frequency-domain fine-tuning (FourierFT)",
+c3a = declare(_method("c3a", "C3AConfig", "C3A", "Circular convolution adaptation (C3A)",
+                      check_model=_own("check_c3a")))
+fourierft = declare(_method("fourierft", "FourierFTConfig", "FourierFT", "Frequency-domain fine-tuning (FourierFT)",
                             check_model=_own("check_fourierft")))
-vblora = declare(_method("vblora", "VBLoRAConfig", "Vector-bank LoRA (VBLoRA)", check_params=_own("check_vblora"),
-                         check_model=_own("check_vblora_model")))
+vblora = declare(_method("vblora", "VBLoRAConfig", "VBLoRA", "Vector-bank LoRA (VBLoRA)",
+                         check_params=_own("check_vblora"), check_model=_own("check_vblora_model")))
 
 # -- prompt learning: virtual tokens instead of adapted layers (no target_modules in the schema) -------------------
-prompt_tuning = declare(_method("prompt_tuning", "PromptTuningConfig",
+prompt_tuning = declare(_method("prompt_tuning", "PromptTuningConfig", "prompt-tuning",
                                 "Prompt tuning: trained virtual token embeddings before the input", mergeable=False))
 
 

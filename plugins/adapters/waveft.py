@@ -15,6 +15,7 @@ WAVELET_ALIASES = {"haar": "db1"}
 @hookimpl
 def fw_adapters():
     return [AdapterPlugin(name="waveft", schema=SCHEMA, summary="Wavelet-domain fine-tuning (WaveFT)",
+                          display_name="WaveFT",
                           peft_config_class="WaveFTConfig", build_peft_config=f"{__name__}:build_waveft_config",
                           check_model=f"{__name__}:check_model")]
 

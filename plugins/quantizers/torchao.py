@@ -9,6 +9,8 @@ same weight format:
 - QAT (``qat: true``, training only): ``QATConfig(step="prepare")`` swaps the Linear layers for fake-quantized
   ones before training; :func:`convert_after_training` (the descriptor's ``after_training``) turns them into real
   quantized weights at save time. A model loaded for inference is simply quantized for real (the PTQ path).
+- ``fw export`` of weights saved quantized: :func:`dequantize` (the descriptor's ``dequantize``) turns them back
+  into plain tensors, with the precision of the quantized values.
 
 Modes and the torchao configs they use (torchao 0.18):
 
@@ -38,7 +40,8 @@ def fw_quantizers():
                             summary="PyTorch-native int4/int8/float8 quantization after load, with QAT",
                             load_kwargs=f"{__name__}:load_kwargs", transform=f"{__name__}:transform",
                             supports_qat=True, training_params=f"{__name__}:training_params",
-                            after_training=f"{__name__}:convert_after_training")]
+                            after_training=f"{__name__}:convert_after_training",
+                            dequantize=f"{__name__}:dequantize")]
 
 
 # -- what this machine can run -----------------------------------------------------------------------------------
@@ -161,3 +164,18 @@ def mark_quantized(model, config) -> None:
     model.hf_quantizer = AutoHfQuantizer.from_config(config, pre_quantized=False)
     model.config.quantization_config = config
     model.is_quantized = True
+
+
+def dequantize(model):
+    """Every torchao-quantized weight replaced by its dequantized tensor (torchao's ``dequantize``), in the
+    model's dtype, and the quantization config removed (transformers has no ``dequantize`` for torchao)."""
+    import torch
+    from torchao.utils import TorchAOBaseTensor
+
+    dtype = model.config.dtype if isinstance(model.config.dtype, torch.dtype) else torch.float32
+    for module in model.modules():
+        weight = getattr(module, "weight", None)
+        if isinstance(weight, TorchAOBaseTensor):
+            module.weight = torch.nn.Parameter(weight.dequantize().to(dtype), requires_grad=False)
+    model.hf_quantizer.remove_quantization_config(model)
+    return model

@@ -3,6 +3,7 @@ else from fw, the core names no concrete plugin, and a PEFT method can be added 
 from __future__ import annotations
 
 import ast
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,17 @@ from fw.plugin import AdapterPlugin, DecoderPlugin, declare, get_registry
 from fw.plugin.testing import check_descriptor, fake_distribution, registry_with
 
 ROOT = Path(__file__).resolve().parents[1]
-PLUGIN_SOURCES = sorted([*ROOT.joinpath("plugins").rglob("*.py"), *ROOT.joinpath("contrib").rglob("*.py")])
+
+
+def source_files(*folders: str, root: Path = ROOT) -> list[Path]:
+    """The Python files of the checkout under ``folders`` as git sees them: tracked, or new and not ignored; never
+    what a build left there (``build/lib`` copies of a contrib package, ``*.egg-info``)."""
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "--", *folders],
+                            cwd=root, capture_output=True, text=True, check=True).stdout.splitlines()
+    return sorted({root / name for name in listed if name.endswith(".py") and (root / name).is_file()})
+
+
+PLUGIN_SOURCES = source_files("plugins", "contrib")
 #: names only plugins know: parameters, parameter names and modes that pick behaviour
 PLUGIN_ONLY_WORDS = {"lora_B", "lora_embedding_B", "loraplus_lr_ratio", "use_dora", "use_rslora", "tinit",
                      "total_step", "update_and_allocate", "int8_dynamic", "fw_after_training"}
@@ -40,6 +51,18 @@ def fw_imports(path: Path) -> list[tuple[int, str, list[str]]]:
 def test_there_are_plugin_sources_to_check():
     names = {path.name for path in PLUGIN_SOURCES}
     assert {"lora.py", "peft_methods.py", "category_extractor.py"} <= names and len(PLUGIN_SOURCES) > 20
+
+
+def test_what_a_build_leaves_in_a_plugin_package_is_no_plugin_source(tmp_path):
+    """pip building a contrib package in place writes build/lib/<package> and *.egg-info next to it: not sources
+    (the checkout's .gitignore); a module not yet added to git is one."""
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    shutil.copy2(ROOT / ".gitignore", tmp_path / ".gitignore")
+    package = tmp_path / "contrib" / "fw-x"
+    for name in ("fw_x/__init__.py", "build/lib/fw_x/__init__.py", "fw_x.egg-info/top_level.py", "pyproject.toml"):
+        (package / name).parent.mkdir(parents=True, exist_ok=True)
+        (package / name).write_text("\n")
+    assert source_files("contrib", root=tmp_path) == [package / "fw_x" / "__init__.py"]
 
 
 @pytest.mark.parametrize("path", PLUGIN_SOURCES, ids=lambda p: str(p.relative_to(ROOT)))
@@ -81,7 +104,7 @@ def test_core_names_no_concrete_plugin():
     names = {entry.name for kind in ("adapter", "quantizer", "decoder", "initializer")
              for entry in registry.all(kind)} - {"default"}
     found = []
-    for path in sorted(ROOT.joinpath("core").rglob("*.py")):
+    for path in source_files("core"):
         relative = path.relative_to(ROOT / "core").as_posix()
         for line, value in _code_strings(path):
             if (value in names or value in PLUGIN_ONLY_WORDS) and (relative, value) not in ALLOWED_IN_CORE:
@@ -134,3 +157,18 @@ def test_check_descriptor_flags_an_adapter_without_a_peft_config_class():
                                peft_config_class="LohaConfig")
     assert check_descriptor(bare) == ["adapter 'bare': set peft_config_class (or build_peft_config)"]
     assert check_descriptor(misspelled)[0].startswith("adapter 'typo': peft has no LohaConfig")
+
+
+def test_check_descriptor_resolves_the_serving_and_export_references():
+    """vllm_problem (adapters) and dequantize (quantizers) are references like the others: a typo is found; a
+    display name is prose, never resolved."""
+    import dataclasses
+
+    registry = get_registry()
+    lora, torchao = registry.get("adapter", "lora"), registry.get("quantizer", "torchao")
+    assert check_descriptor(lora) == [] and check_descriptor(torchao) == []
+    assert check_descriptor(dataclasses.replace(lora, display_name="LoRA: low rank")) == []
+    (typo,) = check_descriptor(dataclasses.replace(lora, vllm_problem="fw.plugins.adapters.lora:vllm_problme"))
+    assert typo.startswith("adapter 'lora': vllm_problem=fw.plugins.adapters.lora:vllm_problme does not resolve")
+    (typo,) = check_descriptor(dataclasses.replace(torchao, dequantize="fw.plugins.quantizers.torchao:dequantise"))
+    assert typo.startswith("quantizer 'torchao': dequantize=fw.plugins.quantizers.torchao:dequantise does not resolve")

@@ -21,8 +21,8 @@ What is compared (the same on both sides):
   exactly the same rows (the same real tokens); the first ``--warmup-steps`` steps are not timed.
 
 The reference is ``transformers.Trainer`` with a minimal collator that pads each batch to its longest row. The
-fw side is fw's own trainer (``fw.train.trainer.train``) on rows of :class:`fw.data.tokens.EncodedRow`, with the fast
-trainer options of the config switched on where the installed fw has them (``trainer.packing``,
+fw side is fw's own :class:`fw.train.trainer.Trainer` on rows of :class:`fw.data.tokens.EncodedRow`, with the
+fast trainer options of the config switched on where the installed fw has them (``trainer.packing``,
 ``trainer.compile``, ...; read from ``schemas/core.json``), else its defaults.
 
 Each (side, workload) runs in its own subprocess, so peak GPU memory (``torch.cuda.max_memory_allocated``) is
@@ -354,41 +354,35 @@ def fw_config(settings: Settings) -> dict:
 
 
 def train_fw(model, rows, settings: Settings, clock: StepClock, run_dir: Path) -> dict:
-    """fw's trainer on :class:`fw.data.tokens.EncodedRow` rows. Two of its module functions are wrapped, not
-    changed: ``to_device`` (every batch passes it on its way to the model: its non-pad tokens are counted) and
-    the progress ``Reporter`` (its ``step`` stamps the end of every optimizer step). The batch fw fetches once
+    """fw's :class:`fw.train.trainer.Trainer` on :class:`fw.data.tokens.EncodedRow` rows, subclassed to measure,
+    not changed: ``load_batch`` (every micro-batch passes it on its way to the model: its non-pad tokens are
+    counted) and ``optimizer_step`` (its end stamps the end of every optimizer step). The batch fw loads once
     before training (to pick its loss path) is counted in the first step, which is never timed."""
     from types import SimpleNamespace
 
-    from fw.train import trainer as fw_trainer
     from fw.data.tokens import EncodedRow
     from fw.model.loading import apply_adapter
+    from fw.train.trainer import Trainer
+
+    class TimedTrainer(Trainer):
+        def load_batch(self, indices):
+            batch = super().load_batch(indices)
+            ids = batch["input_ids"]
+            clock.add_tokens(int((ids != settings.pad_id).sum()), ids.numel())
+            return batch
+
+        def optimizer_step(self, *args, **kwargs):
+            super().optimizer_step(*args, **kwargs)
+            clock.step_done()
 
     config = fw_config(settings)
     model = apply_adapter(model, config)
     encoded = [EncodedRow(tokens, labels_of(tokens, prompt)) for tokens, prompt in rows]
     tokenizer = SimpleNamespace(pad_token_id=settings.pad_id, eos_token_id=None, bos_token_id=None,
                                 padding_side="right")
-    to_device = fw_trainer.to_device
-
-    def counting_to_device(batch, device):
-        if "input_ids" in batch:
-            ids = batch["input_ids"]
-            clock.add_tokens(int((ids != settings.pad_id).sum()), ids.numel())
-        return to_device(batch, device)
-
-    class TimedReporter(fw_trainer.Reporter):
-        def step(self, *args, **kwargs):
-            super().step(*args, **kwargs)
-            clock.step_done()
-
-    originals = {"to_device": to_device, "Reporter": fw_trainer.Reporter}
-    fw_trainer.to_device, fw_trainer.Reporter = counting_to_device, TimedReporter
-    try:
-        statistics = fw_trainer.train(model, tokenizer, encoded, [], config, run_dir, show_progress=False)
-    finally:
-        for name, value in originals.items():
-            setattr(fw_trainer, name, value)
+    trainer = TimedTrainer(config, tokenizer, encoded, show_progress=False)
+    trainer.setup(model, run_dir)
+    statistics = trainer.train()
     return {"model": model, "losses": statistics["train_loss_per_step"], "options": config["trainer"]}
 
 

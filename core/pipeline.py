@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fw import artifacts, console
+from fw import artifacts, console, trace
 from fw.config import view
 from fw.data import retrieval
 from fw.errors import FwError
@@ -131,35 +131,43 @@ def train(config, dataset=None, training_set=None, validation_set=None, test_set
           output_directory: str | Path = "results", experiment_name: str = "experiment", model_name: str = "run",
           resume: bool = False, show_progress: bool = True, adapter: str | None = None) -> TrainResult:
     """Fine-tune per the config; write ``<output_directory>/<experiment>_<run>/`` and return where it is.
-    ``adapter`` names the adapter of an ``adapters:`` section to train (default: ``adapters.active``)."""
+    ``adapter`` names the adapter of an ``adapters:`` section to train (default: ``adapters.active``).
+    The run directory is made only once the data, the model and its adapter are ready: a run that fails before
+    training leaves nothing behind."""
     from fw.model import multi_adapter
-    from fw.train import trainer as training
     from fw.model.loading import apply_adapter, load_base_model
+    from fw.plugin.registry import get_registry
+    from fw.train.trainer import Trainer
 
+    trace.mark("imports")
+    get_registry()  # plugin discovery (once per process), apart from validation in the startup trace
+    trace.mark("plugins")
     data = localize_base_model(resolve_config(config))
-    if view.trainer_type(data) == "none":
-        raise FwError("trainer.type is none: there is nothing to train. Run fw predict / fw evaluate with --config "
-                      "to use the base model directly, or set trainer.type: finetune.")
-    artifacts.check_mergeable(view.adapter(data))
-    quantization.check_runnable(data, for_training=True)
+    trace.mark("config")
+    check_trainable(data)
     trained = multi_adapter.trained_name(data, adapter)
     splits = load_splits(data, dataset, training_set, validation_set, test_set)
     retriever = retrieval.prepare(data, splits.train)
     resumed = artifacts.run_directory_to_resume(output_directory, experiment_name, model_name) if resume else None
+    trace.mark("data")
     seed_everything(view.seed(data))
     model, tokenizer = load_base_model(data, for_training=True)
     model = quantization.prepare_for_training(model, data)
+    trace.mark("model")
     train_rows = encode_frame(splits.train, data, tokenizer, "train", retriever)
     validation_rows = encode_frame(splits.validation, data, tokenizer, "validation", retriever)
-    model = apply_adapter(model, data, training_data(train_rows, tokenizer, data, show_progress), adapter_name=trained)
-    # only now: a model or adapter that cannot be loaded leaves no run directory behind
+    trainer = Trainer(multi_adapter.training_view(data, trained) if trained else data, tokenizer, train_rows,
+                      validation_rows, show_progress=show_progress)
+    trace.mark("tokens")
+    model = apply_adapter(model, data, training_data(trainer, data, show_progress), adapter_name=trained)
+    trace.mark("adapter")
     run_dir = prepare_run_directory(data, splits, output_directory, experiment_name, model_name, resumed)
-    statistics = training.train(model, tokenizer, train_rows, validation_rows,
-                                multi_adapter.training_view(data, trained) if trained else data, run_dir,
-                                resume=resume, show_progress=show_progress)
+    trainer.setup(model, run_dir)
+    trace.mark("setup")
+    statistics = trainer.train(resume=resume)
     test_rows = encode_frame(splits.test, data, tokenizer, "test", retriever)
     if test_rows:
-        statistics["test"] = training.evaluate_loss(model, tokenizer, test_rows, view.eval_batch_size(data))
+        statistics["test"] = trainer.evaluate(test_rows)
     if trained:
         statistics["adapter"] = trained
         multi_adapter.finish_training(model, data)
@@ -168,6 +176,15 @@ def train(config, dataset=None, training_set=None, validation_set=None, test_set
     retrieval.save_with_model(retriever, model_dir)
     console.info(f"saved the model to {model_dir}")
     return TrainResult(run_dir, model_dir, statistics, data, model, tokenizer)
+
+
+def check_trainable(data: dict) -> None:
+    """What rules a config out of ``fw train`` before any data or model is read."""
+    if view.trainer_type(data) == "none":
+        raise FwError("trainer.type is none: there is nothing to train. Run fw predict / fw evaluate with --config "
+                      "to use the base model directly, or set trainer.type: finetune.")
+    artifacts.check_mergeable(view.adapter(data))
+    quantization.check_runnable(data, for_training=True)
 
 
 def prepare_run_directory(data: dict, splits, output_directory, experiment_name: str, model_name: str,
@@ -187,13 +204,12 @@ def prepare_run_directory(data: dict, splits, output_directory, experiment_name:
     return run_dir
 
 
-def training_data(train_rows, tokenizer, data: dict, show_progress: bool):
+def training_data(trainer, data: dict, show_progress: bool):
     """What the adapter may see before training: rows for EVA / CorDA calibration, the planned step count."""
     from fw.model.initialization import TrainingData
-    from fw.train.trainer import plan
 
-    planned = plan(train_rows, view.trainer(data)).total_steps if train_rows else None
-    return TrainingData(train_rows, tokenizer, view.batch_size(data), planned, show_progress)
+    return TrainingData(trainer.train_rows, trainer.tokenizer, view.batch_size(data), trainer.planned_steps,
+                        show_progress)
 
 
 def save_trained(model, tokenizer, data: dict, run_dir: Path):

@@ -204,3 +204,31 @@ def test_merging_an_adapter_peft_cannot_merge_is_refused_before_training(workspa
                       "--output_directory", root / "out")
     assert code == 1 and "PEFT cannot merge 'lora' adapters" in error and "Set it to false" in error
     assert not (root / "out").exists() or not list((root / "out").rglob("model"))
+
+
+def broken_model(root, tiny_llama_dir, breakage: str) -> str:
+    model = root / "model"
+    shutil.copytree(tiny_llama_dir, model)
+    if breakage == "weights":
+        (model / "model.safetensors").write_bytes(b"not safetensors")
+    else:
+        declared = json.loads((model / "config.json").read_text())
+        (model / "config.json").write_text(json.dumps({**declared, "auto_map": {"AutoModelForCausalLM": "x.Y"}}))
+    return str(model)
+
+
+@pytest.mark.parametrize("breakage, expected", [
+    ("weights", "base_model: cannot load"),
+    ("remote code", "needs trust_remote_code"),
+    ("adapter", "adapter: PEFT could not apply adapter 'lora' to the model"),
+])
+def test_a_run_that_fails_before_training_leaves_no_run_directory(workspace, capsys, tiny_llama_dir, breakage,
+                                                                  expected):
+    root, dataset, write_config = workspace
+    if breakage == "adapter":
+        config = write_config(adapter={"type": "lora", "r": 4, "target_modules": ["no_such_layer"]})
+    else:
+        config = write_config(base_model=broken_model(root, tiny_llama_dir, breakage))
+    code, error = run(capsys, "train", "--config", config, "--dataset", dataset, "--output_directory", root / "out")
+    assert code == 1 and expected in error
+    assert not (root / "out").exists() or not list((root / "out").iterdir())

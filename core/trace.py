@@ -1,0 +1,20 @@
+"""Startup timestamps, for bench/startup.py: with ``FW_STARTUP_TRACE=<file>`` in the environment, :func:`mark`
+appends ``{"phase": name, "time": <time.time()>}`` to that file the first time each phase is reached; without
+it, :func:`mark` does nothing (one dictionary lookup)."""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+_reached: set[str] = set()
+
+
+def mark(phase: str) -> None:
+    """Record that ``phase`` ended now (first call per phase only)."""
+    path = os.environ.get("FW_STARTUP_TRACE")
+    if not path or phase in _reached:
+        return
+    _reached.add(phase)
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps({"phase": phase, "time": time.time()}) + "\n")

@@ -25,10 +25,16 @@ test: install
 demo: install
 	$(BIN)/python examples/demo/run_demo.py
 
-# Training speed (bench/train_speed.py) needs a CUDA GPU; without one it runs its CPU --smoke check instead.
+# The two-task merge measurement and startup (bench/startup.py: fw train vs transformers.Trainer + PEFT to the first
+# step) run on any device; torch.compile with its real inductor backend is checked here (the suite compiles with
+# dynamo's eager backend). Training speed (bench/train_speed.py) needs a CUDA GPU; without one it runs its CPU
+# --smoke check instead.
 bench: install
 	$(BIN)/python bench/cli_speed.py
 	$(BIN)/python bench/merge_two_tasks.py
+	$(BIN)/python bench/startup.py
+	FW_TEST_COMPILE_BACKEND=inductor $(BIN)/python -m pytest -q -p no:cacheprovider \
+		tests/test_packing.py::test_compile_really_trains_one_step_on_cpu
 	@if $(BIN)/python -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then \
 		$(BIN)/python bench/train_speed.py; \
 	else \

@@ -63,17 +63,18 @@ def _save(model, tokenizer, path: Path) -> Path:
     return path
 
 
-def build_tiny_llama(path: str | Path, seed: int = 0) -> Path:
-    """A random-init ``LlamaForCausalLM`` (hidden 64, 2 layers, 4 heads / 2 kv heads) plus tokenizer."""
+def build_tiny_llama(path: str | Path, seed: int = 0, **shape) -> Path:
+    """A random-init ``LlamaForCausalLM`` (hidden 64, 2 layers, 4 heads / 2 kv heads) plus tokenizer; ``shape``
+    overrides ``LlamaConfig`` fields (e.g. ``hidden_size``, ``num_hidden_layers``) for a bigger model."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     path = Path(path)
     tokenizer = build_tokenizer(path)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=HIDDEN, num_hidden_layers=LAYERS,
-                         num_attention_heads=HEADS, num_key_value_heads=LLAMA_KV_HEADS,
-                         intermediate_size=INTERMEDIATE, max_position_embeddings=MAX_POSITIONS,
-                         tie_word_embeddings=False, **_special_ids(tokenizer))
+    fields = dict(hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
+                  num_key_value_heads=LLAMA_KV_HEADS, intermediate_size=INTERMEDIATE,
+                  max_position_embeddings=MAX_POSITIONS, tie_word_embeddings=False)
+    config = LlamaConfig(vocab_size=len(tokenizer), **{**fields, **shape}, **_special_ids(tokenizer))
     torch.manual_seed(seed)
     return _save(LlamaForCausalLM(config), tokenizer, path)
 

@@ -113,3 +113,22 @@ def test_a_model_whose_loss_differs_falls_back(tiny_llama_dir, monkeypatch):
     model = base_model(tiny_llama_dir)
     monkeypatch.setattr(loss, "head_cross_entropy", lambda head, states, targets: head(states).sum() * 0.0)
     assert loss.choose(model, collate(rows(), pad_token_id=3), True) is loss.standard_loss_sum
+
+
+def test_the_probe_runs_the_model_once_and_catches_a_head_input_the_decoder_does_not_give(tiny_llama_dir,
+                                                                                          monkeypatch):
+    from transformers.modeling_outputs import CausalLMOutputWithPast
+
+    model = lora_model(tiny_llama_dir, ["q_proj", "v_proj"])
+    decoder_calls = []
+    loss.transformers_model(model).get_decoder().register_forward_hook(lambda *args: decoder_calls.append(1))
+    batch = collate(rows(), pad_token_id=3)
+    assert loss.choose(model, batch, True) is loss.chunked_loss_sum and len(decoder_calls) == 1
+
+    def scaled_forward(self, input_ids=None, labels=None, **kwargs):  # as MiniCPM: hidden states scaled first
+        hidden = self.model(input_ids=input_ids, **kwargs).last_hidden_state
+        logits = self.lm_head(hidden * 0.5)
+        return CausalLMOutputWithPast(loss=self.loss_function(logits, labels, self.config.vocab_size), logits=logits)
+
+    monkeypatch.setattr(type(loss.transformers_model(model)), "forward", scaled_forward)
+    assert loss.choose(model, batch, True) is loss.standard_loss_sum and len(decoder_calls) == 2

@@ -41,12 +41,18 @@ def standard_loss_sum(model, batch: dict):
 
 def chunked_loss_sum(model, batch: dict):
     """(sum of the token losses, token count) computing the head + cross-entropy only at labelled positions."""
-    import torch
-
     base = transformers_model(model)
     inputs = {key: value for key, value in batch.items() if key != "labels"}
     hidden = base.get_decoder()(**inputs, use_cache=False).last_hidden_state
-    shifted = batch["labels"][:, 1:]
+    return head_loss_sum(base, hidden, batch["labels"])
+
+
+def head_loss_sum(base, hidden, labels):
+    """(sum of the token losses, token count) of the output head + cross-entropy at the positions of the
+    decoder's ``hidden`` states that predict a labelled token."""
+    import torch
+
+    shifted = labels[:, 1:]
     mask = shifted != IGNORE_INDEX
     states, targets = hidden[:, :-1][mask], shifted[mask]
     if not targets.numel():
@@ -117,7 +123,9 @@ def unsupported_reason(model) -> str | None:
 
 
 def matches_standard(model, batch: dict) -> bool:
-    """Whether both paths give the same loss on the first row of ``batch`` (eval mode, no gradient)."""
+    """Whether both paths give the same loss on the first row of ``batch`` (eval mode, no gradient). One forward
+    pass: the model's own, whose decoder output is kept (forward hook) and put through the head as the chunked
+    path does."""
     import torch
 
     float32 = next(model.parameters()).dtype == torch.float32
@@ -128,13 +136,19 @@ def matches_standard(model, batch: dict) -> bool:
         row = batch
     if not response_tokens(row["labels"]):
         return True
+    base = transformers_model(model)
+    decoded = []
+    hook = base.get_decoder().register_forward_hook(lambda module, args, output: decoded.append(output))
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
             standard, tokens = standard_loss_sum(model, row)
-            chunked, _ = chunked_loss_sum(model, row)
+            if len(decoded) != 1:  # the model's forward does not run its decoder once: the paths differ
+                return False
+            chunked, _ = head_loss_sum(base, decoded[0].last_hidden_state, row["labels"])
     finally:
+        hook.remove()
         model.train(was_training)
     standard, chunked = float(standard) / tokens, float(chunked) / tokens
     return abs(standard - chunked) <= tolerance * max(1.0, abs(standard))

@@ -38,11 +38,13 @@ class TrainingData:
 
     def batches(self, n_samples: int, device, batch_size: int | None = None) -> list[dict]:
         """The first ``n_samples`` rows as padded batches (input_ids, attention_mask, labels) on ``device``."""
-        from fw.train.trainer import collate, micro_batches, to_device
+        from fw.data.tokens import collate, length_sorted_batches
 
         rows = self.rows[:n_samples]
-        return [to_device(collate([rows[i] for i in indices], self.tokenizer), device)
-                for indices in micro_batches(rows, batch_size or self.batch_size)]
+        batches = length_sorted_batches([len(row.input_ids) for row in rows], batch_size or self.batch_size)
+        return [{key: value.to(device) for key, value in collate([rows[i] for i in indices],
+                                                                 self.tokenizer.pad_token_id).items()}
+                for indices in batches]
 
     @contextmanager
     def progress(self, description: str, total: int) -> Iterator[Callable[[], None]]:

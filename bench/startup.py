@@ -23,8 +23,9 @@ the same phases. Its module level imports the standard library only, so its impo
 Phases (each ends at a mark; a side without the phase shows "-"): interpreter and imports, plugin discovery,
 config validation, data (read and split), model and tokenizer load, tokenize rows, adapter, trainer setup (fw:
 speed options and the loss-path probe, optimizer; Trainer: its constructor), first optimizer step (the training
-loop's own start-up included). The table gives the median of each phase and of the totals over the runs, and the ratio
-fw / reference of the median totals; the JSON under ``bench/results/`` (``--smoke``: ``bench/results/smoke/``,
+loop's own start-up included). The table gives the median of each phase and of the totals over the runs, in
+wall-clock seconds and in the process's CPU seconds (all threads; steadier than the wall clock on a shared
+machine), and the ratios fw / reference of the median totals; the JSON under ``bench/results/`` (``--smoke``: ``bench/results/smoke/``,
 not committed) keeps every run, the device and the load average before and after.
 """
 from __future__ import annotations
@@ -124,12 +125,15 @@ def read_marks(path: Path) -> list[dict]:
 
 
 def split(marks: list[dict], started: float) -> dict:
-    """Each phase's duration (from the previous mark, the first from ``started``) and the total to the last."""
-    phases, previous = {}, started
+    """Each phase's wall-clock duration (from the previous mark, the first from ``started``) and CPU time (the
+    process's, all threads), and both totals to the last mark."""
+    phases, cpu_phases, previous, previous_cpu = {}, {}, started, 0.0
     for mark in sorted(marks, key=lambda mark: mark["time"]):
         phases[mark["phase"]] = mark["time"] - previous
-        previous = mark["time"]
-    return {"phases": phases, "total": previous - started if marks else None}
+        cpu_phases[mark["phase"]] = mark["cpu"] - previous_cpu
+        previous, previous_cpu = mark["time"], mark["cpu"]
+    return {"phases": phases, "cpu_phases": cpu_phases, "total": previous - started if marks else None,
+            "cpu_total": previous_cpu if marks else None}
 
 
 # == the reference side (run as a subprocess of this file) =====================================================
@@ -140,7 +144,7 @@ def reference(workspace: Path, output: Path) -> int:
     def mark(phase: str) -> None:
         if trace_file:
             with open(trace_file, "a", encoding="utf-8") as handle:
-                handle.write(json.dumps({"phase": phase, "time": time.time()}) + "\n")
+                handle.write(json.dumps({"phase": phase, "time": time.time(), "cpu": time.process_time()}) + "\n")
 
     import pandas as pd
     import torch
@@ -181,31 +185,37 @@ def reference(workspace: Path, output: Path) -> int:
 
 # == the comparison ==============================================================================================
 def summarize(runs: dict[str, list[dict]]) -> dict:
-    """Per side: the median of each phase and of the totals over the successful runs; the ratio fw / reference."""
+    """Per side: the median of each phase and of the totals (wall clock and CPU) over the successful runs; the
+    ratios fw / reference of the median totals."""
     summary = {}
     for side, side_runs in runs.items():
         done = [run for run in side_runs if run.get("total") is not None and "error" not in run]
-        phases = {phase: statistics.median([run["phases"][phase] for run in done])
-                  for phase in PHASES if done and all(phase in run["phases"] for run in done)}
-        summary[side] = {"runs": len(done), "phases": phases,
-                         "total": statistics.median([run["total"] for run in done]) if done else None}
-    fw, ref = summary.get("fw", {}).get("total"), summary.get("reference", {}).get("total")
-    summary["ratio"] = fw / ref if fw and ref else None
+        summary[side] = {"runs": len(done)}
+        for phases_key, total_key in (("phases", "total"), ("cpu_phases", "cpu_total")):
+            summary[side][phases_key] = {phase: statistics.median([run[phases_key][phase] for run in done])
+                                         for phase in PHASES if done and all(phase in run[phases_key] for run in done)}
+            summary[side][total_key] = statistics.median([run[total_key] for run in done]) if done else None
+    for key, total_key in (("ratio", "total"), ("cpu_ratio", "cpu_total")):
+        fw, ref = summary.get("fw", {}).get(total_key), summary.get("reference", {}).get(total_key)
+        summary[key] = fw / ref if fw and ref else None
     return summary
 
 
 def table(summary: dict) -> str:
-    sides = [side for side in SIDES if side in summary]
-    lines = [f"{'phase (median seconds)':34}" + "".join(f"{LABELS[side]:>16}" for side in sides)]
+    """Phases down; wall clock then CPU, each side, across: medians in seconds; the ratios below."""
+    columns = [(side, phases_key, total_key)
+               for phases_key, total_key in (("phases", "total"), ("cpu_phases", "cpu_total"))
+               for side in SIDES if side in summary]
+    header = "".join(f"{LABELS[side] + (' CPU' if key == 'cpu_phases' else ''):>19}" for side, key, _ in columns)
+    lines = [f"{'median seconds':32}{header}"]
     for phase, label in PHASES.items():
-        cells = [summary[side]["phases"].get(phase) for side in sides]
-        lines.append(f"{label:34}" + "".join(f"{cell:16.2f}" if cell is not None else f"{'-':>16}"
-                                             for cell in cells))
-    lines.append(f"{'process start -> first step':34}" + "".join(
-        f"{summary[side]['total']:16.2f}" if summary[side]["total"] is not None else f"{'failed':>16}"
-        for side in sides))
+        cells = [summary[side][key].get(phase) for side, key, _ in columns]
+        lines.append(f"{label:32}" + "".join(f"{cell:19.2f}" if cell is not None else f"{'-':>19}" for cell in cells))
+    totals = [summary[side][total] for side, _, total in columns]
+    lines.append(f"{'process start -> first step':32}" + "".join(
+        f"{cell:19.2f}" if cell is not None else f"{'failed':>19}" for cell in totals))
     if summary.get("ratio") is not None:
-        lines.append(f"fw / Trainer + PEFT: {summary['ratio']:.2f}")
+        lines.append(f"fw / Trainer + PEFT: {summary['ratio']:.2f} wall clock, {summary['cpu_ratio']:.2f} CPU time")
     return "\n".join(lines)
 
 

@@ -1,6 +1,6 @@
 """Startup timestamps, for bench/startup.py: with ``FW_STARTUP_TRACE=<file>`` in the environment, :func:`mark`
-appends ``{"phase": name, "time": <time.time()>}`` to that file the first time each phase is reached; without
-it, :func:`mark` does nothing but read the environment."""
+appends ``{"phase": name, "time": time.time(), "cpu": time.process_time()}`` to that file the first time each
+phase is reached; without it, :func:`mark` does nothing but read the environment."""
 from __future__ import annotations
 
 import json
@@ -17,4 +17,4 @@ def mark(phase: str) -> None:
         return
     _reached.add((path, phase))
     with open(path, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps({"phase": phase, "time": time.time()}) + "\n")
+        handle.write(json.dumps({"phase": phase, "time": time.time(), "cpu": time.process_time()}) + "\n")

@@ -54,17 +54,19 @@ def test_the_reference_marks_its_phases_in_the_same_order(bench, workspace, tmp_
 
 def test_phases_are_the_gaps_between_marks_and_the_ratio_compares_median_totals(bench):
     def run(start, *times):
-        marks = [{"phase": phase, "time": start + t} for phase, t in zip(bench.PHASES, times)]
+        marks = [{"phase": phase, "time": start + t, "cpu": 2 * t} for phase, t in zip(bench.PHASES, times)]
         return {"returncode": 0, **bench.split(marks, start)}
 
     fw = [run(100, 2, 2.1, 2.3, 2.5, 4, 4.1, 4.4, 4.6, 5), run(0, 3, 3.1, 3.3, 3.5, 5, 5.1, 5.4, 5.6, 6)]
     assert fw[0]["phases"]["model"] == pytest.approx(1.5) and fw[0]["total"] == pytest.approx(5)
-    reference = [{"returncode": 0, "total": 4.0, "phases": {"imports": 3.0, "first_step": 1.0}}]
+    assert fw[0]["cpu_phases"]["model"] == pytest.approx(3.0) and fw[0]["cpu_total"] == pytest.approx(10)
+    reference = [{"returncode": 0, "total": 4.0, "phases": {"imports": 3.0, "first_step": 1.0},
+                  "cpu_total": 8.8, "cpu_phases": {"imports": 5.0, "first_step": 3.8}}]
     failed = {"returncode": 1, "total": None, "phases": {}, "error": "boom"}
     summary = bench.summarize({"fw": fw + [failed], "reference": reference})
     assert summary["fw"]["runs"] == 2 and summary["fw"]["total"] == pytest.approx(5.5)
     assert summary["fw"]["phases"]["imports"] == pytest.approx(2.5)
-    assert summary["ratio"] == pytest.approx(5.5 / 4.0)
+    assert summary["ratio"] == pytest.approx(5.5 / 4.0) and summary["cpu_ratio"] == pytest.approx(11 / 8.8)
     printed = bench.table(summary)
-    assert "fw / Trainer + PEFT: 1.38" in printed
+    assert "fw / Trainer + PEFT: 1.38 wall clock, 1.25 CPU time" in printed
     assert [line.split()[-1] for line in printed.splitlines() if line.startswith("plugin discovery")] == ["-"]

@@ -269,7 +269,10 @@ class Trainer:
         self.show_progress = show_progress
         self.plan = plan(train_rows, self.settings)
         self.position, self.history = Position(), History()
+        #: ``model``: as given to :meth:`setup` (what checkpoints hold, what is saved); ``step_model``: what the
+        #: training steps run through (the runtime's prepared model; the same object in one process)
         self.model = self.step_model = self.optimizer = self.scheduler = self.reporter = None
+        self.run_dir: Path | None = None
         self.checkpoints: Path | None = None
         self.after_step: list = []
         self.flash_kwargs = False

@@ -24,9 +24,11 @@ Phases (each ends at a mark; a side without the phase shows "-"): interpreter an
 config validation, data (read and split), model and tokenizer load, tokenize rows, adapter, trainer setup (fw:
 speed options and the loss-path probe, optimizer; Trainer: its constructor), first optimizer step (the training
 loop's own start-up included). The table gives the median of each phase and of the totals over the runs, in
-wall-clock seconds and in the process's CPU seconds (all threads; steadier than the wall clock on a shared
-machine), and the ratios fw / reference of the median totals; the JSON under ``bench/results/`` (``--smoke``: ``bench/results/smoke/``,
-not committed) keeps every run, the device and the load average before and after.
+wall-clock seconds and in the process's CPU seconds (all threads), and the ratios fw / reference of the median
+totals; the JSON under ``bench/results/`` (``--smoke``: ``bench/results/smoke/``, not committed) keeps every run,
+the device and the load average before and after. On a shared machine, ``--threads 1`` gives both sides one
+torch thread: idle OpenMP threads then no longer spin while other jobs hold the cores, so the CPU times measure
+the work.
 """
 from __future__ import annotations
 
@@ -102,12 +104,15 @@ def reference_command(workspace: Path, output: Path) -> list[str]:
     return [sys.executable, str(Path(__file__).resolve()), "--reference", str(workspace), "--output-dir", str(output)]
 
 
-def timed_run(side: str, workspace: Path, timeout: float) -> dict:
-    """Spawn one side; its phase durations (seconds) from the marks it wrote, and the total."""
+def timed_run(side: str, workspace: Path, timeout: float, threads: int | None = None) -> dict:
+    """Spawn one side (with ``threads``: that many torch / OpenMP threads); its phase durations (seconds) from the
+    marks it wrote, and the totals."""
     with tempfile.TemporaryDirectory(prefix=f"startup-{side}-", dir=workspace) as scratch:
         trace_file, output = Path(scratch) / "trace.jsonl", Path(scratch) / "out"
         command = (fw_command if side == "fw" else reference_command)(workspace, output)
         env = {**os.environ, "FW_STARTUP_TRACE": str(trace_file)}
+        if threads:
+            env["OMP_NUM_THREADS"] = str(threads)
         started = time.time()
         process = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
         finished = time.time()
@@ -238,7 +243,7 @@ def versions() -> dict:
     return {name: version(name) for name in ("fw", "torch", "transformers", "peft")}
 
 
-def run_benchmark(model: str, runs: int, timeout: float, output_dir: Path | None) -> Path:
+def run_benchmark(model: str, runs: int, timeout: float, output_dir: Path | None, threads: int | None = None) -> Path:
     with tempfile.TemporaryDirectory(prefix="fw-startup-") as scratch:
         workspace = Path(scratch)
         built = build_workspace(workspace, model)
@@ -246,17 +251,18 @@ def run_benchmark(model: str, runs: int, timeout: float, output_dir: Path | None
         results: dict[str, list[dict]] = {side: [] for side in SIDES}
         for index in range(runs):  # alternate which side goes first, so neither always runs on a warmer cache
             for side in (SIDES if index % 2 == 0 else SIDES[::-1]):
-                run = timed_run(side, workspace, timeout)
+                run = timed_run(side, workspace, timeout, threads)
                 results[side].append(run)
                 total = f"{run['total']:.2f} s" if run.get("total") is not None else "failed"
                 print(f"run {index + 1}/{runs} {LABELS[side]}: {total}", flush=True)
         load_after = os.getloadavg()
     summary = summarize(results)
     report = {"benchmark": "startup", "date": datetime.datetime.now().isoformat(timespec="seconds"),
-              "smoke": model == "smoke", "model": built, "device": device(), "versions": versions(),
+              "smoke": model == "smoke", "model": built, "device": device(), "versions": versions(), "threads": threads,
               "load_average": {"before": load_before, "after": load_after}, "runs": results, "summary": summary}
     print(f"\nstartup of a {built['parameters'] / 1e6:.1f}M-parameter Llama, {runs} run(s) per side, "
-          f"device {report['device']['gpu'] or report['device']['cpu']} ({report['device']['cores']} cores), "
+          f"device {report['device']['gpu'] or report['device']['cpu']} ({report['device']['cores']} cores, "
+          f"{threads or report['device']['torch_threads']} torch threads), "
           f"load average {load_before[0]:.1f} before, {load_after[0]:.1f} after")
     print(table(summary))
     for side, side_runs in results.items():
@@ -266,7 +272,7 @@ def run_benchmark(model: str, runs: int, timeout: float, output_dir: Path | None
     directory = output_dir or (RESULTS / "smoke" if model == "smoke" else RESULTS)
     directory.mkdir(parents=True, exist_ok=True)
     where = "cuda" if report["device"]["gpu"] else "cpu"
-    path = directory / f"startup-{model}-{where}-{report['date'][:10]}.json"
+    path = directory / f"startup-{model}-{where}{f'-{threads}thread' if threads else ''}-{report['date'][:10]}.json"
     path.write_text(json.dumps(report, indent=1))
     print(f"\nwrote {path}")
     return path
@@ -277,13 +283,15 @@ def main(argv=None) -> int:
     parser.add_argument("--runs", type=int, default=None, help="runs per side (default 3; --smoke: 1)")
     parser.add_argument("--smoke", action="store_true", help="the tiny test model: checks every code path")
     parser.add_argument("--timeout", type=float, default=600, help="seconds one run may take")
+    parser.add_argument("--threads", type=int, help="OMP_NUM_THREADS for both sides (default: torch's choice); "
+                                                     "1 keeps a shared machine's contention out of the CPU times")
     parser.add_argument("--output-dir", type=Path, help="where the JSON goes (default bench/results[/smoke])")
     parser.add_argument("--reference", type=Path, metavar="WORKSPACE", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.reference:
         return reference(args.reference, args.output_dir)
     runs = args.runs or (1 if args.smoke else 3)
-    path = run_benchmark("smoke" if args.smoke else "35m", runs, args.timeout, args.output_dir)
+    path = run_benchmark("smoke" if args.smoke else "35m", runs, args.timeout, args.output_dir, args.threads)
     summary = json.loads(path.read_text())["summary"]
     return 0 if all(summary[side]["runs"] == runs for side in SIDES) else 1
 

@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import difflib
+import math
+import reprlib
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 
 class FwError(Exception):
@@ -23,6 +26,10 @@ class ConfigIssue:
         return f"{text} ({self.hint})" if self.hint else text
 
 
+#: problems listed in one message; a config with more (one bad value repeated) gets "and N more"
+SHOWN_ISSUES = 30
+
+
 class ConfigError(FwError):
     """A config is invalid; ``issues`` holds every problem found, not just the first."""
 
@@ -30,8 +37,16 @@ class ConfigError(FwError):
         self.issues = list(issues)
         self.source = source
         where = f" in {source}" if source else ""
-        lines = [f"{len(self.issues)} problem(s){where}:"] + [f"  - {issue}" for issue in self.issues]
+        lines = [f"{len(self.issues)} problem(s){where}:"] + [f"  - {line}" for line in issue_lines(self.issues)]
         super().__init__("\n".join(lines))
+
+
+def issue_lines(issues: list[ConfigIssue]) -> list[str]:
+    """One line per issue, the first :data:`SHOWN_ISSUES` of them, then how many more."""
+    lines = [str(issue) for issue in issues[:SHOWN_ISSUES]]
+    if len(issues) > SHOWN_ISSUES:
+        lines.append(f"... and {len(issues) - SHOWN_ISSUES} more")
+    return lines
 
 
 class PluginNotFoundError(FwError):
@@ -56,6 +71,8 @@ class ConfigWarning(ConfigIssue):
 def closest(word: str, choices: Iterable[str]) -> str | None:
     """The choice most similar to ``word``, or None when nothing is reasonably close."""
     options = [str(choice) for choice in choices]
+    if len(str(word)) > 100:  # no name is that long, and difflib's cost grows with it
+        return None
     matches = difflib.get_close_matches(str(word), options, n=1, cutoff=0.6)
     if not matches:
         lowered = {option.lower(): option for option in options}
@@ -68,3 +85,28 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """`` Did you mean 'x'?`` or an empty string."""
     match = closest(word, choices)
     return f" Did you mean '{match}'?" if match else ""
+
+
+# -- values in messages ------------------------------------------------------------------------------------------
+class _BoundedRepr(reprlib.Repr):
+    """reprlib's bounded repr (it never builds the full text of a large list or dict), plus huge integers by size:
+    Python refuses ``repr`` of an int over 4300 digits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.maxlevel, self.maxlist, self.maxdict, self.maxstring, self.maxlong, self.maxother = 2, 4, 3, 50, 30, 40
+
+    def repr_int(self, x: int, level: int) -> str:
+        if x.bit_length() > 100:
+            return f"{'a negative' if x < 0 else 'an'} integer of {int(x.bit_length() * math.log10(2)) + 1} digits"
+        return super().repr_int(x, level)
+
+
+_REPR = _BoundedRepr()
+
+
+def shown(value: Any, limit: int = 60, quoted: bool = True) -> str:
+    """``value`` as a message shows it: its repr (a string without quotes when ``quoted`` is false), at most
+    ``limit`` characters however large the value is."""
+    text = _REPR.repr(value) if quoted or not isinstance(value, str) else value
+    return text if len(text) <= limit else text[:limit - 3] + "..."

@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 
 from fw.cli import preview, publish, run
 from fw.console import plain_table, say
-from fw.errors import ConfigError, FwError, UsageError, did_you_mean
+from fw.errors import ConfigError, FwError, UsageError, did_you_mean, issue_lines
 from fw.plugin.descriptors import KINDS
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
@@ -82,8 +82,8 @@ def _print_issues(source: str, issues, warnings) -> None:
         say(f"warning: {warning}", "yellow")
     if issues:
         say(f"✗ {source}: {len(issues)} problem(s)", "red")
-        for issue in issues:
-            say(f"  • {issue}")
+        for line in issue_lines(issues):
+            say(f"  • {line}")
     else:
         say(f"✓ {source} is valid", "green")
 

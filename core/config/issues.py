@@ -7,17 +7,13 @@ from typing import Any
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
-from fw.errors import ConfigIssue
 from fw.config.walk import Path, format_path, schema_at
-from fw.errors import did_you_mean
+from fw.errors import ConfigIssue, did_you_mean, shown
 
 _TYPE_NAMES = {dict: "mapping", list: "list", str: "string", bool: "boolean", int: "integer", float: "number",
                type(None): "null"}
-
-
-def _shown(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+#: jsonschema's own message is kept when it is at most this long (it holds the whole value's repr)
+_LONGEST_MESSAGE = 160
 
 
 def _hint_for(root: dict[str, Any], parent_path: Path, key: str | int) -> str | None:
@@ -38,8 +34,13 @@ def issues_from_schema(schema: dict[str, Any], instance: Any, prefix: Path = (),
                        context: str = "") -> Iterator[ConfigIssue]:
     """Every violation of ``schema`` by ``instance``, with paths prefixed by ``prefix``."""
     validator = Draft202012Validator(schema)
-    for error in sorted(validator.iter_errors(instance), key=lambda e: [str(p) for p in e.absolute_path]):
+    for error in sorted(validator.iter_errors(instance), key=_config_order):
         yield from _issues_for(error, schema, prefix, context)
+
+
+def _config_order(error: ValidationError) -> list[tuple[bool, Any]]:
+    """By path, list positions in numeric order (``[2]`` before ``[10]``)."""
+    return [(isinstance(part, str), part) for part in error.absolute_path]
 
 
 def _issues_for(error: ValidationError, root: dict[str, Any], prefix: Path, context: str) -> Iterator[ConfigIssue]:
@@ -52,7 +53,7 @@ def _issues_for(error: ValidationError, root: dict[str, Any], prefix: Path, cont
         for key in [k for k in error.instance if k not in allowed]:
             where = f" for {context}" if context else ""
             hint = hints.get(key) or _renamed_from_library(error.schema, key)
-            message = f"unknown key '{key}'{where}."
+            message = f"unknown key '{shown(key, 40, quoted=False)}'{where}."
             if hint:
                 message += f" {hint}."
             else:
@@ -67,14 +68,24 @@ def _issues_for(error: ValidationError, root: dict[str, Any], prefix: Path, cont
     hint = _hint_for(root, local[:-1], local[-1]) if local else None
     if kind == "enum":
         choices = error.validator_value
-        message = f"{_shown(error.instance)} is not one of {', '.join(map(str, choices))}."
+        message = f"{shown(error.instance)} is not one of {', '.join(map(str, choices))}."
         message += did_you_mean(str(error.instance), [str(c) for c in choices])
     elif kind == "const":
-        message = f"must be {_shown(error.validator_value)}, got {_shown(error.instance)}."
+        message = f"must be {shown(error.validator_value)}, got {shown(error.instance)}."
     elif kind == "type":
         expected = error.validator_value if isinstance(error.validator_value, list) else [error.validator_value]
         got = _TYPE_NAMES.get(type(error.instance), type(error.instance).__name__)
-        message = f"expected {' or '.join(expected)}, got {got} {_shown(error.instance)}."
+        message = f"expected {' or '.join(expected)}, got {got} {shown(error.instance)}."
     else:
-        message = error.message + "."
+        message = _bounded_message(error)
     yield ConfigIssue(format_path(path), message, hint)
+
+
+def _bounded_message(error: ValidationError) -> str:
+    """jsonschema's message (``-1 is less than the minimum of 1``), with a long value shortened."""
+    if len(error.message) <= _LONGEST_MESSAGE:
+        return error.message + "."
+    full = repr(error.instance)  # what jsonschema put in its message
+    if error.message.startswith(full) and len(error.message) - len(full) <= _LONGEST_MESSAGE:
+        return shown(error.instance) + error.message[len(full):] + "."
+    return f"{shown(error.instance)} does not satisfy the schema's {error.validator} ({shown(error.validator_value)})."

@@ -2,26 +2,15 @@
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import yaml
-
+from fw.config.safe_yaml import read_yaml
+from fw.config.validate import ValidationReport, validate
 from fw.errors import ConfigError, ConfigIssue
 from fw.plugin.registry import Registry
-from fw.config.validate import ValidationReport, validate
 
-_BaseLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
-class _Loader(_BaseLoader):  # type: ignore[misc, valid-type]
-    """Safe YAML loader that also reads ``1e-4`` as a float (YAML 1.2), as every user expects."""
-
-
-_FLOAT = re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?$|^[-+]?\.(?:inf|Inf|INF)$|^\.(?:nan|NaN|NAN)$")
-_Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
+__all__ = ["Config", "load_config", "read_yaml", "validate_config"]
 
 
 @dataclass
@@ -34,24 +23,6 @@ class Config:
 
     def __getitem__(self, key: str) -> Any:
         return self.data[key]
-
-
-def read_yaml(path: str | os.PathLike[str]) -> Any:
-    """Parse a YAML file; syntax errors become a ConfigError naming the line."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError([ConfigIssue("", f"config file not found: {path}")]) from None
-    except OSError as exc:
-        raise ConfigError([ConfigIssue("", f"cannot read config file {path}: {exc.strerror}")]) from None
-    try:
-        return yaml.load(text, Loader=_Loader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError([ConfigIssue("", f"invalid YAML at {where}{problem}")], source=str(path)) from None
 
 
 def _as_data(source: str | os.PathLike[str] | dict[str, Any]) -> tuple[Any, str | None]:

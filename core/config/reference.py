@@ -26,7 +26,20 @@ def _type(prop: dict[str, Any]) -> str:
     if "enum" in prop:
         return " \\| ".join(f"`{json.dumps(v)}`" for v in prop["enum"])
     kinds = prop.get("type", "any")
-    return " \\| ".join(kinds) if isinstance(kinds, list) else kinds
+    text = " \\| ".join(kinds) if isinstance(kinds, list) else kinds
+    return f"{text} in {_range(prop)}" if _range(prop) else text
+
+
+def _range(prop: dict[str, Any]) -> str:
+    """The bounds of a number, as an interval: ``[1, 4096]``, ``(0, 10]``; empty when it has none."""
+    low = ("[", prop["minimum"]) if "minimum" in prop else ("(", prop["exclusiveMinimum"]) \
+        if "exclusiveMinimum" in prop else None
+    high = (prop["maximum"], "]") if "maximum" in prop else (prop["exclusiveMaximum"], ")") \
+        if "exclusiveMaximum" in prop else None
+    if low is None and high is None:
+        return ""
+    low, high = low or ("(", "-inf"), high or ("inf", ")")
+    return f"{low[0]}{low[1]}, {high[0]}{high[1]}"
 
 
 def _rows(schema: dict[str, Any], root: dict[str, Any], prefix: str) -> list[str]:

@@ -15,7 +15,7 @@ from typing import Any
 
 from fw.config import view
 from fw.config.sockets import MERGE
-from fw.errors import ConfigIssue, ConfigWarning
+from fw.errors import ConfigIssue, ConfigWarning, shown
 from fw.plugin.registry import Registry
 
 Config = dict[str, Any]
@@ -122,7 +122,7 @@ def output_type_fits_trainer(config: Config, registry: Registry) -> Iterator[Con
     feature = config["output_features"][0]
     if config["trainer"]["type"] == "finetune" and feature["type"] != "text":
         yield ConfigIssue("output_features[0].type",
-                          f"trainer.type: finetune needs a text output, got {feature['type']!r}.",
+                          f"trainer.type: finetune needs a text output, got {shown(feature['type'])}.",
                           "set the output type to text even for classification, or use trainer.type: none "
                           "for in-context classification with a category output")
 
@@ -135,7 +135,7 @@ def decoder_fits_output(config: Config, registry: Registry) -> Iterator[ConfigIs
         if not registry.has("decoder", name) or kind in registry.get("decoder", name).output_types:
             continue
         fitting = [p.name for p in registry.all("decoder") if kind in p.descriptor.output_types]
-        message = (f"a {kind} output needs decoder type {' or '.join(fitting)}, got {name!r}." if fitting else
+        message = (f"a {kind} output needs decoder type {' or '.join(fitting)}, got {shown(name)}." if fitting else
                    f"{name} needs an output of type {' or '.join(registry.get('decoder', name).output_types)}.")
         yield ConfigIssue(f"output_features[{index}].decoder.type", message)
 
@@ -171,7 +171,7 @@ def template_placeholders(config: Config, registry: Registry) -> Iterator[Config
 def retrieval_needs_examples(config: Config, registry: Registry) -> Iterator[ConfigIssue]:
     retrieval = config["prompt"].get("retrieval") or {}
     if retrieval.get("type") and retrieval.get("k", 0) < 1:
-        yield ConfigIssue("prompt.retrieval.k", f"retrieval type {retrieval['type']!r} retrieves k examples, "
+        yield ConfigIssue("prompt.retrieval.k", f"retrieval type {shown(retrieval['type'])} retrieves k examples, "
                                                 f"got k: {retrieval.get('k', 0)}.", "set k to 1 or more")
 
 
@@ -194,7 +194,7 @@ def adapters_names_exist(config: Config, registry: Registry) -> Iterator[ConfigI
     active = adapters.get("active")
     if active is not None and active not in available:
         from fw.errors import did_you_mean
-        yield ConfigIssue("adapters.active", f"names no adapter: {active!r}. Adapters: {', '.join(available)}."
+        yield ConfigIssue("adapters.active", f"names no adapter: {shown(active)}. Adapters: {', '.join(available)}."
                           + did_you_mean(active, available))
     if not merge:
         return
@@ -202,13 +202,13 @@ def adapters_names_exist(config: Config, registry: Registry) -> Iterator[ConfigI
     for index, source in enumerate(sources):
         if source not in names:
             yield ConfigIssue(f"adapters.merge.sources[{index}]",
-                              f"names no adapter: {source!r}. Adapters: {', '.join(names)}.")
+                              f"names no adapter: {shown(source)}. Adapters: {', '.join(names)}.")
     weights = merge.get("weights")
     if weights is not None and len(weights) != len(sources):
         yield ConfigIssue("adapters.merge.weights", f"has {len(weights)} weight(s) for {len(sources)} source(s); "
                                                     "give one weight per source.")
     if merge.get("name") in names:
-        yield ConfigIssue("adapters.merge.name", f"{merge['name']!r} is already an adapter's name; "
+        yield ConfigIssue("adapters.merge.name", f"{shown(merge['name'])} is already an adapter's name; "
                                                  "the merged adapter needs a new one.")
     yield from _merge_sources_compatible(adapters, merge, registry)
 
@@ -221,7 +221,7 @@ def _merge_sources_compatible(adapters: dict, merge: dict, registry: Registry) -
                 not registry.get("adapter", section["type"]).lora_family:
             yield ConfigIssue(f"adapters.adapters.{name}.type",
                               f"merging needs LoRA-family adapters (PEFT add_weighted_adapter); "
-                              f"{name!r} is {section['type']!r}.")
+                              f"{shown(name)} is {shown(section['type'])}.")
     combination = merge.get(MERGE.selector, MERGE.default)
     if not registry.has("merge_strategy", combination):
         return
@@ -230,7 +230,7 @@ def _merge_sources_compatible(adapters: dict, merge: dict, registry: Registry) -
     if strategy.requires_equal_ranks and len(set(ranks.values())) > 1:
         listed = ", ".join(f"{name} r={rank}" for name, rank in ranks.items())
         yield ConfigIssue("adapters.merge.combination_type",
-                          f"{combination!r} needs sources of equal rank, got {listed}.",
+                          f"{shown(combination)} needs sources of equal rank, got {listed}.",
                           "use combination_type svd or cat, or give the adapters the same r")
 
 
@@ -257,16 +257,16 @@ def _named_path(name: str, key: str | None = None) -> str:
 def _names_usable(sections: dict, registry: Registry) -> Iterator[ConfigIssue]:
     for name, section in sections.items():
         if not ADAPTER_NAME.fullmatch(str(name)):
-            yield ConfigIssue(_named_path(name), f"adapter name {name!r} may use only letters, digits, _ and - (it "
-                                                 "becomes a PEFT module key and a directory name).")
+            yield ConfigIssue(_named_path(name), f"adapter name {shown(name)} may use only letters, digits, _ and - "
+                                                 "(it becomes a PEFT module key and a directory name).")
             continue
         kind = section.get("type")
         declared = registry.get("adapter", kind).peft_prefix if registry.has("adapter", kind) else None
         prefix = declared if declared is not None else f"{kind}_"
         if name in prefix:
-            yield ConfigWarning(_named_path(name), f"adapter name {name!r} is part of PEFT's parameter prefix "
-                                                   f"{prefix!r}; PEFT warns this may re-initialize its weights when "
-                                                   "loading.", "choose a longer name, e.g. task_a")
+            yield ConfigWarning(_named_path(name), f"adapter name {shown(name)} is part of PEFT's parameter prefix "
+                                                   f"{shown(prefix)}; PEFT warns this may re-initialize its weights "
+                                                   "when loading.", "choose a longer name, e.g. task_a")
 
 
 def _one_method(sections: dict) -> Iterator[ConfigIssue]:
@@ -276,8 +276,9 @@ def _one_method(sections: dict) -> Iterator[ConfigIssue]:
         for name, kind in types.items():
             if kind != first_type:
                 yield ConfigIssue(_named_path(name, "type"),
-                                  f"{name!r} is {kind!r} but {first_name!r} is {first_type!r}: PEFT keeps one adapter "
-                                  "method per model, so every named adapter must have the same type.",
+                                  f"{shown(name)} is {shown(kind)} but {shown(first_name)} is {shown(first_type)}: "
+                                  "PEFT keeps one adapter method per model, so every named adapter must have the same "
+                                  "type.",
                                   "give them all the same type")
 
 
@@ -291,7 +292,7 @@ def _initializers_fit(sections: dict, registry: Registry) -> Iterator[ConfigIssu
             continue
         if registry.get("initializer", init).prepare:
             yield ConfigIssue(_named_path(name, "init_lora_weights"),
-                              f"{init!r} is not available for named adapters: it rewrites the shared base weights "
+                              f"{shown(init)} is not available for named adapters: it rewrites the shared base weights "
                               "or needs its own pass before wrapping, which would change every other adapter.",
                               "use it with a single `adapter:` section, or init_lora_weights: true / gaussian")
 
@@ -337,7 +338,7 @@ def quantized_finetune_needs_lora(config: Config, registry: Registry) -> Iterato
         if registry.has("adapter", kind) and not registry.get("adapter", kind).lora_family:
             family = ", ".join(p.name for p in registry.all("adapter") if p.descriptor.lora_family)
             yield ConfigIssue(f"{path}.type", f"quantized fine-tuning needs a LoRA-family adapter "
-                                              f"({family}), got {kind!r}.")
+                                              f"({family}), got {shown(kind)}.")
 
 
 @rule("quantization")
@@ -351,7 +352,7 @@ def quantizer_mode_and_qat(config: Config, registry: Registry) -> Iterator[Confi
     descriptor = registry.get("quantizer", backend)
     if quantization.get("qat") and not descriptor.supports_qat:
         qat_backends = [p.name for p in registry.all("quantizer") if p.descriptor.supports_qat]
-        yield ConfigIssue("quantization.qat", f"QAT is not supported by backend {backend!r}.",
+        yield ConfigIssue("quantization.qat", f"QAT is not supported by backend {shown(backend)}.",
                           f"QAT requires backend: {' or '.join(qat_backends)}" if qat_backends else
                           "no installed quantization backend supports QAT")
 
@@ -405,8 +406,8 @@ def generation_combinations(config: Config, registry: Registry) -> Iterator[Conf
 def rope_scaling_complete(config: Config, registry: Registry) -> Iterator[ConfigIssue]:
     rope = config["model_parameters"]["rope_scaling"]
     if rope.get("rope_type") and rope.get("factor") is None:
-        yield ConfigIssue("model_parameters.rope_scaling.factor", f"rope_type {rope['rope_type']!r} needs a factor.",
-                          "e.g. factor: 2.0 doubles the context length")
+        yield ConfigIssue("model_parameters.rope_scaling.factor",
+                          f"rope_type {shown(rope['rope_type'])} needs a factor.", "e.g. factor: 2.0 doubles the context length")
     if rope.get("factor") is not None and not rope.get("rope_type"):
         yield ConfigIssue("model_parameters.rope_scaling.rope_type", "factor is set but rope_type is not.",
                           "set rope_type: linear or dynamic")
@@ -455,13 +456,13 @@ def generation_keys_transformers_dropped(config: Config, registry: Registry) -> 
         if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(v, int) for v in pair)
                 and pair[0] >= 1 and pair[1] >= 0):
             yield ConfigIssue(f"generation.forced_decoder_ids[{index}]", f"expected [position >= 1, token_id], "
-                                                                          f"got {pair!r}.",
+                                                                          f"got {shown(pair)}.",
                               "position 1 is the first generated token")
     bias = g.get("sequence_bias")
     if isinstance(bias, dict):
         for key in bias:
             if not all(part.isdigit() for part in str(key).replace(",", " ").split()) or not str(key).strip():
-                yield ConfigIssue(f"generation.sequence_bias.{key}", "keys are token ids separated by spaces or "
+                yield ConfigIssue(f"generation.sequence_bias.{shown(key, 40, quoted=False)}", "keys are token ids separated by spaces or "
                                                                      "commas, e.g. '12 13': -2.0.")
 
 

@@ -7,16 +7,17 @@ from __future__ import annotations
 
 import copy
 import functools
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from fw.config import rules
-from fw.errors import ConfigIssue, ConfigWarning, FwError
+from fw.errors import ConfigIssue, ConfigWarning, FwError, shown
 from fw.plugin.lazy import resolve
 from fw.plugin.registry import Registry, get_registry
 from fw.config.issues import issues_from_schema
 from fw.config.store import core_schema, load_schema
-from fw.config.walk import Path, fill_defaults, format_path
+from fw.config.walk import Path, fill_defaults, format_path, integers_as_int
 from fw.config.sockets import Socket, find_sockets
 from fw.plugin.descriptors import PluginDescriptor
 
@@ -58,9 +59,9 @@ def validate(config: Any, registry: Registry | None = None) -> ValidationReport:
     if not isinstance(config, dict):
         report.add(ConfigIssue("", f"a config must be a mapping of sections, got {type(config).__name__}."))
         return report
-    for found in issues_from_schema(core_schema(), config):
+    for found in [*_not_a_number(config), *issues_from_schema(core_schema(), config)]:
         report.add(found)
-    resolved = fill_defaults(core_schema(), copy.deepcopy(config))
+    resolved = integers_as_int(core_schema(), fill_defaults(core_schema(), copy.deepcopy(config)))
     for path, section, socket in list(find_sockets(resolved)):
         explicit = set(_section_at(config, path) or {})
         for found in _validate_section(path, section, socket, explicit, registry):
@@ -69,6 +70,17 @@ def validate(config: Any, registry: Registry | None = None) -> ValidationReport:
         report.add(found)
     report.resolved = resolved
     return report
+
+
+def _not_a_number(value: Any, path: Path = ()) -> list[ConfigIssue]:
+    """``.nan`` anywhere: it passes every minimum and maximum (each comparison with it is false)."""
+    if isinstance(value, float) and math.isnan(value):
+        return [ConfigIssue(format_path(path), "is .nan (not a number); give a number.")]
+    if isinstance(value, dict):
+        return [issue for key, item in value.items() for issue in _not_a_number(item, path + (key,))]
+    if isinstance(value, list):
+        return [issue for index, item in enumerate(value) for issue in _not_a_number(item, path + (index,))]
+    return []
 
 
 def _section_at(config: dict[str, Any], path: Path) -> Any:
@@ -90,7 +102,8 @@ def _validate_section(path: Path, section: dict[str, Any], socket: Socket, expli
     where = format_path(path + (socket.selector,))
     if not isinstance(name, str):
         kind = socket.kind.replace("_", " ")
-        return [ConfigIssue(where, f"expected the name of {'an' if kind[0] in 'aeiou' else 'a'} {kind}, got {name!r}.")]
+        article = "an" if kind[0] in "aeiou" else "a"
+        return [ConfigIssue(where, f"expected the name of {article} {kind}, got {shown(name)}.")]
     try:
         descriptor = registry.get(socket.kind, name)
     except FwError as exc:
@@ -101,7 +114,7 @@ def _validate_section(path: Path, section: dict[str, Any], socket: Socket, expli
     found = list(issues_from_schema(schema, section, path, context))
     if found:
         return found
-    fill_defaults(schema, section)
+    integers_as_int(schema, fill_defaults(schema, section))
     found += _required_values(schema, section, path, context)
     found += _ignored_key_warnings(schema, section, path, explicit)
     found += _plugin_checks(descriptor, section, path, explicit)
@@ -126,7 +139,7 @@ def _required_values(schema: dict[str, Any], section: dict[str, Any], path: Path
 def _ignored_key_warnings(schema: dict[str, Any], section: dict[str, Any], path: Path,
                           explicit: set[str]) -> list[ConfigIssue]:
     ignored = schema.get("x-fw-ignored", {})
-    return [ConfigWarning(format_path(path + (key,)), f"{message} (value {section[key]!r} is ignored).")
+    return [ConfigWarning(format_path(path + (key,)), f"{message} (value {shown(section[key])} is ignored).")
             for key, message in ignored.items() if key in explicit and section.get(key) is not None]
 
 
@@ -158,7 +171,7 @@ def _initializer_issues(path: Path, section: dict[str, Any], adapter: str, expli
     name = "default" if value is True else value
     where = format_path(path + ("init_lora_weights",))
     if not isinstance(name, str):
-        return [ConfigIssue(where, f"expected an initializer name, got {value!r}.")]
+        return [ConfigIssue(where, f"expected an initializer name, got {shown(value)}.")]
     try:
         descriptor = registry.get("initializer", name)
     except FwError as exc:
@@ -178,6 +191,6 @@ def _initializer_issues(path: Path, section: dict[str, Any], adapter: str, expli
         schema = load_schema(descriptor.schema)
         sub_found = list(issues_from_schema(schema, sub, path + (key,), f"initializer '{name}'"))
         if not sub_found:
-            section[key] = fill_defaults(schema, sub)
+            section[key] = integers_as_int(schema, fill_defaults(schema, sub))
         found += sub_found
     return found

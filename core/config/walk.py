@@ -5,13 +5,17 @@ import copy
 from collections.abc import Sequence
 from typing import Any
 
+from fw.errors import shown
+
 Path = tuple[str | int, ...]
 
 
 def format_path(path: Sequence[str | int]) -> str:
+    """``adapter.r``, ``input_features[0].name``; a key too long to read is shortened."""
     text = ""
     for part in path:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+        part = part if isinstance(part, int) else shown(part, 40, quoted=False)
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
     return text
 
 
@@ -61,4 +65,27 @@ def fill_defaults(schema: dict[str, Any], value: Any, root: dict[str, Any] | Non
     elif isinstance(value, list) and isinstance(schema.get("items"), dict):
         for item in value:
             fill_defaults(schema["items"], item, root)
+    return value
+
+
+def integers_as_int(schema: dict[str, Any], value: Any, root: dict[str, Any] | None = None) -> Any:
+    """``value`` with every float that sits where the schema wants an integer made an int: JSON Schema counts
+    ``epochs: 3.0`` as the integer 3 (so editors and Ludwig accept it), and so does fw, but Python's ``range``
+    does not. Containers are changed in place; returns ``value`` (a new int for a float leaf)."""
+    root = root if root is not None else schema
+    schema = deref(schema, root)
+    if isinstance(value, float):
+        types = schema.get("type")
+        types = types if isinstance(types, list) else [types]
+        return int(value) if "integer" in types and "number" not in types and value.is_integer() else value
+    if isinstance(value, dict):
+        for key in value:
+            child = child_schema(schema, key, root)
+            if child is not None:
+                value[key] = integers_as_int(child, value[key], root)
+    elif isinstance(value, list):
+        items = schema.get("items")
+        if isinstance(items, dict):
+            for index, item in enumerate(value):
+                value[index] = integers_as_int(items, item, root)
     return value

@@ -12,7 +12,7 @@ from types import ModuleType
 
 import pluggy
 
-from fw.errors import PluginConflictError, PluginNotFoundError, did_you_mean
+from fw.errors import PluginConflictError, PluginNotFoundError, did_you_mean, shown
 from fw.plugin import hookspecs
 from fw.plugin.descriptors import DESCRIPTOR_TYPES, HOOK_FOR_KIND, KINDS, PluginDescriptor
 
@@ -166,7 +166,8 @@ class Registry:
 
     def not_found_message(self, kind: str, name: object) -> str:
         available = self.names(kind)
-        message = f"Unknown {kind.replace('_', ' ')} '{name}'. Available: {', '.join(available) or 'none'}."
+        shown_name = shown(name, 40, quoted=False)
+        message = f"Unknown {kind.replace('_', ' ')} '{shown_name}'. Available: {', '.join(available) or 'none'}."
         message += did_you_mean(str(name), available)
         broken = [b for b in self.broken if b.entry_point.rpartition("-")[2] == str(name)]
         if broken:

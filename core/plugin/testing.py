@@ -4,8 +4,10 @@
 
 * ``registry_with(module, ...)`` — a fresh registry holding only the given plugin modules (or ``declare()`` objects).
 * ``fake_distribution(tmp_path, ...)`` — an installed-looking distribution on disk, for entry-point tests.
-* ``check_descriptor(descriptor)`` — the problems a descriptor has (schema invalid, undocumented params,
-  references that do not import, an adapter with no PEFT config class); an empty list means it is well-formed.
+* ``check_descriptor(descriptor)`` — the problems a descriptor has (schema invalid, undocumented params, a number
+  without bounds, references that do not import, an adapter with no PEFT config class); an empty list means it is
+  well-formed.
+* ``unbounded_numbers(schema)`` — where a schema admits a number with no minimum or no maximum.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import importlib.metadata
 import textwrap
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 from fw.plugin.descriptors import AdapterPlugin, PluginDescriptor
 from fw.plugin.lazy import resolve
@@ -62,6 +65,9 @@ def check_descriptor(descriptor: PluginDescriptor) -> list[str]:
         for required in ("description",) + (("default",) if key != "type" else ()):
             if required not in prop:
                 problems.append(f"{descriptor.kind} '{descriptor.name}': property '{key}' has no {required}")
+    for where in unbounded_numbers(schema):
+        problems.append(f"{descriptor.kind} '{descriptor.name}': {where} admits any number; give it a minimum and a "
+                        "maximum (a count or size fw cannot check at validation fails later, after the model loads)")
     if schema.get("type") == "object" and schema.get("additionalProperties") is not False:
         problems.append(f"{descriptor.kind} '{descriptor.name}': schema must set additionalProperties: false")
     for field_name, value in vars(descriptor).items():
@@ -73,6 +79,28 @@ def check_descriptor(descriptor: PluginDescriptor) -> list[str]:
     if isinstance(descriptor, AdapterPlugin):
         problems += _peft_config_class_problems(descriptor)
     return problems
+
+
+def unbounded_numbers(schema: dict[str, Any], where: str = "") -> list[str]:
+    """Where ``schema`` admits an integer or number without both bounds (``minimum`` / ``exclusiveMinimum`` and
+    ``maximum`` / ``exclusiveMaximum``, or an ``enum`` / ``const``): ``properties.r``, ``properties.weights.items``.
+    A property that also admits an object (any JSON value) is no count or size and is left alone."""
+    found: list[str] = []
+    kinds = schema.get("type")
+    kinds = set(kinds if isinstance(kinds, list) else [kinds])
+    if kinds & {"integer", "number"} and "object" not in kinds and not {"enum", "const"} & set(schema):
+        if not {"minimum", "exclusiveMinimum"} & set(schema) or not {"maximum", "exclusiveMaximum"} & set(schema):
+            found.append(where or "(the schema)")
+    for keyword in ("properties", "$defs", "patternProperties"):
+        for name, child in (schema.get(keyword) or {}).items():
+            found += unbounded_numbers(child, f"{where}.{name}" if where else name)
+    for keyword in ("items", "additionalProperties", "not", "if", "then", "else", "contains"):
+        if isinstance(schema.get(keyword), dict):
+            found += unbounded_numbers(schema[keyword], f"{where}.{keyword}" if where else keyword)
+    for keyword in ("anyOf", "oneOf", "allOf", "prefixItems"):
+        for index, child in enumerate(schema.get(keyword) or []):
+            found += unbounded_numbers(child, f"{where}.{keyword}[{index}]")
+    return found
 
 
 def _peft_config_class_problems(descriptor: AdapterPlugin) -> list[str]:

@@ -245,8 +245,9 @@ def model_for_inference(model_path=None, config=None, adapter: str | None = None
     return data, model, tokenizer
 
 
-def select_rows(data: dict, dataset, split: str):
-    """The rows to predict on: the whole ``dataset`` (``split: full``) or one of its splits."""
+def select_rows(data: dict, dataset, split: str, purpose: str = "predict"):
+    """The rows to predict on (``purpose``: predict, or evaluate: rows without a target are dropped with a
+    warning, as in training): the whole ``dataset`` (``split: full``) or one of its splits."""
     from fw.data.tables import clean, make_splits, read_table
 
     if dataset is None:
@@ -257,11 +258,11 @@ def select_rows(data: dict, dataset, split: str):
         frame = read_table(dataset)
         column = view.split_column(data)
         frame = frame.drop(columns=[column]) if column in frame.columns else frame
-        return clean(frame, data, "predict")
+        return clean(frame, data, purpose)
     frame = getattr(make_splits(data, dataset=dataset), "train" if split == "train" else split)
     if not len(frame):
         raise FwError(f"--split {split}: the dataset has no {split} rows.")
-    return clean(frame, data, "predict")
+    return clean(frame, data, purpose)
 
 
 def output_directory_for(output_directory, model_path, experiment_name: str, model_name: str) -> Path:
@@ -332,27 +333,20 @@ def evaluate(model_path=None, config=None, dataset=None, split: str = "full", ou
     """Predict, then score against the output column: ``test_statistics.json`` (loss, perplexity, exact
     match, token F1, BLEU / ROUGE for text outputs; accuracy, macro-F1, per-class precision / recall, confusion
     matrix and fallback rate for category outputs)."""
-    from fw.data.prompt import is_missing
     from fw.infer.metrics import output_metrics
     from fw.train.trainer import evaluate_loss
 
     data, model, tokenizer = model_for_inference(model_path, config, adapter)
     seed_everything(view.seed(data))
-    frame = select_rows(data, dataset, split)
-    column = view.output_column(data)
-    if column not in frame.columns:
-        raise FwError(f"fw evaluate needs the output column '{column}' in the dataset to score against. "
-                      f"Columns: {', '.join(map(str, frame.columns))}. Use fw predict for unlabeled data.")
-    frame = frame[~frame[column].map(is_missing).astype(bool)]
-    if not len(frame):
-        raise FwError(f"fw evaluate: no row has a '{column}' value to score against.")
+    frame = select_rows(data, dataset, split, purpose="evaluate")
     retriever = retrieval.for_inference(data, model_path, dataset)
     prompts = prompts_of(frame, data, tokenizer, retriever)  # rendered once: generation and loss share them
     generations, outputs = generate_for(prompts, data, model, tokenizer, show_progress)
     targets = targets_of(frame, data)
     scores = evaluate_loss(model, tokenizer, encode_pairs(prompts, targets, tokenizer, data, "evaluate"),
                            view.eval_batch_size(data))
-    scores.update(output_metrics(outputs.values, targets, view.output_type(data), outputs.matched, view.labels(data)))
+    scores.update(output_metrics(outputs.values, targets, view.output_type(data), outputs.matched, view.labels(data),
+                                 outputs.timeouts))
     statistics = {view.output_name(data): scores, "combined": {"loss": scores.get("loss")}, "rows": len(frame)}
     table = predictions_frame(frame, data, prompts, generations, outputs)
     directory = output_directory_for(output_directory, model_path, experiment_name, model_name)

@@ -80,11 +80,13 @@ def test_unreachable_hub_model(workspace, capsys, monkeypatch):
     code, error = run(capsys, "evaluate", "--config", write_config(base_model="no-such-org/no-such-model",
                                                                     trainer={"type": "none"}), "--dataset", dataset)
     assert code == 1
-    assert "base_model: cannot download 'no-such-org/no-such-model'" in error and "local directory" in error
+    assert "base_model: 'no-such-org/no-such-model' is not in the local cache, and HF_HUB_OFFLINE is set" in error \
+        and "local directory" in error
 
 
 @pytest.mark.parametrize("failure, expected", [
-    ("gated", "is a gated model. Request access on https://huggingface.co/org/model"),
+    ("gated", "is a gated model and your token (HUGGING_FACE_HUB_TOKEN / HF_TOKEN) has no access yet. Request "
+              "access on https://huggingface.co/org/model"),
     ("missing", "is neither a local directory nor a model on the Hugging Face Hub"),
 ])
 def test_gated_and_unknown_hub_models(failure, expected, monkeypatch):
@@ -155,7 +157,8 @@ def test_evaluate_needs_the_output_column(workspace, capsys):
     unlabeled = root / "unlabeled.csv"
     pd.DataFrame({"question": ["q"]}).to_csv(unlabeled, index=False)
     code, error = run(capsys, "evaluate", "--config", write_config(trainer={"type": "none"}), "--dataset", unlabeled)
-    assert code == 1 and "needs the output column 'answer'" in error and "Use fw predict" in error
+    assert code == 1 and "reads column 'answer' that the evaluate data does not have" in error \
+        and "Use fw predict for unlabeled data." in error
 
 
 def test_dataset_file_that_does_not_exist(workspace, capsys):

@@ -8,9 +8,14 @@ Reading. CSV and TSV cells are read as text, exactly as written (``0042`` stays 
 are missing values (``NA`` or ``None`` are ordinary text), and a blank line is a row of empty cells, so row
 numbers match the file's lines (row N is line N + 1). JSON (records or JSON lines), JSONL and Parquet keep
 their own types. A compression suffix after the format (``.csv.gz``) is understood.
+
+What a file must be. A CSV whose header has one column under its extension's delimiter but several under another
+(``;``, tab, ``|``, ``,``) is read with that one, and fw says so. Column names are unique: pandas would rename a
+second ``text`` to ``text.1``, so fw refuses it instead. A JSON or JSON Lines syntax error names its line.
 """
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -23,11 +28,15 @@ import pandas as pd
 from fw import console
 from fw.config import view
 from fw.data.prompt import PromptRenderer, is_missing
-from fw.errors import FwError, did_you_mean
+from fw.errors import FwError, did_you_mean, shown
+from fw.plugin.models import library_message
 
 SPLIT_NAMES = ("train", "validation", "test")
 #: splits whose rows are trained on: a missing text target drops the row there
 TRAINING_SPLITS = ("train", "validation")
+#: what ``clean`` prepares rows for where each row needs a target (fw evaluate scores against it)
+NEEDS_TARGET = (*TRAINING_SPLITS, "evaluate")
+DELIMITERS = {",": "comma", "\t": "tab", ";": "semicolon", "|": "pipe"}
 COMPRESSIONS = (".gz", ".bz2", ".zip", ".xz", ".zst")
 SPLIT_VALUES = {"0": 0, "train": 0, "training": 0, "1": 1, "validation": 1, "val": 1, "valid": 1,
                 "2": 2, "test": 2, "testing": 2}
@@ -36,7 +45,39 @@ SHOWN_ROWS = 10
 
 # -- reading ----------------------------------------------------------------------------------------
 def _read_csv(path: Path, sep: str = ",") -> pd.DataFrame:
+    header = _header(path, sep)
+    if len(header) == 1:
+        sep, header = _fitting_delimiter(path, sep, header)
+    _refuse_duplicate_columns(header, str(path))
     return pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, na_values=[""], skip_blank_lines=False)
+
+
+def _header(path: Path, sep: str) -> list[str]:
+    """The column names as written on the first line (pandas would rename repeated ones)."""
+    first = pd.read_csv(path, sep=sep, header=None, nrows=1, dtype=str, keep_default_na=False)
+    return [str(name) for name in first.iloc[0]]
+
+
+def _fitting_delimiter(path: Path, sep: str, header: list[str]) -> tuple[str, list[str]]:
+    """(delimiter, header): another delimiter when the header splits into several columns on it and not on
+    the extension's (a semicolon-separated .csv); else the extension's."""
+    for other in DELIMITERS:
+        if other != sep and len(columns := _header(path, other)) > 1:
+            console.info(f"data: {path.name} is {DELIMITERS[other]}-separated (its header has no "
+                         f"{DELIMITERS[sep]}); reading it with {DELIMITERS[other]}s")
+            return other, columns
+    return sep, header
+
+
+def _refuse_duplicate_columns(columns: list[str], name: str) -> None:
+    positions: dict[str, list[int]] = {}
+    for position, column in enumerate(columns, start=1):
+        positions.setdefault(column, []).append(position)
+    repeated = {column: where for column, where in positions.items() if len(where) > 1}
+    if repeated:
+        listed = "; ".join(f"'{shown(column, 40, quoted=False)}' (columns {', '.join(map(str, where[:-1]))} and "
+                           f"{where[-1]})" for column, where in repeated.items())
+        raise FwError(f"dataset {name} has more than one column named {listed}. Give each column its own name.")
 
 
 def _read_tsv(path: Path) -> pd.DataFrame:
@@ -56,7 +97,44 @@ def _read_json(path: Path) -> pd.DataFrame:
 
 
 def _read_jsonl(path: Path) -> pd.DataFrame:
-    return pd.read_json(path, lines=True, **_JSON_OPTIONS)
+    try:
+        return pd.read_json(path, lines=True, **_JSON_OPTIONS)
+    except ValueError as exc:  # pandas names a byte position: find the line
+        raise ValueError(_json_syntax_error(path) or str(exc)) from None
+
+
+def _json_syntax_error(path: Path) -> str | None:
+    """``line 3, column 27: Expecting value`` for the first syntax error of a JSON or JSON Lines file (None when
+    its syntax is fine, or it cannot be read as text)."""
+    from pandas.io.common import get_handle
+
+    try:
+        with get_handle(path, "r", compression="infer", encoding="utf-8") as handle:
+            text = handle.handle.read()
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    lines = text.splitlines()
+    written = [(number, line) for number, line in enumerate(lines, start=1) if line.strip()]
+    if len(written) > 1 and _parses(written[0][1]):  # JSON Lines
+        for number, line in written:
+            try:
+                json.loads(line)
+            except json.JSONDecodeError as exc:
+                return f"line {number}, column {exc.colno}: {exc.msg}"
+        return None
+    try:
+        json.loads(text)
+    except json.JSONDecodeError as exc:
+        return f"line {exc.lineno}, column {exc.colno}: {exc.msg}"
+    return None
+
+
+def _parses(text: str) -> bool:
+    try:
+        json.loads(text)
+    except json.JSONDecodeError:
+        return False
+    return True
 
 
 def _read_parquet(path: Path) -> pd.DataFrame:
@@ -90,6 +168,7 @@ def read_table(source: Any) -> pd.DataFrame:
                       f"({', '.join(SUPPORTED)}) or a pandas DataFrame.")
     frame = frame.reset_index(drop=True)
     frame.columns = [str(column) for column in frame.columns]
+    _refuse_duplicate_columns(list(frame.columns), name)
     if frame.empty:
         raise FwError(f"dataset {name} has no rows.")
     return frame
@@ -109,9 +188,10 @@ def _read_file(path: Path) -> pd.DataFrame:
         return READERS[kind](path)
     except pd.errors.EmptyDataError:
         raise FwError(f"dataset file {path} is empty.") from None
+    except FwError:
+        raise
     except Exception as exc:  # any parser failure becomes one line naming the file
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise FwError(f"cannot read dataset {path} as {kind[1:].upper()}: {first}") from None
+        raise FwError(f"cannot read dataset {path} as {kind[1:].upper()}: {library_message(exc)}") from None
 
 
 # -- splitting --------------------------------------------------------------------------------------
@@ -204,7 +284,7 @@ def _split_by_column(frame: pd.DataFrame, column: str, name: str) -> Splits:
 
 
 def _shown_value(value: Any) -> str:
-    return "empty" if is_missing(value) else repr(value.item() if hasattr(value, "item") else value)
+    return "empty" if is_missing(value) else shown(value.item() if hasattr(value, "item") else value, 40)
 
 
 def _random_split(frame: pd.DataFrame, probabilities: list[float], seed: int) -> Splits:
@@ -229,8 +309,10 @@ def require_target_column(frame: pd.DataFrame, config, split_name: str) -> None:
     """Raise FwError when the output feature's column is missing from ``frame``."""
     column = view.output_column(config)
     if column not in frame.columns:
+        unlabeled = " Use fw predict for unlabeled data." if split_name == "evaluate" else ""
         raise FwError(f"output_features[0] reads column '{column}' that the {split_name} data does not have. "
-                      f"Columns: {', '.join(map(str, frame.columns))}.{did_you_mean(column, frame.columns)}")
+                      f"Columns: {', '.join(map(str, frame.columns))}.{did_you_mean(column, frame.columns)}"
+                      f"{unlabeled}")
 
 
 def clean(frame: pd.DataFrame, config, split_name: str) -> pd.DataFrame:
@@ -238,10 +320,11 @@ def clean(frame: pd.DataFrame, config, split_name: str) -> pd.DataFrame:
     missing category outputs filled with ``fallback_label`` (every split, with a warning) or else dropped (not
     in predict), missing text targets dropped in the training splits (train, validation).
 
-    ``split_name``: train, validation, test, or predict (rows that need no target; never dropped for one)."""
+    ``split_name``: train, validation, test, predict (rows that need no target; never dropped for one), or evaluate
+    (rows scored against their target: dropped without one, as in training)."""
     renderer = PromptRenderer(config)
     renderer.check_columns(frame.columns)
-    if split_name in TRAINING_SPLITS:
+    if split_name in NEEDS_TARGET:
         require_target_column(frame, config, split_name)
     if frame.empty:
         return frame.copy()
@@ -286,7 +369,7 @@ def _fill_or_drop_missing_targets(frame: pd.DataFrame, config, split_name: str) 
         console.warn(f"{split_name}: dropped {missing.sum()} row(s) with no '{column}' value (set "
                      f"output_features[0].preprocessing.fallback_label to keep them): {rows}.")
         return frame[~missing]
-    if split_name in TRAINING_SPLITS:
+    if split_name in NEEDS_TARGET:
         console.warn(f"{split_name}: dropped {missing.sum()} row(s) with no '{column}' target: {rows}.")
         return frame[~missing]
     return frame

@@ -2,11 +2,23 @@
 (``text_extractor``, ``category_extractor``, or a third-party one)."""
 from __future__ import annotations
 
+from fw import console
 from fw.config import view
 from fw.plugin import DecodedOutputs, get_registry, resolve
 
 
 def decode(texts: list[str], data: dict) -> DecodedOutputs:
-    """One output value per generated text (and any extra prediction columns the decoder adds)."""
+    """One output value per generated text (and any extra prediction columns the decoder adds); one warning
+    when matchers timed out."""
     descriptor = get_registry().get("decoder", view.decoder(data)["type"])
-    return resolve(descriptor.decode)(list(texts), data)
+    outputs = resolve(descriptor.decode)(list(texts), data)
+    if outputs.timeouts:
+        warn_about_timeouts(outputs.timeouts, len(texts))
+    return outputs
+
+
+def warn_about_timeouts(timeouts: dict[str, int], texts: int) -> None:
+    per_label = ", ".join(f"'{label}': {count}" for label, count in timeouts.items())
+    console.warn(f"decoder: {sum(timeouts.values())} match(es) over {texts} generation(s) ran out of time and counted "
+                 f"as no match ({per_label}). Simplify the pattern: nested repetition such as (a+)+ backtracks "
+                 "without end on some texts.")

@@ -107,9 +107,13 @@ def class_scores(matrix: list[list[int]], k: int) -> dict:
     return {"precision": precision, "recall": recall, "f1": f1, "support": support}
 
 
-def output_metrics(predictions, targets, output_type: str, matched=None, labels=None) -> dict:
+def output_metrics(predictions, targets, output_type: str, matched=None, labels=None,
+                   timeouts: dict[str, int] | None = None) -> dict:
+    """The scores of ``output_type``; a category output also records ``match_timeouts``: how many matcher
+    searches ran out of time (``timeouts``: per label) and counted as no match."""
     if output_type == "category":
-        return category_metrics(predictions, targets, matched, labels)
+        return {**category_metrics(predictions, targets, matched, labels),
+                "match_timeouts": sum((timeouts or {}).values())}
     return text_metrics(predictions, targets)
 
 

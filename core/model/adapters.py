@@ -21,6 +21,7 @@ from fw.config import view
 from fw.errors import ConfigError, ConfigIssue, FwError
 from fw.plugin import resolve
 from fw.plugin.descriptors import AdapterPlugin
+from fw.plugin.models import library_message
 from fw.plugin.peft import adapter_peft_config, targets_modules
 from fw.plugin.targets import (adapter_descriptor, is_conv1d, layer_label, model_type, peft_module_mapping,
                                resolve_target_modules, targeted_modules)
@@ -88,9 +89,10 @@ def peft_failure_message(descriptor: AdapterPlugin, config, model, exc: Exceptio
     if isinstance(exc, TypeError) and conv1d:
         return (f"{config_path}.type: adapter '{descriptor.name}' ({type(config).__name__}) cannot adapt "
                 f"GPT-2-style Conv1D layers (transformers.pytorch_utils.Conv1D): {', '.join(conv1d)}; "
-                f"PEFT {peft.__version__} does not support that layer type for this method ({exc}). Choose "
-                f"another adapter type, or a model whose projections are torch.nn.Linear.")
-    return f"{config_path}: PEFT could not apply adapter '{descriptor.name}' to the model: {exc}"
+                f"PEFT {peft.__version__} does not support that layer type for this method "
+                f"({library_message(exc)}). Choose another adapter type, or a model whose projections are "
+                "torch.nn.Linear.")
+    return f"{config_path}: PEFT could not apply adapter '{descriptor.name}' to the model: {library_message(exc)}"
 
 
 # -- what training asks of the adapter -----------------------------------------------------------------------

@@ -71,14 +71,23 @@ def refuse_remote_code(location: str, name: str) -> None:
 
 
 # -- loading -----------------------------------------------------------------------------------------------------
+#: files one of which a saved tokenizer has (the fast tokenizer's file, or a slow tokenizer's vocabulary)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt",
+                   "spiece.model", "sentencepiece.bpe.model", "tekken.json")
+
+
 def load_tokenizer(location: str, name: str | None = None):
     from transformers import AutoTokenizer
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(location, token=hub_token(), trust_remote_code=False)
     except Exception as exc:  # any library failure becomes one line
-        raise FwError(hub_error_message(name or location, exc).replace("cannot load", "cannot load the tokenizer of")) \
-            from None
+        if os.path.isdir(location) and not any((Path(location) / file).is_file() for file in TOKENIZER_FILES):
+            raise FwError(f"base_model: '{name or location}' has no tokenizer files (none of "
+                          f"{', '.join(TOKENIZER_FILES[:3])}, ...): save the tokenizer next to the model, e.g. "
+                          "tokenizer.save_pretrained(<that directory>).") from None
+        message = hub_error_message(name or location, exc).replace("cannot load", "cannot load the tokenizer of", 1)
+        raise FwError(message) from None
     ensure_pad_token(tokenizer)
     return tokenizer
 
@@ -196,5 +205,4 @@ def load_pretrained_adapter(model, source: str, trainable: bool):
     except FwError:
         raise
     except Exception as exc:
-        raise FwError(hub_error_message(source, exc).replace("base_model", "adapter.pretrained_adapter_weights")) \
-            from None
+        raise FwError(hub_error_message(source, exc, key="adapter.pretrained_adapter_weights")) from None

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from fw.errors import FwError
 from fw.plugin import get_registry, load_schema
-from fw.plugin.models import hub_error_message, hub_token, looks_like_path
+from fw.plugin.models import hub_error_message, hub_token, library_message, looks_like_path
 
 #: PEFT's name for an adapter saved at the top of the directory instead of in a sub-directory
 PEFT_DEFAULT_NAME = "default"
@@ -131,7 +131,7 @@ def add_fresh(model, peft_model, name: str, config):
         peft_model.add_adapter(name, config)
         return peft_model
     except (TypeError, ValueError) as exc:
-        raise FwError(f"{path_of(name)}: PEFT could not add adapter '{name}': {exc}") from exc
+        raise FwError(f"{path_of(name)}: PEFT could not add adapter '{name}': {library_message(exc)}") from exc
 
 
 def add_saved(model, peft_model, name: str, location: str, trainable: bool):
@@ -146,8 +146,7 @@ def add_saved(model, peft_model, name: str, location: str, trainable: bool):
     except FwError:
         raise
     except Exception as exc:
-        key = path_of(name, "pretrained_adapter_weights")
-        raise FwError(hub_error_message(location, exc).replace("base_model", key)) from None
+        raise FwError(hub_error_message(location, exc, key=path_of(name, "pretrained_adapter_weights"))) from None
 
 
 def adapter_location(source: str, name: str, config_path: str) -> str:
@@ -187,7 +186,7 @@ def build_merge(peft_model, data: dict) -> str | None:
                                         **merge_kwargs(strategy, merge))
     except (TypeError, ValueError) as exc:
         raise FwError(f"adapters.merge: PEFT could not merge {', '.join(merge['sources'])} with "
-                      f"combination_type {strategy.name!r}: {exc}") from exc
+                      f"combination_type {strategy.name!r}: {library_message(exc)}") from exc
     if active in peft_model.peft_config:
         peft_model.set_adapter(active, inference_mode=True)
     return merge["name"]

@@ -13,14 +13,14 @@ returning descriptors; behaviour is named by ``"module:function"`` strings, impo
 Importing it imports no torch / transformers / peft; the helpers import them when called.
 Testing helpers for plugin authors live in :mod:`fw.plugin.testing`.
 """
-from fw.errors import FwError
+from fw.errors import FwError, shown
 from fw.plugin.declared import declare
 from fw.plugin.descriptors import (AdapterPlugin, DecodedOutputs, DecoderPlugin, InitializerPlugin, MatcherPlugin,
                                    MergeStrategyPlugin, PluginDescriptor, QuantizerPlugin, RetrieverPlugin)
 from fw.plugin.hookspecs import hookimpl
 from fw.plugin.lazy import resolve
 from fw.plugin.models import (device, ensure_pad_token, hub_error_message, hub_token, inference_mode, is_kbit_model,
-                              looks_like_path, model_device, quiet_libraries)
+                              library_message, looks_like_path, model_device, quiet_libraries)
 from fw.plugin.peft import build_peft_config, keep_initial_adapter, with_defaults
 from fw.plugin.registry import get_registry
 from fw.plugin.schemas import load_schema, schema_defaults
@@ -31,8 +31,9 @@ __all__ = [
     # declaring plugins
     "hookimpl", "declare", "PluginDescriptor", "AdapterPlugin", "InitializerPlugin", "QuantizerPlugin",
     "MatcherPlugin", "MergeStrategyPlugin", "RetrieverPlugin", "DecoderPlugin", "DecodedOutputs",
-    # errors a plugin raises (one line for the user: name the config key, say what fits)
-    "FwError",
+    # errors a plugin raises (one line for the user: name the config key, say what fits; a value shown bounded, a
+    # library's exception as one whole line)
+    "FwError", "shown", "library_message",
     # lookups
     "get_registry", "resolve", "load_schema", "schema_defaults", "with_defaults",
     # adapters: the PEFT config of a schema, targeted layers and their shapes (check_model)

@@ -126,7 +126,8 @@ class MatcherPlugin(PluginDescriptor):
 
     kind: ClassVar[str] = "matcher"
     #: ``"module:function"``; ``function(value, options) -> Callable[[str], bool]``; also called once while the
-    #: config is validated, raising ``ValueError`` for a value it cannot use (a bad regex)
+    #: config is validated, raising ``ValueError`` for a value it cannot use (a bad regex). The callable may raise
+    #: ``TimeoutError`` when its search ran out of time: the text counts as not matched, and fw counts and reports it
     compile: str = ""
 
 
@@ -178,11 +179,13 @@ class DecoderPlugin(PluginDescriptor):
 @dataclass
 class DecodedOutputs:
     """What a decoder returns: one output value per generated text, extra prediction columns (name -> one value
-    per row), and for category outputs whether a label really matched (False: ``fallback_label`` was used)."""
+    per row), for category outputs whether a label really matched (False: ``fallback_label`` was used), and how
+    many texts each label's matcher gave up on (``TimeoutError``: counted as no match; fw warns and records it)."""
 
     values: list
     columns: dict[str, list] = field(default_factory=dict)
     matched: list[bool] | None = None
+    timeouts: dict[str, int] = field(default_factory=dict)
 
 
 DESCRIPTOR_TYPES: dict[str, type[PluginDescriptor]] = {

@@ -122,5 +122,6 @@ def failure_message(exc: BaseException, repo_id: str) -> str:
                 f"'{repo_id.split('/')[0]}'. Use a token with write access to that namespace.")
     if status is None and not isinstance(exc, HfHubHTTPError) and "connect" in str(exc).lower():
         return "cannot reach the Hugging Face Hub (offline?): connect and run fw upload again."
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return f"uploading to '{repo_id}' failed: {first}"
+    from fw.plugin.models import library_message
+
+    return f"uploading to '{repo_id}' failed: {library_message(exc)}"

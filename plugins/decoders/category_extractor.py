@@ -2,8 +2,9 @@
 
 The ``decoder.match`` entries are tried in config order and the first whose matcher plugin accepts the text wins;
 a text no entry matches gets ``preprocessing.fallback_label`` and counts as a fallback (the evaluation's
-``fallback_rate``). With ``constrain_to_vocabulary`` the generation *is* a label, so an exact label match is taken
-first. Matchers are compiled once per call (validation already compiled them at config load, turning a bad regex
+``fallback_rate``). A matcher that gives up on a text (``TimeoutError``, e.g. a regex that backtracks) counts as
+not matching it; the timeouts are returned per label, and fw reports them. With ``constrain_to_vocabulary`` the
+generation *is* a label, so an exact label match is taken first. Matchers are compiled once per call (validation already compiled them at config load, turning a bad regex
 into a config error naming its label). ``constrain_to_vocabulary`` and ``label_scoring`` themselves run during
 generation, in fw's inference (``fw.infer.constrained``, ``fw.infer.label_scoring``).
 """
@@ -46,10 +47,20 @@ def extract_labels(texts: list[str], config: dict) -> DecodedOutputs:
     matchers = compile_matchers(decoder.get("match") or {})
     fallback = (feature.get("preprocessing") or {}).get("fallback_label")
     exact = {label for label, _ in matchers} if decoder.get("constrain_to_vocabulary") else set()
-    values, matched = [], []
+    values, matched, timeouts = [], [], {}
     for text in texts:
-        label = text.strip() if text.strip() in exact else next(
-            (label for label, matches in matchers if matches(text)), None)
+        label = text.strip() if text.strip() in exact else _first_match(matchers, text, timeouts)
         values.append(label if label is not None else fallback)
         matched.append(label is not None)
-    return DecodedOutputs(values, matched=matched)
+    return DecodedOutputs(values, matched=matched, timeouts=timeouts)
+
+
+def _first_match(matchers: list[tuple[str, object]], text: str, timeouts: dict[str, int]) -> str | None:
+    """The first label whose matcher accepts ``text``; a matcher that times out counts (in ``timeouts``) as no."""
+    for label, matches in matchers:
+        try:
+            if matches(text):
+                return label
+        except TimeoutError:
+            timeouts[label] = timeouts.get(label, 0) + 1
+    return None

@@ -1,7 +1,7 @@
 """contains: the label is chosen when a literal string occurs in the generated text."""
 from collections.abc import Callable
 
-from fw.plugin import MatcherPlugin, hookimpl
+from fw.plugin import MatcherPlugin, hookimpl, shown
 
 SCHEMA = "fw.schemas:matchers/contains.json"
 
@@ -22,7 +22,7 @@ def compile(value, options: dict | None = None) -> Callable[[str], bool]:
     """
     options = options or {}
     if not isinstance(value, str):
-        raise ValueError(f"contains needs a string value, got {type(value).__name__} {value!r}")
+        raise ValueError(f"contains needs a string value, got {type(value).__name__} {shown(value)}")
     if value == "":
         raise ValueError("contains needs a non-empty string value (an empty string matches every response)")
     if options.get("case_sensitive", False):

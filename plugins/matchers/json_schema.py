@@ -9,7 +9,7 @@ import json
 import re
 from collections.abc import Callable
 
-from fw.plugin import MatcherPlugin, hookimpl
+from fw.plugin import MatcherPlugin, hookimpl, shown
 
 SCHEMA = "fw.schemas:matchers/json_schema.json"
 
@@ -33,7 +33,7 @@ def compile(value, options: dict | None = None) -> Callable[[str], bool]:
     try:
         json.dumps(value)
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"json_schema needs a JSON value, got {value!r}: {exc}") from None
+        raise ValueError(f"json_schema needs a JSON value, got {shown(value)}: {exc}") from None
 
     def matches(text: str) -> bool:
         parsed = extract_json(text)

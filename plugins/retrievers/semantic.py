@@ -144,8 +144,7 @@ def _is_sentence_transformers_model(location: str) -> bool:
 
 
 def _load_failure(location: str, exc: BaseException) -> FwError:
-    message = hub_error_message(location, exc).replace("base_model", CONFIG_PATH, 1)
-    return FwError(message.replace("base_model", CONFIG_PATH))
+    return FwError(hub_error_message(location, exc, key=CONFIG_PATH))
 
 
 def _sentence_transformers_encoder(location: str):

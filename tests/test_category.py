@@ -100,8 +100,9 @@ def test_regexes_are_compiled_once_not_per_row(monkeypatch):
 def test_a_catastrophic_regex_cannot_hang_on_hostile_output():
     data = category_config({"positive": {"type": "regex", "value": r"(x+x+)+y"}})
     start = time.perf_counter()
-    assert extract_labels(["x" * 5000], data).values == ["neutral"]
-    assert time.perf_counter() - start < 2
+    outputs = extract_labels(["x" * 5000], data)
+    assert outputs.values == ["neutral"] and outputs.timeouts == {"positive": 1}  # counted, and reported by fw
+    assert time.perf_counter() - start < 30  # a hang guard, not a speed test: unguarded, this runs for years
 
 
 # -- metrics -----------------------------------------------------------------------------------------------------

@@ -413,7 +413,7 @@ def test_the_token_is_never_shown(monkeypatch):
 
     monkeypatch.setenv("HF_TOKEN", SECRET)
     message = hub_error_message("org/model-x", ValueError(f"Authorization: Bearer {SECRET} was refused\nby the proxy"))
-    assert message == "base_model: cannot load 'org/model-x': Authorization: Bearer <token> was refused by the proxy"
+    assert message == "base_model: cannot load 'org/model-x': Authorization: Bearer *** was refused by the proxy"
 
 
 def test_a_model_directory_without_tokenizer_files(tmp_path, tiny_llama_dir):

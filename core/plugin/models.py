@@ -139,7 +139,7 @@ def library_message(exc: BaseException) -> str:
     text = _state_dict_summary(text) or " ".join(text.split())
     token = hub_token()
     if token:
-        text = text.replace(token, "<token>")
+        text = text.replace(token, "***")
     if len(text) <= LONGEST_LIBRARY_MESSAGE:
         return text
     cut = text.rfind(". ", 0, LONGEST_LIBRARY_MESSAGE)

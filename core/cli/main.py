@@ -7,7 +7,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from fw.cli import preview, publish, run
+from fw.cli import plan, preview, publish, run
 from fw.console import plain_table, say
 from fw.errors import ConfigError, FwError, UsageError, did_you_mean, issue_lines
 from fw.plugin.descriptors import KINDS
@@ -111,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     validate = verb("validate", cmd_validate, "Check a config; report every problem with its path.")
     validate.add_argument("config", help="path to the YAML config")
     validate.add_argument("--resolved", action="store_true", help="print the config with every default filled in")
-    for module in (run, preview, publish):  # verbs that live in their own modules
+    for module in (run, preview, plan, publish):  # verbs that live in their own modules
         module.register(verbs)
     return parser
 

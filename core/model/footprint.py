@@ -1,0 +1,356 @@
+"""What a model occupies while it trains, found without reading a single weight.
+
+- :func:`meta_model`: the base model built from its ``config.json`` alone on the meta device (shapes and dtypes,
+  no storage), with the configured adapter applied through fw's own :func:`fw.model.loading.apply_adapter`.
+- :func:`inventory`: its parameters (total, trainable, bytes), with the storage the configured quantizer gives the
+  layers it replaces. Quantization is counted, not run: it needs the real weights (and bitsandbytes a GPU).
+- :func:`simulate_step`: the peak memory of one micro-batch's forward and backward pass, run for real on fake
+  tensors (torch's ``FakeTensorMode``: every operator computes its output's shape and dtype and allocates
+  nothing), through fw's loss path, with gradient checkpointing as the trainer enables it. A dispatch mode adds
+  up the bytes of the tensors alive after every operator; gradients are told apart from activations by a hook
+  on every parameter.
+"""
+from __future__ import annotations
+
+import os
+import weakref
+from dataclasses import dataclass, field
+
+from fw.config import view
+from fw.errors import FwError
+
+#: bitsandbytes: 4-bit weights are quantized in blocks of 64 values, each with an absmax scale (fp32, or 8-bit
+#: with a second fp32 scale per 256 blocks under double quantization); 8-bit weights have one fp32 scale per row
+BNB_4BIT_BLOCK, BNB_DOUBLE_QUANT_BLOCKS = 64, 256
+#: torchao modes whose training runs on the full-precision weights (fake quantization)
+TORCHAO_FAKE_WHILE_TRAINING = ("int8_dynamic",)
+
+
+# -- the model, from its config -----------------------------------------------------------------------------------
+def base_model_config(data: dict):
+    """The base model's ``transformers`` config (a local directory or a hub id); no weights are read."""
+    from transformers import AutoConfig
+
+    from fw.model.loading import refuse_remote_code, resolve_location
+    from fw.plugin.models import hub_error_message, hub_token
+
+    name = view.base_model(data)
+    location = resolve_location(name)
+    if os.path.isdir(location):
+        refuse_remote_code(location, name)
+    try:
+        return AutoConfig.from_pretrained(location, token=hub_token(), trust_remote_code=False)
+    except Exception as exc:  # any library failure becomes one line
+        raise FwError(hub_error_message(name, exc)) from None
+
+
+def meta_model(model_config, dtype):
+    """The causal LM of ``model_config`` on the meta device in ``dtype``."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        try:
+            return AutoModelForCausalLM.from_config(model_config, dtype=dtype, attn_implementation="sdpa")
+        except ValueError:  # an architecture without an SDPA kernel
+            return AutoModelForCausalLM.from_config(model_config, dtype=dtype, attn_implementation="eager")
+
+
+def with_adapter(model, data: dict):
+    """The meta ``model`` wrapped with the config's adapter (or every parameter trainable: a full fine-tune)
+    exactly as ``fw train`` wraps it (:func:`fw.model.loading.apply_adapter`)."""
+    import torch
+
+    from fw.model.loading import apply_adapter
+
+    with torch.device("meta"):
+        return apply_adapter(model, without_data_initializers(data))
+
+
+def without_data_initializers(data: dict) -> dict:
+    """``data`` with every named LoRA initializer (``init_lora_weights: pissa``, ``eva``...) replaced by the default:
+    an initializer sets starting values (from weights or data that a plan does not read), not shapes."""
+    changed = dict(data)
+    if isinstance((data.get("adapter") or {}).get("init_lora_weights"), str):
+        changed["adapter"] = {**data["adapter"], "init_lora_weights": True}
+    named = (data.get("adapters") or {}).get("adapters")
+    if named:
+        changed["adapters"] = {**data["adapters"], "adapters": {
+            name: ({**section, "init_lora_weights": True}
+                   if isinstance(section.get("init_lora_weights"), str) else section)
+            for name, section in named.items()}}
+    return changed
+
+
+# -- parameters and their bytes ---------------------------------------------------------------------------------
+@dataclass
+class Inventory:
+    """The parameters of the model as it trains."""
+
+    total: int = 0
+    #: parameters of the base model (the rest belong to the adapter)
+    base: int = 0
+    trainable: int = 0
+    #: bytes of every parameter as stored (quantized layers at their quantized size)
+    weight_bytes: float = 0.0
+    #: bytes of the trainable parameters (= their gradients)
+    trainable_bytes: float = 0.0
+    #: (shape, bytes per element) of every trainable parameter (the optimizer's state is shaped after them)
+    trainable_shapes: list = field(default_factory=list)
+    quantized: int = 0
+    #: the largest group of parameters FSDP gathers at once (a decoder layer, or what is left outside them)
+    largest_unit_bytes: float = 0.0
+    largest_unit_trainable_bytes: float = 0.0
+
+
+def quantized_weights(model) -> set[int]:
+    """``id`` of the weight of every ``nn.Linear`` a quantizer replaces: all but the output head (transformers'
+    bitsandbytes and torchao quantizers keep it, and any layer sharing its weight, in full precision)."""
+    import torch
+
+    head = model.get_output_embeddings()
+    keep = {id(head.weight)} if head is not None else set()
+    return {id(module.weight) for module in model.modules()
+            if isinstance(module, torch.nn.Linear) and id(module.weight) not in keep}
+
+
+def quantized_bytes_per_element(section: dict, shape, dtype_bytes: int) -> float:
+    """Storage per weight element of a Linear layer quantized per ``section`` (``quantization``), scales included."""
+    backend = section.get("backend") or "bitsandbytes"
+    columns = shape[-1]
+    if backend == "bitsandbytes":
+        if section.get("bits", 4) == 8:
+            return 1 + 4 / columns  # int8 values, one fp32 scale per row
+        scales = (1 / BNB_4BIT_BLOCK + 4 / (BNB_4BIT_BLOCK * BNB_DOUBLE_QUANT_BLOCKS)
+                  if section.get("bnb_4bit_use_double_quant", True) else 4 / BNB_4BIT_BLOCK)
+        return 0.5 + scales
+    mode = section.get("mode")
+    if mode == "int4_weight_only":  # int4 values stored unpacked in int8, a scale and an int8 zero point per group
+        from fw.plugins.quantizers.torchao import INT4_GROUP_SIZE
+
+        return 1 + (dtype_bytes + 1) / INT4_GROUP_SIZE
+    if mode == "int8_weight_only":
+        return 1 + (dtype_bytes + 1) / columns  # per output channel
+    if mode == "float8":
+        return 1 + 4 / (shape[0] * columns)  # fp8 values, one fp32 scale per tensor
+    return dtype_bytes
+
+
+def trains_on_quantized_weights(section: dict | None) -> bool:
+    """Whether training holds the weights quantized (not with QAT or the fake-quantized modes)."""
+    if not section:
+        return False
+    if section.get("qat") or section.get("mode") in TORCHAO_FAKE_WHILE_TRAINING:
+        return False
+    return (section.get("backend") or "bitsandbytes") == "bitsandbytes" or bool(section.get("mode"))
+
+
+def inventory(model, quantization: dict | None = None, base: set[int] | frozenset = frozenset()) -> Inventory:
+    """Count ``model``'s parameters (shared ones once) and their bytes under ``quantization``; ``base``: the ``id``
+    of every parameter of the base model before the adapter was applied.
+
+    With bitsandbytes, PEFT's ``prepare_model_for_kbit_training`` (which fw runs before the adapter) keeps every
+    parameter that is not quantized in float32, so those count 4 bytes."""
+    import torch
+
+    quantizing = trains_on_quantized_weights(quantization)
+    replaced = quantized_weights(model) if quantizing else set()
+    kbit = quantizing and (quantization.get("backend") or "bitsandbytes") == "bitsandbytes"
+    counted = Inventory()
+    sizes = {}
+    for parameter in {id(p): p for p in model.parameters()}.values():
+        element = parameter.element_size()
+        if id(parameter) in replaced:
+            element = quantized_bytes_per_element(quantization, parameter.shape, element)
+            counted.quantized += parameter.numel()
+        elif kbit and parameter.dtype in (torch.float16, torch.bfloat16):
+            element = 4
+        size = parameter.numel() * element
+        sizes[id(parameter)] = size
+        counted.total += parameter.numel()
+        counted.base += parameter.numel() if id(parameter) in base else 0
+        counted.weight_bytes += size
+        if parameter.requires_grad:
+            counted.trainable += parameter.numel()
+            counted.trainable_bytes += size
+            counted.trainable_shapes.append((tuple(parameter.shape), element))
+    counted.largest_unit_bytes, counted.largest_unit_trainable_bytes = largest_unit(model, sizes)
+    return counted
+
+
+def decoder_layers(model):
+    """The decoder's repeated blocks (the largest ``nn.ModuleList`` in the model)."""
+    import torch
+
+    lists = [module for module in model.modules() if isinstance(module, torch.nn.ModuleList)]
+    return max(lists, key=len) if lists else []
+
+
+def largest_unit(model, sizes: dict[int, float]) -> tuple[float, float]:
+    """(bytes, trainable bytes) of the largest group FSDP shards and gathers as one: each decoder layer, and the
+    parameters outside them (embeddings, final norm, output head) as the root's group."""
+    units, inside = [], set()
+    for layer in decoder_layers(model):
+        parameters = list(layer.parameters())
+        inside.update(id(p) for p in parameters)
+        units.append(parameters)
+    units.append([p for p in model.parameters() if id(p) not in inside])
+    measured = [(sum(sizes.get(id(p), 0) for p in unit), sum(sizes.get(id(p), 0) for p in unit if p.requires_grad))
+                for unit in units]
+    return max(measured, key=lambda pair: pair[0])
+
+
+# -- one training step on fake tensors --------------------------------------------------------------------------
+@dataclass
+class StepPeak:
+    """Bytes of one forward + backward pass: ``activations`` is the peak of everything alive that is not a
+    parameter or a gradient (saved activations, their gradients, temporaries); ``with_gradients`` the peak of that
+    plus the parameters' gradients alive at the same moment; ``gradients`` the gradients at the end."""
+
+    activations: int
+    with_gradients: int
+    gradients: int
+
+    @property
+    def gradients_at_peak(self) -> int:
+        return self.with_gradients - self.activations
+
+
+class LiveBytes:
+    """A dispatch mode that keeps the bytes of the tensor storages alive (created inside it), and their peak;
+    storages that become gradients (:meth:`as_gradient`) are counted apart, and those :meth:`ignore` names (the
+    parameters: a view of one, such as the transposed weight a linear layer saves, holds no new memory) not at
+    all."""
+
+    def __init__(self):
+        from torch.utils.weak import WeakIdKeyDictionary
+
+        self.known = WeakIdKeyDictionary()
+        self.other = self.gradients = self.peak_other = self.peak = 0
+        self.mode = self._mode()
+
+    def _mode(self):
+        import torch
+        from torch.utils._python_dispatch import TorchDispatchMode
+        from torch.utils._pytree import tree_leaves
+
+        counter = self
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                for item in tree_leaves(out):
+                    if isinstance(item, torch.Tensor):
+                        counter.add(item.untyped_storage())
+                return out
+
+        return Mode()
+
+    def ignore(self, storage) -> None:
+        self.known[storage] = ({"size": 0, "gradient": False}, None)
+
+    def add(self, storage) -> None:
+        if storage in self.known:
+            return
+        size = storage.nbytes()
+        entry = {"size": size, "gradient": False}
+        self.known[storage] = (entry, weakref.ref(storage, lambda _: self.release(entry)))
+        self.other += size
+        self.peak_other = max(self.peak_other, self.other)
+        self.peak = max(self.peak, self.other + self.gradients)
+
+    def release(self, entry: dict) -> None:
+        if entry["gradient"]:
+            self.gradients -= entry["size"]
+        else:
+            self.other -= entry["size"]
+
+    def as_gradient(self, storage) -> None:
+        found = self.known.get(storage)
+        if found is not None and not found[0]["gradient"]:
+            found[0]["gradient"] = True
+            self.other -= found[0]["size"]
+            self.gradients += found[0]["size"]
+
+
+def fake_parameters(model, fake_mode) -> None:
+    """Swap every parameter and buffer of the meta ``model`` for a fake CPU tensor of the same shape, dtype and
+    ``requires_grad`` (a tied weight stays one tensor)."""
+    import torch
+
+    swapped = {}
+    with fake_mode:
+        for module in model.modules():
+            for name, parameter in list(module._parameters.items()):
+                if parameter is None:
+                    continue
+                if id(parameter) not in swapped:
+                    fake = torch.empty(parameter.shape, dtype=parameter.dtype, device="cpu")
+                    swapped[id(parameter)] = torch.nn.Parameter(fake, requires_grad=parameter.requires_grad)
+                module._parameters[name] = swapped[id(parameter)]
+            for name, buffer in list(module._buffers.items()):
+                if buffer is not None:
+                    module._buffers[name] = torch.empty(buffer.shape, dtype=buffer.dtype, device="cpu")
+
+
+def simulate_step(model, rows: int, length: int, labelled: int, chunked_loss: bool,
+                  gradient_checkpointing: bool) -> StepPeak:
+    """Forward and backward of one micro-batch of ``rows`` x ``length`` tokens (``labelled`` of them trained on)
+    through the meta ``model`` (changed in place: its tensors become fake), on fake tensors."""
+    import torch
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    fake_mode = FakeTensorMode()
+    fake_parameters(model, fake_mode)
+    if gradient_checkpointing:
+        from fw.train.trainer import enable_gradient_checkpointing
+
+        enable_gradient_checkpointing(model)
+    model.train()
+    counter = LiveBytes()
+    for tensor in [*model.parameters(), *model.buffers()]:
+        counter.ignore(tensor.untyped_storage())
+    hooks = [parameter.register_post_accumulate_grad_hook(lambda p: counter.as_gradient(p.grad.untyped_storage()))
+             for parameter in model.parameters() if parameter.requires_grad]
+    try:
+        with fake_mode, counter.mode:
+            batch = {"input_ids": torch.zeros(rows, length, dtype=torch.long),
+                     "attention_mask": torch.ones(rows, length, dtype=torch.long)}
+            loss = (chunked_head_loss(model, batch, labelled) if chunked_loss
+                    else model(**batch, labels=torch.zeros(rows, length, dtype=torch.long), use_cache=False).loss)
+            loss.backward()
+            del loss, batch
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return StepPeak(activations=counter.peak_other, with_gradients=max(counter.peak, counter.peak_other),
+                    gradients=counter.gradients)
+
+
+def chunked_head_loss(model, batch: dict, labelled: int):
+    """fw's chunked loss (:func:`fw.train.loss.chunked_loss_sum`) on fake tensors: the decoder, the hidden states
+    of the ``labelled`` positions, then the head and cross-entropy in chunks (under checkpointing when there is
+    more than one). The positions are taken with ``index_select``: fw's boolean mask has a data-dependent size,
+    which fake tensors cannot compute."""
+    import torch
+
+    from fw.train.loss import CHUNK_ELEMENTS, head_cross_entropy, transformers_model
+
+    base = transformers_model(model)
+    hidden = base.get_decoder()(**batch, use_cache=False).last_hidden_state
+    flat = hidden[:, :-1].reshape(-1, hidden.shape[-1])
+    labelled = max(1, min(labelled, flat.shape[0]))
+    states = flat.index_select(0, torch.zeros(labelled, dtype=torch.long))
+    targets = torch.zeros(labelled, dtype=torch.long)
+    head = base.get_output_embeddings()
+    chunk = max(1, CHUNK_ELEMENTS // head.weight.shape[0])
+    total = None
+    for start in range(0, labelled, chunk):
+        part = (states[start:start + chunk], targets[start:start + chunk])
+        if labelled > chunk:
+            value = torch.utils.checkpoint.checkpoint(head_cross_entropy, head, *part, use_reentrant=False)
+        else:
+            value = head_cross_entropy(head, *part)
+        total = value if total is None else total + value
+    return total
+

@@ -159,7 +159,7 @@ def make_plan(request: Request) -> Plan:
     dtype = training_dtype(data, target)
     model_config = footprint.base_model_config(data)
     workload = workload_of(data, model_config, request.dataset)
-    estimate = Estimator(data, model_config, dtype, target, strategy, request.num_processes)
+    estimate = Estimator(model_config, dtype, target, strategy, request.num_processes)
     memory = estimate.memory(data, workload)
     counted = estimate.inventory(data)
     plan = Plan(model=view.base_model(data), architecture=model_config.architectures[0]
@@ -167,9 +167,9 @@ def make_plan(request: Request) -> Plan:
                 total_parameters=counted.total, base_parameters=counted.base,
                 trainable_parameters=counted.trainable,
                 quantized_parameters=counted.quantized, adapter=adapter_label(data), dtype=dtype_name(dtype),
-                optimizer=optimizer_label(data, target), checkpointing=view.gradient_checkpointing(data),
+                optimizer=optimizer_type(data), checkpointing=view.gradient_checkpointing(data),
                 workload=workload, strategy=strategy, processes=request.num_processes, target=target, memory=memory,
-                notes=notes_of(data, target, model_config))
+                notes=notes_of(data, target))
     if not plan.fits:
         plan.options = options(plan, data, workload, estimate)
     return plan
@@ -189,7 +189,7 @@ class Estimator:
     """The memory of one config variant after another; meta models and simulated steps are cached, since a
     simulated step of a large model takes seconds."""
 
-    def __init__(self, data: dict, model_config, dtype, target: Target, strategy: str, processes: int):
+    def __init__(self, model_config, dtype, target: Target, strategy: str, processes: int):
         self.model_config, self.dtype, self.target = model_config, dtype, target
         self.strategy, self.processes = strategy, processes
         self.cache: dict = {}
@@ -226,7 +226,7 @@ class Estimator:
                activation_scale: float = 1.0) -> Memory:
         counted = self.inventory(data)
         step = self.step(data, workload)
-        optimizer, _ = optimizer_bytes(data, counted.trainable_shapes)
+        optimizer = optimizer_bytes(data, counted.trainable_shapes)
         temporaries = step_temporaries(data, counted, self.target)
         memory = Memory(weights=counted.weight_bytes, gradients=counted.trainable_bytes, optimizer=optimizer,
                         activations=step.activations * activation_scale,
@@ -394,20 +394,18 @@ def state_values(section: dict) -> tuple[int, int | None]:
     return OPTIMIZER_STATES.get(kind, (2, None))
 
 
-def optimizer_bytes(data: dict, shapes: list) -> tuple[float, str]:
-    """(bytes of the optimizer state, how it was counted) for trainable parameters of ``shapes``."""
+def optimizer_bytes(data: dict, shapes: list) -> float:
+    """Bytes of the optimizer state for trainable parameters of ``shapes`` ((shape, bytes per element) pairs)."""
     section = optimizer_section(data)
-    kind = section.get("type") or "adamw"
-    if kind == "adafactor":
-        return sum(adafactor_values(shape, section) * element for shape, element in shapes), \
-            "adafactor: factored second moments"
+    if section.get("type") == "adafactor":  # transformers' Adafactor computes (and keeps its state) in float32
+        return sum(adafactor_values(shape, section) * 4 for shape, _ in shapes)
     count, size = state_values(section)
     total = 0.0
     for shape, element in shapes:
         values = math.prod(shape)
         per_value = element if size is None else (4 if size == 1 and values < BNB_MIN_8BIT_SIZE else size)
         total += count * values * per_value
-    return total, f"{kind}: {count} value(s) per trainable parameter"
+    return total
 
 
 def adafactor_values(shape: tuple, section: dict) -> int:
@@ -508,14 +506,9 @@ def adapter_label(data: dict) -> str:
     return "none: full fine-tune"
 
 
-def optimizer_label(data: dict, target: Target) -> str:
-    return optimizer_type(data)
-
-
-def notes_of(data: dict, target: Target, model_config) -> list[str]:
+def notes_of(data: dict, target: Target) -> list[str]:
     notes = []
-    quantization = view.quantization(data)
-    if quantization:
+    if view.quantization(data):
         notes.append("quantized layers are counted at their quantized size; the simulated pass runs them at the "
                      "compute dtype")
     if not target.this_machine and view.precision(data) == "auto" and target.kind == "cuda":

@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.fw-installed
 TORCH  := torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: install test demo bench clean
+.PHONY: install test demo bench gpu-check gpu-wheels clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,15 @@ bench: install
 		echo "no CUDA GPU: running bench/train_speed.py --smoke (tiny model on CPU; no speed figures)"; \
 		$(BIN)/python bench/train_speed.py --smoke; \
 	fi
+
+# Everything that needs a CUDA GPU in one command (bench/gpu_check.py); without a GPU, its CPU smoke path. On a GPU
+# machine without network and without .venv it runs with python3 and fw from the wheels of .whl/ (make gpu-wheels).
+gpu-check: $(if $(wildcard .whl/fw-*.whl),,install)
+	@if [ -x $(BIN)/python ]; then py=$(BIN)/python; else py=python3; fi; $$py bench/gpu_check.py
+
+# .whl/: fw's wheel and the wheels a GPU machine without network lacks (needs the package index; carry .whl there)
+gpu-wheels: install
+	$(BIN)/python bench/gpu_check.py --prepare-wheels
 
 clean:
 	rm -rf $(VENV) results build dist *.egg-info

@@ -5,6 +5,7 @@ Run on a CUDA machine (one command; the report is a table plus raw JSON under be
     .venv/bin/python bench/train_speed.py                 # 1.24B Llama, variable- and fixed-length workloads
     .venv/bin/python bench/train_speed.py --model 8b      # Llama-3-8B shape, fixed-length 8 x 1024
     .venv/bin/python bench/train_speed.py --smoke         # tiny model on CPU: every code path, in seconds
+    .venv/bin/python bench/train_speed.py --quick         # 1.24B, 15 steps, no torch.compile (make gpu-check)
 
 What is compared (the same on both sides):
 
@@ -98,6 +99,8 @@ class Settings:
     peak_tflops: float = 989.0
     loss_tolerance: float = 0.02
     smoke: bool = False
+    #: shortened GPU run (make gpu-check): few steps, no torch.compile; its figures check the path, not the speed
+    quick: bool = False
 
     @property
     def shape(self) -> dict:
@@ -319,7 +322,7 @@ def train_reference(model, rows, settings: Settings, clock: StepClock, run_dir: 
 def fast_trainer_options(settings: Settings) -> dict:
     """The speed options of ``trainer`` that this fw has (read from its schema), switched on; absent ones are
     left out, so the script runs against an fw without them. The packed token budget stays at fw's default
-    (``batch_size`` x the mean row length: the same real tokens per step as 8 rows). ``--smoke`` does not
+    (``batch_size`` x the mean row length: the same real tokens per step as 8 rows). ``--smoke`` and ``--quick`` do not
     compile: torch.compile on CPU takes minutes and measures nothing there."""
     schema = json.loads((ROOT / "schemas" / "core.json").read_text())
     trainer = schema.get("$defs", {}).get("trainer", {}).get("properties", {})
@@ -330,7 +333,7 @@ def fast_trainer_options(settings: Settings) -> dict:
             options[name] = True
         elif any(choice in spec.get("enum", []) for choice in FAST_CHOICES):
             options[name] = next(choice for choice in FAST_CHOICES if choice in spec["enum"])
-    if settings.smoke and "compile" in options:
+    if (settings.smoke or settings.quick) and "compile" in options:
         options["compile"] = False
     return options
 
@@ -530,6 +533,9 @@ def print_table(report: dict) -> None:
     console.print(table)
     if report.get("smoke"):
         console.print("--smoke: a tiny model on CPU; these figures check the code paths and measure nothing.")
+    if report.get("quick"):
+        console.print(f"--quick: {report['settings']['steps']} steps without torch.compile; these figures check the "
+                      "GPU path, they are not the benchmark's (run without --quick for those).")
     for workload, entry in report["workloads"].items():
         targets = entry["targets"]
         console.print(f"{workload}: speedup target {fmt(targets['speedup'], '{:g}x')} met: "
@@ -549,7 +555,8 @@ def output_path(report: dict, directory: Path | None, smoke: bool) -> Path:
     directory = directory or (RESULTS / "smoke" if smoke else RESULTS)
     directory.mkdir(parents=True, exist_ok=True)
     model = "" if report["model"]["name"] == "1b" else f"-{report['model']['name']}"
-    return directory / f"train_speed{model}-{slug(report['device'])}-{report['date']}.json"
+    quick = "-quick" if report.get("quick") else ""
+    return directory / f"train_speed{model}{quick}-{slug(report['device'])}-{report['date']}.json"
 
 
 def versions() -> dict:
@@ -583,7 +590,7 @@ def run_benchmark(settings: Settings, sides: list[str], timeout: int, output_dir
     parameters = parameter_count(settings.shape)
     device = next((r["device"] for w in results.values() for r in w.values() if r.get("device")), "unknown")
     report = {"benchmark": "train_speed", "date": datetime.date.today().isoformat(), "device": device,
-              "smoke": settings.smoke, "versions": versions(),
+              "smoke": settings.smoke, "quick": settings.quick, "versions": versions(),
               "model": {"name": settings.model, "parameters": parameters, **settings.shape},
               "settings": asdict(settings), "workloads": {}}
     for workload, sides_done in results.items():
@@ -606,9 +613,11 @@ def settings_from(args) -> Settings:
                         fixed_length=128, heldout_rows=4, peak_tflops=args.peak_tflops,
                         loss_tolerance=args.loss_tolerance, smoke=True)
     workloads = args.workloads or (["fixed"] if args.model == "8b" else ["variable", "fixed"])
-    return Settings(model=args.model, workloads=workloads, steps=args.steps or 45,
-                    warmup_steps=5 if args.warmup_steps is None else args.warmup_steps, learning_rate=args.lr,
-                    seed=args.seed, peak_tflops=args.peak_tflops, loss_tolerance=args.loss_tolerance)
+    steps, warmup = (15, 3) if args.quick else (45, 5)
+    return Settings(model=args.model, workloads=workloads, steps=args.steps or steps,
+                    warmup_steps=warmup if args.warmup_steps is None else args.warmup_steps, learning_rate=args.lr,
+                    seed=args.seed, peak_tflops=args.peak_tflops, loss_tolerance=args.loss_tolerance,
+                    quick=args.quick)
 
 
 def parse(argv=None):
@@ -629,6 +638,9 @@ def parse(argv=None):
     parser.add_argument("--timeout", type=int, default=3600, help="seconds per subprocess")
     parser.add_argument("--output-dir", type=Path, help="where the JSON goes (default bench/results[/smoke])")
     parser.add_argument("--smoke", action="store_true", help="tiny model on CPU, few steps: checks every code path")
+    parser.add_argument("--quick", action="store_true",
+                        help="on the GPU, shortened (make gpu-check): 15 steps (3 untimed), no torch.compile; the JSON "
+                             "is named train_speed-quick-<device>-<date>.json")
     parser.add_argument("--worker", choices=SIDES, help=argparse.SUPPRESS)
     parser.add_argument("--settings", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)

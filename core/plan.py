@@ -151,7 +151,8 @@ def make_plan(request: Request) -> Plan:
     from fw.plugin.models import quiet_libraries
 
     quiet_libraries()
-    data = localize_base_model(resolve_config(request.config))
+    written = resolve_config(request.config)
+    data = localize_base_model(written)
     if view.trainer_type(data) == "none":
         raise FwError("trainer.type is none: nothing is trained, so there is no training memory to plan.")
     strategy = check_strategy(request)
@@ -162,7 +163,7 @@ def make_plan(request: Request) -> Plan:
     estimate = Estimator(model_config, dtype, target, strategy, request.num_processes)
     memory = estimate.memory(data, workload)
     counted = estimate.inventory(data)
-    plan = Plan(model=view.base_model(data), architecture=model_config.architectures[0]
+    plan = Plan(model=view.base_model(written), architecture=model_config.architectures[0]
                 if getattr(model_config, "architectures", None) else model_config.model_type,
                 total_parameters=counted.total, base_parameters=counted.base,
                 trainable_parameters=counted.trainable,
@@ -238,14 +239,14 @@ def with_strategy(memory: Memory, counted, strategy: str, processes: int) -> Mem
     """``memory`` of one process under ``strategy``."""
     if strategy == "ddp":
         return replace(memory, strategy_extra=memory.gradients,
-                       strategy_note="DDP gradient buckets (a copy of the gradients)")
+                       strategy_note="DDP gradient buckets")
     if strategy == "fsdp":
         share = 1 / processes
         gathered = 2 * counted.largest_unit_bytes * (1 - share) + counted.largest_unit_trainable_bytes
         return replace(memory, weights=memory.weights * share, gradients=memory.gradients * share,
                        optimizer=memory.optimizer * share, step=memory.step * share,
                        gradients_during_pass=memory.gradients_during_pass * share, strategy_extra=gathered,
-                       strategy_note="FSDP: the largest layer gathered, the next prefetched, its gradients")
+                       strategy_note="FSDP gathered layers")
     return memory
 
 
@@ -364,7 +365,7 @@ def measured_workload(data: dict, dataset: str) -> Workload:
                 key=lambda group: len(group) * max(lengths[i] for i in group))
     longest = max(lengths[i] for i in batch)
     return Workload(len(batch), longest, sum(rows[i].trained_tokens for i in batch),
-                    f"the longest rows of {dataset} ({len(rows)} training rows)")
+                    f"the longest rows of {dataset}: {len(rows)} training rows")
 
 
 def packing(data: dict) -> bool:

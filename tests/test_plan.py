@@ -262,3 +262,17 @@ def test_nothing_to_train_is_said_in_one_line(tmp_path, tiny_llama_dir, capsys):
     path.write_text(yaml.safe_dump(config(tiny_llama_dir, trainer={"type": "none"})))
     assert main(["plan", str(path)]) == 1
     assert "trainer.type is none: nothing is trained" in capsys.readouterr().err
+
+
+def test_a_model_whose_step_cannot_run_on_fake_tensors_is_one_line(tmp_path, tiny_llama_dir, capsys, monkeypatch):
+    import fw.train.loss
+
+    def unsupported(*args):
+        raise RuntimeError("an operator without a fake implementation")
+
+    monkeypatch.setattr(fw.train.loss, "head_cross_entropy", unsupported)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config(tiny_llama_dir, preprocessing={"global_max_sequence_length": 32})))
+    assert main(["plan", str(path), "--device", "cpu"]) == 1
+    assert "error: fw plan: the training step of LlamaForCausalLM could not be run on fake tensors (RuntimeError: an " \
+           "operator without a fake implementation), so its activations cannot be estimated." in capsys.readouterr().err

@@ -12,6 +12,7 @@
 """
 from __future__ import annotations
 
+import logging
 import os
 import weakref
 from dataclasses import dataclass, field
@@ -300,6 +301,7 @@ def simulate_step(model, rows: int, length: int, labelled: int, chunked_loss: bo
     import torch
     from torch._subclasses.fake_tensor import FakeTensorMode
 
+    logging.getLogger("torch._subclasses.fake_tensor").setLevel(logging.CRITICAL)  # the error is reported below
     fake_mode = FakeTensorMode()
     fake_parameters(model, fake_mode)
     if gradient_checkpointing:
@@ -313,13 +315,17 @@ def simulate_step(model, rows: int, length: int, labelled: int, chunked_loss: bo
     hooks = [parameter.register_post_accumulate_grad_hook(lambda p: counter.as_gradient(p.grad.untyped_storage()))
              for parameter in model.parameters() if parameter.requires_grad]
     try:
-        with fake_mode, counter.mode:
+        with fake_mode, counter.mode:  # noqa: SIM117 - the order matters: the counter sees the fake tensors
             batch = {"input_ids": torch.zeros(rows, length, dtype=torch.long),
                      "attention_mask": torch.ones(rows, length, dtype=torch.long)}
             loss = (chunked_head_loss(model, batch, labelled) if chunked_loss
                     else model(**batch, labels=torch.zeros(rows, length, dtype=torch.long), use_cache=False).loss)
             loss.backward()
             del loss, batch
+    except Exception as exc:  # noqa: BLE001 - whatever the model's code does on fake tensors, one line for the user
+        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0]}" if str(exc) else type(exc).__name__
+        raise FwError(f"fw plan: the training step of {type(model).__name__} could not be run on fake tensors "
+                      f"({reason}), so its activations cannot be estimated.") from None
     finally:
         for hook in hooks:
             hook.remove()

@@ -27,6 +27,7 @@ import os
 from dataclasses import dataclass, field, replace
 
 from fw.config import view
+from fw.config.sockets import ADAPTER
 from fw.errors import FwError, UsageError
 
 GIB = 2**30
@@ -196,20 +197,20 @@ class Estimator:
         self.cache: dict = {}
 
     def model(self, data: dict):
-        """(the meta model with the adapter of ``data``, the ids of its base model's parameters)"""
+        """(the meta model with the adapter of ``data``, :class:`fw.model.footprint.BaseModel` of its base)"""
         from fw.model import footprint
 
         base = footprint.meta_model(self.model_config, self.dtype)
-        base_ids = {id(parameter) for parameter in base.parameters()}
-        return footprint.with_adapter(base, data), base_ids
+        before = footprint.BaseModel.of(base)
+        return footprint.with_adapter(base, data), before
 
     def inventory(self, data: dict):
         from fw.model import footprint
 
         key = ("inventory", adapter_key(data), str(view.quantization(data)))
         if key not in self.cache:
-            model, base_ids = self.model(data)
-            self.cache[key] = footprint.inventory(model, training_quantization(data), base_ids)
+            model, base = self.model(data)
+            self.cache[key] = footprint.inventory(model, quantized_bytes(data), base)
         return self.cache[key]
 
     def step(self, data: dict, workload: Workload):
@@ -466,11 +467,10 @@ def single_changes(plan: Plan, data: dict, workload: Workload, estimate: Estimat
                 break
     if plan.target.kind == "cuda" and (view.adapter(data) or view.named_adapters(data)) \
             and not view.quantization(data):
-        consider("quantization: {bits: 4} (QLoRA)",
-                 estimate.memory({**data, "quantization": {"backend": "bitsandbytes", "bits": 4}}, workload))
+        consider("quantization: {bits: 4} (QLoRA)", estimate.memory({**data, "quantization": {"bits": 4}}, workload))
     if not view.adapter(data) and not view.named_adapters(data):
-        consider("adapter: {type: lora} instead of a full fine-tune", estimate.memory(with_default_lora(data),
-                                                                                     workload))
+        consider(f"adapter: {{type: {ADAPTER.default}}} instead of a full fine-tune",
+                 estimate.memory(with_default_adapter(data), workload))
     return found
 
 
@@ -478,11 +478,11 @@ def with_trainer(data: dict, **changes) -> dict:
     return {**data, "trainer": {**(data.get("trainer") or {}), **changes}}
 
 
-def with_default_lora(data: dict) -> dict:
-    """``data`` with fw's default LoRA adapter (the schema's defaults filled in)."""
+def with_default_adapter(data: dict) -> dict:
+    """``data`` with the config language's default adapter (LoRA), the schema's defaults filled in."""
     from fw.config.load import load_config
 
-    return {**data, "adapter": load_config({**data, "adapter": {"type": "lora"}}).data["adapter"]}
+    return {**data, "adapter": load_config({**data, "adapter": {"type": ADAPTER.default}}).data["adapter"]}
 
 
 # -- labels and notes ----------------------------------------------------------------------------------------------
@@ -490,10 +490,19 @@ def adapter_key(data: dict) -> str:
     return str(data.get("adapter")) + str(data.get("adapters"))
 
 
-def training_quantization(data: dict) -> dict | None:
-    from fw.model.quantization import section_for_loading
+def quantized_bytes(data: dict):
+    """``bytes_of(shape, element_size, replaced)`` of the configured quantizer plugin (its ``training_bytes``, for
+    the section as it is loaded for training), or None."""
+    from functools import partial
 
-    return section_for_loading(view.quantization(data), for_training=True)
+    from fw.model.quantization import quantizer_of, section_for_loading
+    from fw.plugin import resolve
+
+    section = section_for_loading(view.quantization(data), for_training=True)
+    if not section:
+        return None
+    descriptor = quantizer_of(section)
+    return partial(resolve(descriptor.training_bytes), section) if descriptor.training_bytes else None
 
 
 def adapter_label(data: dict) -> str:

@@ -160,7 +160,7 @@ def test_torchao_weights_take_the_bytes_counted(mode, dtype):
     import torch
     from torchao.quantization import quantize_
 
-    from fw.model.footprint import quantized_bytes_per_element
+    from fw.plugin import get_registry, resolve
     from fw.plugins.quantizers.torchao import base_config
 
     layer = torch.nn.Sequential(torch.nn.Linear(256, 128, bias=False)).to(getattr(torch, dtype))
@@ -169,8 +169,10 @@ def test_torchao_weights_take_the_bytes_counted(mode, dtype):
     weight = layer[0].weight
     stored = sum(getattr(weight, name).numel() * getattr(weight, name).element_size()
                  for name in weight.tensor_data_names)
-    assert quantized_bytes_per_element({"backend": "torchao", "mode": mode}, (128, 256), element) * 128 * 256 \
+    training_bytes = resolve(get_registry().get("quantizer", "torchao").training_bytes)
+    assert training_bytes({"backend": "torchao", "mode": mode}, (128, 256), element, True) * 128 * 256 \
         == pytest.approx(stored)
+    assert training_bytes({"backend": "torchao", "mode": mode, "qat": True}, (128, 256), element, True) == element
 
 
 # -- strategies, the verdict and what to change ---------------------------------------------------------------
@@ -276,3 +278,23 @@ def test_a_model_whose_step_cannot_run_on_fake_tensors_is_one_line(tmp_path, tin
     assert main(["plan", str(path), "--device", "cpu"]) == 1
     assert "error: fw plan: the training step of LlamaForCausalLM could not be run on fake tensors (RuntimeError: an " \
            "operator without a fake implementation), so its activations cannot be estimated." in capsys.readouterr().err
+
+
+def test_qlora_weights_are_counted_at_4_bits_and_the_rest_in_float32(tiny_llama_dir):
+    """bitsandbytes (its plugin's ``training_bytes``): nf4 blocks of 64 with double-quantized scales for every Linear
+    but the head; every other parameter float32 (PEFT's k-bit preparation). Counted, not run: no GPU needed."""
+    import torch
+
+    from fw.model import footprint
+
+    data = config(tiny_llama_dir, adapter={"type": "lora", "r": 8}, quantization={"bits": 4},
+                  preprocessing={"global_max_sequence_length": 32})
+    plan = plan_of(data, device="cpu")
+    model = footprint.meta_model(footprint.base_model_config(data), torch.float32)
+    head = model.get_output_embeddings().weight
+    linear = sum(m.weight.numel() for m in model.modules()
+                 if isinstance(m, torch.nn.Linear) and m.weight is not head)
+    others = sum(p.numel() for p in model.parameters()) - linear
+    adapter = plan.trainable_parameters
+    assert plan.quantized_parameters == linear
+    assert plan.memory.weights == pytest.approx(linear * (0.5 + 1 / 64 + 4 / (64 * 256)) + (others + adapter) * 4)

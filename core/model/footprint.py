@@ -1,9 +1,11 @@
 """What a model occupies while it trains, found without reading a single weight.
 
 - :func:`meta_model`: the base model built from its ``config.json`` alone on the meta device (shapes and dtypes,
-  no storage), with the configured adapter applied through fw's own :func:`fw.model.loading.apply_adapter`.
-- :func:`inventory`: its parameters (total, trainable, bytes), with the storage the configured quantizer gives the
-  layers it replaces. Quantization is counted, not run: it needs the real weights (and bitsandbytes a GPU).
+  no storage); :func:`with_adapter` applies the configured adapter through fw's own
+  :func:`fw.model.loading.apply_adapter`.
+- :func:`inventory`: its parameters (total, trainable, bytes), with the storage the configured quantizer plugin
+  gives the layers it replaces (its ``training_bytes``). Quantization is counted, not run: it needs the real
+  weights (and some backends a GPU).
 - :func:`simulate_step`: the peak memory of one micro-batch's forward and backward pass, run for real on fake
   tensors (torch's ``FakeTensorMode``: every operator computes its output's shape and dtype and allocates
   nothing), through fw's loss path, with gradient checkpointing as the trainer enables it. A dispatch mode adds
@@ -19,13 +21,6 @@ from dataclasses import dataclass, field
 
 from fw.config import view
 from fw.errors import FwError
-
-#: bitsandbytes: 4-bit weights are quantized in blocks of 64 values, each with an absmax scale (fp32, or 8-bit
-#: with a second fp32 scale per 256 blocks under double quantization); 8-bit weights have one fp32 scale per row
-BNB_4BIT_BLOCK, BNB_DOUBLE_QUANT_BLOCKS = 64, 256
-#: torchao modes whose training runs on the full-precision weights (fake quantization)
-TORCHAO_FAKE_WHILE_TRAINING = ("int8_dynamic",)
-
 
 # -- the model, from its config -----------------------------------------------------------------------------------
 def base_model_config(data: dict):
@@ -115,61 +110,39 @@ def quantized_weights(model) -> set[int]:
             if isinstance(module, torch.nn.Linear) and id(module.weight) not in keep}
 
 
-def quantized_bytes_per_element(section: dict, shape, dtype_bytes: int) -> float:
-    """Storage per weight element of a Linear layer quantized per ``section`` (``quantization``), scales included."""
-    backend = section.get("backend") or "bitsandbytes"
-    columns = shape[-1]
-    if backend == "bitsandbytes":
-        if section.get("bits", 4) == 8:
-            return 1 + 4 / columns  # int8 values, one fp32 scale per row
-        scales = (1 / BNB_4BIT_BLOCK + 4 / (BNB_4BIT_BLOCK * BNB_DOUBLE_QUANT_BLOCKS)
-                  if section.get("bnb_4bit_use_double_quant", True) else 4 / BNB_4BIT_BLOCK)
-        return 0.5 + scales
-    mode = section.get("mode")
-    if mode == "int4_weight_only":  # int4 values stored unpacked in int8, a scale and an int8 zero point per group
-        from fw.plugins.quantizers.torchao import INT4_GROUP_SIZE
+@dataclass(frozen=True)
+class BaseModel:
+    """What the base model had before an adapter was applied (PEFT wraps it in place): the ``id`` of its
+    parameters, and of the Linear weights a quantizer replaces."""
 
-        return 1 + (dtype_bytes + 1) / INT4_GROUP_SIZE
-    if mode == "int8_weight_only":
-        return 1 + (dtype_bytes + 1) / columns  # per output channel
-    if mode == "float8":
-        return 1 + 4 / (shape[0] * columns)  # fp8 values, one fp32 scale per tensor
-    return dtype_bytes
+    parameters: frozenset
+    quantizable: frozenset
+
+    @classmethod
+    def of(cls, model) -> BaseModel:
+        return cls(frozenset(id(parameter) for parameter in model.parameters()), frozenset(quantized_weights(model)))
 
 
-def trains_on_quantized_weights(section: dict | None) -> bool:
-    """Whether training holds the weights quantized (not with QAT or the fake-quantized modes)."""
-    if not section:
-        return False
-    if section.get("qat") or section.get("mode") in TORCHAO_FAKE_WHILE_TRAINING:
-        return False
-    return (section.get("backend") or "bitsandbytes") == "bitsandbytes" or bool(section.get("mode"))
-
-
-def inventory(model, quantization: dict | None = None, base: set[int] | frozenset = frozenset()) -> Inventory:
-    """Count ``model``'s parameters (shared ones once) and their bytes under ``quantization``; ``base``: the ``id``
-    of every parameter of the base model before the adapter was applied.
-
-    With bitsandbytes, PEFT's ``prepare_model_for_kbit_training`` (which fw runs before the adapter) keeps every
-    parameter that is not quantized in float32, so those count 4 bytes."""
-    import torch
-
-    quantizing = trains_on_quantized_weights(quantization)
-    replaced = quantized_weights(model) if quantizing else set()
-    kbit = quantizing and (quantization.get("backend") or "bitsandbytes") == "bitsandbytes"
+def inventory(model, bytes_of=None, base: BaseModel | None = None) -> Inventory:
+    """Count ``model``'s parameters (shared ones once) and their bytes; ``bytes_of(shape, element_size, replaced)``:
+    bytes per element under the configured quantizer (its ``training_bytes``; ``replaced`` for the weight of a
+    Linear layer it quantizes), None without quantization; ``base``: the base model as it was before the adapter
+    (None: ``model`` is the base model)."""
+    base = base or BaseModel.of(model)
+    replaced = base.quantizable if bytes_of else frozenset()
+    base_ids = base.parameters
     counted = Inventory()
     sizes = {}
     for parameter in {id(p): p for p in model.parameters()}.values():
         element = parameter.element_size()
-        if id(parameter) in replaced:
-            element = quantized_bytes_per_element(quantization, parameter.shape, element)
-            counted.quantized += parameter.numel()
-        elif kbit and parameter.dtype in (torch.float16, torch.bfloat16):
-            element = 4
+        if bytes_of is not None:
+            quantized = id(parameter) in replaced
+            element = bytes_of(tuple(parameter.shape), element, quantized)
+            counted.quantized += parameter.numel() if quantized and element < parameter.element_size() else 0
         size = parameter.numel() * element
         sizes[id(parameter)] = size
         counted.total += parameter.numel()
-        counted.base += parameter.numel() if id(parameter) in base else 0
+        counted.base += parameter.numel() if id(parameter) in base_ids else 0
         counted.weight_bytes += size
         if parameter.requires_grad:
             counted.trainable += parameter.numel()

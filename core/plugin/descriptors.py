@@ -118,6 +118,11 @@ class QuantizerPlugin(PluginDescriptor):
     #: for a model loaded with weights stored quantized by this backend (its transformers ``quant_method`` is this
     #: plugin's name; ``fw export``). Unset: transformers' ``model.dequantize()`` (bitsandbytes)
     dequantize: str | None = None
+    #: optional ``"module:function"``; ``function(params, shape, element_size, replaced) -> float``: bytes per element
+    #: of a parameter while training on this backend (``fw plan``): ``replaced`` for the weight of a Linear layer the
+    #: backend quantizes (its stored size, scales included), else for any other parameter. Unset: every parameter
+    #: keeps its dtype
+    training_bytes: str | None = None
 
 
 @dataclass(frozen=True)

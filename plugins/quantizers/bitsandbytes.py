@@ -22,7 +22,8 @@ DEFAULTS = {
 def fw_quantizers():
     return [QuantizerPlugin(name="bitsandbytes", schema=SCHEMA,
                             summary="4-bit / 8-bit weights at load time with bitsandbytes (QLoRA)",
-                            load_kwargs=f"{__name__}:load_kwargs", supports_qat=False)]
+                            load_kwargs=f"{__name__}:load_kwargs", supports_qat=False,
+                            training_bytes=f"{__name__}:training_bytes")]
 
 
 #: the first bitsandbytes release fw has seen quantize and train on CPU (older ones need a CUDA GPU)
@@ -90,3 +91,21 @@ def load_kwargs(params: dict, device=None) -> dict:
         bnb_4bit_quant_type=p["bnb_4bit_quant_type"],
     )
     return {"quantization_config": config, "device_map": {"": device or "cpu"}}
+
+
+#: 4-bit weights are quantized in blocks of 64 values, each with an absmax scale: fp32, or (double quantization)
+#: 8-bit with a second fp32 scale per 256 blocks; 8-bit weights have one fp32 scale per row
+BLOCK_4BIT, DOUBLE_QUANT_BLOCKS = 64, 256
+
+
+def training_bytes(params: dict, shape, element_size: int, replaced: bool) -> float:
+    """Bytes per element while training (``fw plan``): a quantized Linear weight at its stored size; every other
+    parameter in float32, as PEFT's ``prepare_model_for_kbit_training`` (run before the adapter) keeps them."""
+    if not replaced:
+        return 4
+    p = {**DEFAULTS, **{k: v for k, v in params.items() if v is not None}}
+    if p["bits"] == 8:
+        return 1 + 4 / shape[-1]
+    if p["bnb_4bit_use_double_quant"]:
+        return 0.5 + 1 / BLOCK_4BIT + 4 / (BLOCK_4BIT * DOUBLE_QUANT_BLOCKS)
+    return 0.5 + 4 / BLOCK_4BIT

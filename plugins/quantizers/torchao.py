@@ -41,7 +41,7 @@ def fw_quantizers():
                             load_kwargs=f"{__name__}:load_kwargs", transform=f"{__name__}:transform",
                             supports_qat=True, training_params=f"{__name__}:training_params",
                             after_training=f"{__name__}:convert_after_training",
-                            dequantize=f"{__name__}:dequantize")]
+                            dequantize=f"{__name__}:dequantize", training_bytes=f"{__name__}:training_bytes")]
 
 
 # -- what this machine can run -----------------------------------------------------------------------------------
@@ -94,6 +94,22 @@ def base_config(mode: str):
         return Float8DynamicActivationFloat8WeightConfig()
     raise FwError(f"quantization.mode: {mode!r} is not a torchao mode (int4_weight_only, int8_weight_only, "
                   "int8_dynamic, float8).")
+
+
+def training_bytes(params: dict, shape, element_size: int, replaced: bool) -> float:
+    """Bytes per element while training (``fw plan``), for the section as loaded for training: a replaced Linear
+    weight at its stored size (int values in int8, a scale in the weight's dtype and an int8 zero point per group or
+    output channel; float8: one fp32 scale per tensor); QAT trains on the full-precision weights."""
+    mode = params.get("mode")
+    if not replaced or params.get("qat"):
+        return element_size
+    if mode == "int4_weight_only":
+        return 1 + (element_size + 1) / INT4_GROUP_SIZE
+    if mode == "int8_weight_only":
+        return 1 + (element_size + 1) / shape[-1]
+    if mode == "float8":
+        return 1 + 4 / (shape[0] * shape[-1])
+    return element_size
 
 
 def torchao_config(mode: str):

@@ -299,8 +299,8 @@ def training_dtype(data: dict, target: Target):
     from fw.model.loading import choose_dtype
 
     precision = view.precision(data)
-    if precision != "auto" or (target.this_machine and target.kind == ("cuda" if torch.cuda.is_available()
-                                                                          else "cpu")):
+    this_device = "cuda" if torch.cuda.is_available() else "cpu"
+    if precision != "auto" or (target.this_machine and target.kind == this_device):
         return choose_dtype(precision)
     return torch.bfloat16 if target.kind == "cuda" else torch.float32
 
@@ -453,8 +453,8 @@ def single_changes(plan: Plan, data: dict, workload: Workload, estimate: Estimat
     for rows in range(workload.rows - 1, 0, -1):  # activations scale with the rows of the micro-batch
         memory = estimate.memory(data, workload, activation_scale=rows / workload.rows)
         if memory.peak * shared <= plan.target.usable or rows == 1:
-            accumulation = view.setting(data, "trainer", "gradient_accumulation_steps") * math.ceil(workload.rows
-                                                                                                   / rows)
+            steps = view.setting(data, "trainer", "gradient_accumulation_steps")
+            accumulation = steps * math.ceil(workload.rows / rows)
             consider(f"trainer.batch_size: {rows}, gradient_accumulation_steps: {accumulation} (the same effective "
                      "batch)", memory)
             break

@@ -129,8 +129,8 @@ def state_bytes(optimizer) -> int:
 
 
 @pytest.mark.parametrize("section", [{"type": "adamw"}, {"type": "adam"}, {"type": "sgd"},
-                                     {"type": "sgd", "momentum": 0.9}, {"type": "rmsprop", "momentum": 0.9,
-                                                                         "centered": True},
+                                     {"type": "sgd", "momentum": 0.9},
+                                     {"type": "rmsprop", "momentum": 0.9, "centered": True},
                                      {"type": "adafactor"}, {"type": "adafactor", "beta1": 0.9}])
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_optimizer_state_is_what_the_optimizer_keeps_after_a_step(section, dtype):

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from fw.config import view
 from fw.errors import FwError
 
+
 # -- the model, from its config -----------------------------------------------------------------------------------
 def base_model_config(data: dict):
     """The base model's ``transformers`` config (a local directory or a hub id); no weights are read."""
@@ -332,4 +333,3 @@ def chunked_head_loss(model, batch: dict, labelled: int):
             value = head_cross_entropy(head, *part)
         total = value if total is None else total + value
     return total
-

@@ -26,7 +26,7 @@ input_features: [{name: input, type: text}]
 output_features: [{name: response, type: text}]
 adapter: {type: lora, r: 16, init_lora_weights: gaussian}
 quantization: {bits: 4}
-trainer: {learning_rate: 1e-4, epochs: 2}
+trainer: {type: finetune, learning_rate: 1e-4, epochs: 2}
 """
 
 

@@ -34,6 +34,7 @@ ALLOWED_IN_CORE = {
     ("config/sockets.py", "lora"): "the config language's default adapter.type (the spec's)",
     ("config/sockets.py", "bitsandbytes"): "the config language's default quantization.backend (the spec's)",
     ("plugin/models.py", "torchao"): "a logger name: transformers imports torchao itself",
+    ("train/optim.py", "bitsandbytes"): "the package of Ludwig's 8-bit and paged optimizers, not the quantizer",
 }
 
 

@@ -44,7 +44,7 @@ def test_peft_spelling_is_translated():
 
 
 def test_unknown_trainer_key():
-    assert "trainer.epoch: unknown key 'epoch'. Did you mean 'epochs'?" in one_message(config(trainer={"epoch": 2}))
+    assert "trainer.epoch: unknown key 'epoch'. Did you mean 'epochs'?" in one_message(config(trainer={"type": "finetune", "epoch": 2}))
 
 
 def test_unknown_top_level_section():
@@ -61,12 +61,12 @@ def test_out_of_range_value_names_path_and_value():
 
 
 def test_wrong_type_says_what_was_expected():
-    assert one_message(config(trainer={"batch_size": "eight"})) == \
-        "trainer.batch_size: expected integer, got string 'eight'."
+    assert one_message(config(trainer={"type": "finetune", "batch_size": "eight"})) == \
+        "trainer.batch_size: expected integer or 'auto', got 'eight'."
 
 
 def test_every_problem_is_reported_at_once():
-    data = config(adapter={"type": "lora", "r": 0, "dropuot": 0.1}, trainer={"epoch": 1},
+    data = config(adapter={"type": "lora", "r": 0, "dropuot": 0.1}, trainer={"type": "finetune", "epoch": 1},
                   generation={"num_beams": 0})
     paths = sorted(issue.split(":")[0] for issue in messages(data))
     assert paths == ["adapter.dropuot", "adapter.r", "generation.num_beams", "trainer.epoch"]
@@ -83,8 +83,8 @@ def test_missing_required_section():
     ({"input_features": [{"name": "a"}, {"name": "b"}]}, "input_features", "exactly one text input"),
     ({"output_features": [{"name": "a"}, {"name": "b"}]}, "output_features", "exactly one output"),
     ({"output_features": [{"name": "label", "type": "category",
-                           "decoder": {"match": {"a": {"type": "contains", "value": "a"}}}}]},
-     "output_features[0].type", "finetune needs a text output"),
+                           "decoder": {"match": {"a": {"type": "contains", "value": "a"}}}}],
+      "trainer": {"type": "finetune"}}, "output_features[0].type", "finetune needs a text output"),
     ({"output_features": [{"name": "label", "type": "category"}], "trainer": {"type": "none"}},
      "output_features[0].decoder.match", "needs match entries"),
     ({"prompt": {"template": "no placeholders here"}}, "prompt.template", "at least one dataset column"),
@@ -92,7 +92,8 @@ def test_missing_required_section():
     ({"prompt": {"task": "Answer.", "template": "{__task__} {q}", "retrieval": {"type": "random", "k": 2}}},
      "prompt.template", "{__context__}"),
     ({"prompt": {"retrieval": {"type": "random", "k": 2}}}, "prompt", "prompt.task or prompt.template"),
-    ({"prompt": {"task": "Answer.", "retrieval": {"type": "random"}}}, "prompt.retrieval.k", "set k to 1"),
+    ({"prompt": {"task": "Answer.", "retrieval": {"type": None, "k": 2}}}, "prompt.retrieval.k",
+     "prompt.retrieval.type is null"),
     ({"prompt": {"template": "{question"}}, "prompt.template", "not a valid template"),
     ({"adapter": {"type": "lora"}, "adapters": {"adapters": {"a": {"type": "lora"}}}}, "adapters",
      "mutually exclusive"),
@@ -106,8 +107,9 @@ def test_missing_required_section():
     ({"adapters": {"adapters": {"a": {"type": "lora", "r": 8}, "b": {"type": "lora", "r": 16}},
                    "merge": {"name": "m", "sources": ["a", "b"], "weights": [1, 1], "combination_type": "ties"}}},
      "adapters.merge.combination_type", "equal rank"),
-    ({"quantization": {"bits": 4}}, "quantization", "needs a LoRA-family adapter"),
-    ({"quantization": {"bits": 4}, "adapter": {"type": "ia3"}}, "adapter.type", "LoRA-family"),
+    ({"quantization": {"bits": 4}, "trainer": {"type": "finetune"}}, "quantization", "needs a LoRA-family adapter"),
+    ({"quantization": {"bits": 4}, "adapter": {"type": "ia3"}, "trainer": {"type": "finetune"}}, "adapter.type",
+     "LoRA-family"),
     ({"quantization": {"backend": "bitsandbytes", "qat": True}, "adapter": {"type": "lora"}}, "quantization.qat",
      "torchao"),
     ({"quantization": {"backend": "torchao"}, "adapter": {"type": "lora"}}, "quantization.mode", "needs a value"),
@@ -153,7 +155,8 @@ def test_ignored_key_is_a_warning_not_an_error():
 
 # -- defaults and round trips ----------------------------------------------------------------------------
 def test_resolved_config_has_every_default():
-    resolved = fw.load_config(config(adapter={"type": "lora"})).data
+    resolved = fw.load_config(config(adapter={"type": "lora"}, trainer={"type": "finetune"},
+                                     generation={"max_new_tokens": 32})).data
     assert resolved["adapter"]["r"] == 8 and resolved["adapter"]["alpha"] == 16
     assert resolved["adapter"]["postprocessor"] == {"merge_adapter_into_base_model": False, "progressbar": False}
     assert resolved["trainer"]["type"] == "finetune" and resolved["generation"]["max_new_tokens"] == 32

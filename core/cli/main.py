@@ -70,16 +70,18 @@ def cmd_validate(args: argparse.Namespace) -> int:
     except ConfigError as exc:  # unreadable YAML
         _print_issues(args.config, exc.issues, [])
         return EXIT_INVALID
-    _print_issues(args.config, report.issues, report.warnings)
+    _print_issues(args.config, report.issues, report.warnings, report.notes)
     if report.ok and args.resolved:
         import yaml
         print(yaml.safe_dump(report.resolved, sort_keys=False, allow_unicode=True), end="")
     return EXIT_OK if report.ok else EXIT_INVALID
 
 
-def _print_issues(source: str, issues, warnings) -> None:
+def _print_issues(source: str, issues, warnings, notes=()) -> None:
     for warning in warnings:
         say(f"warning: {warning}", "yellow")
+    for note in notes:
+        say(f"note: {note} (README: Coming from Ludwig)")
     if issues:
         say(f"✗ {source}: {len(issues)} problem(s)", "red")
         for line in issue_lines(issues):

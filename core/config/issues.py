@@ -10,6 +10,8 @@ from jsonschema.exceptions import ValidationError
 from fw.config.walk import Path, format_path, schema_at
 from fw.errors import ConfigIssue, did_you_mean, shown
 
+#: the schemas write "a number or auto" as a type list with this pattern for the string
+AUTO_PATTERN = "^auto$"
 _TYPE_NAMES = {dict: "mapping", list: "list", str: "string", bool: "boolean", int: "integer", float: "number",
                type(None): "null"}
 #: jsonschema's own message is kept when it is at most this long (it holds the whole value's repr)
@@ -48,7 +50,10 @@ def _issues_for(error: ValidationError, root: dict[str, Any], prefix: Path, cont
     path = prefix + local
     kind = error.validator
     if kind == "additionalProperties":
-        allowed = list(error.schema.get("properties", {}))
+        properties = error.schema.get("properties", {})
+        allowed = list(properties)
+        #: keys kept only for configs Ludwig writes are accepted, not advertised
+        shown = [k for k, prop in properties.items() if not (isinstance(prop, dict) and "x-ludwig" in prop)]
         hints = error.schema.get("x-fw-hints", {})
         for key in [k for k in error.instance if k not in allowed]:
             where = f" for {context}" if context else ""
@@ -57,7 +62,7 @@ def _issues_for(error: ValidationError, root: dict[str, Any], prefix: Path, cont
             if hint:
                 message += f" {hint}."
             else:
-                message += did_you_mean(key, allowed) or f" Allowed keys: {', '.join(allowed)}."
+                message += did_you_mean(key, allowed) or f" Allowed keys: {', '.join(shown)}."
             yield ConfigIssue(format_path(path + (key,)), message)
         return
     if kind == "required":
@@ -70,6 +75,11 @@ def _issues_for(error: ValidationError, root: dict[str, Any], prefix: Path, cont
         choices = error.validator_value
         message = f"{shown(error.instance)} is not one of {', '.join(map(str, choices))}."
         message += did_you_mean(str(error.instance), [str(c) for c in choices])
+    elif kind == "pattern" and error.validator_value == AUTO_PATTERN:  # a number, or the word auto
+        kinds = error.schema.get("type", [])
+        expected = [k for k in (kinds if isinstance(kinds, list) else [kinds]) if k not in ("string", "null")]
+        message = f"expected {' or '.join(expected)} or 'auto', got {_shown(error.instance)}."
+        message += did_you_mean(str(error.instance), ["auto"])
     elif kind == "const":
         message = f"must be {shown(error.validator_value)}, got {shown(error.instance)}."
     elif kind == "type":

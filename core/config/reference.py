@@ -13,7 +13,8 @@ from fw.config.walk import deref
 from fw.plugin.descriptors import KINDS
 
 SECTIONS = ["model_type", "base_model", "input_features", "output_features", "prompt", "preprocessing",
-            "adapter", "adapters", "quantization", "model_parameters", "trainer", "generation", "backend"]
+            "adapter", "adapters", "quantization", "model_parameters", "trainer", "generation", "backend",
+            "trust_remote_code", "is_multimodal", "ludwig_version", "defaults", "hyperopt"]
 SOCKET_NOTE = {"adapter": "adapter.type", "initializer": "adapter.init_lora_weights (sub-config key shown)",
                "quantizer": "quantization.backend", "matcher": "output_features[].decoder.match.<label>.type",
                "merge_strategy": "adapters.merge.combination_type", "retriever": "prompt.retrieval.type",
@@ -49,13 +50,27 @@ def _rows(schema: dict[str, Any], root: dict[str, Any], prefix: str) -> list[str
         prop = deref(prop, root)
         path = f"{prefix}{key}"
         default = f"`{json.dumps(prop['default'])}`" if "default" in prop else ""
-        description = " ".join(prop.get("description", "").split()).replace("|", "\\|")
+        for kind, value in prop.get("x-fw-default-for-type", {}).items():
+            default += f" ({kind}: `{json.dumps(value)}`)"
+        description = " ".join((prop.get("description", "") + _ludwig_note(prop)).split()).replace("|", "\\|")
         rows.append(f"| `{path}` | {_type(prop)} | {default} | {description} |")
         if isinstance(prop.get("properties"), dict):
             rows += _rows(prop, root, path + ".")
         elif isinstance(prop.get("items"), dict) and "properties" in deref(prop["items"], root):
             rows += _rows(prop["items"], root, path + "[].")
     return rows
+
+
+def _ludwig_note(prop: dict[str, Any]) -> str:
+    """What fw does with a Ludwig key it does not implement (fw.config.ludwig)."""
+    note = prop.get("x-ludwig")
+    if note == "ignored":
+        return " *Ludwig key: accepted, no effect in fw.*"
+    if isinstance(note, dict) and "only" in note:
+        return f" *Ludwig key: accepted at {' or '.join(f'`{json.dumps(v)}`' for v in note['only'])} only.*"
+    if isinstance(note, dict) and "tree" in note:
+        return " *Ludwig section: accepted at Ludwig's default values only.*"
+    return ""
 
 
 def _table(schema: dict[str, Any], root: dict[str, Any], prefix: str) -> str:
@@ -76,6 +91,8 @@ def render(registry: Registry | None = None) -> str:
             parts.append(_table(target, core, f"{section}{'[].' if 'items' in prop else '.'}"))
     parts.append("### Keys every adapter accepts\n")
     parts.append(_table(core["$defs"]["adapter_common"], core, "adapter."))
+    parts.append("### Keys every decoder accepts\n")
+    parts.append(_table(core["$defs"]["decoder_common"], core, "output_features[].decoder."))
     for kind in KINDS:
         parts.append(f"## Plugins: {kind.replace('_', ' ')} (`{SOCKET_NOTE[kind]}`)\n")
         for entry in registry.all(kind):

@@ -110,6 +110,14 @@ def one_text_input(config: Config, registry: Registry) -> Iterator[ConfigIssue]:
                           "'{question} {context}'")
 
 
+@rule("input_features", "output_features")
+def feature_names_unique(config: Config, registry: Registry) -> Iterator[ConfigIssue]:
+    names = [f.get("name") for f in config["input_features"] + config["output_features"]]
+    for name in sorted({n for n in names if names.count(n) > 1}):
+        yield ConfigIssue("output_features", f"feature name {name!r} is used more than once; feature names must be "
+                                             "unique (as in Ludwig).", "rename the input or the output feature")
+
+
 @rule("output_features")
 def one_output(config: Config, registry: Registry) -> Iterator[ConfigIssue]:
     outputs = config["output_features"]
@@ -168,11 +176,31 @@ def template_placeholders(config: Config, registry: Registry) -> Iterator[Config
 
 
 @rule("prompt.retrieval")
-def retrieval_needs_examples(config: Config, registry: Registry) -> Iterator[ConfigIssue]:
+def no_retrieval_takes_no_retrieval_keys(config: Config, registry: Registry) -> Iterator[ConfigIssue]:
+    """Ludwig's checks of a retrieval section without a type (k: 0 with a type means 1: fw.config.derive)."""
     retrieval = config["prompt"].get("retrieval") or {}
-    if retrieval.get("type") and retrieval.get("k", 0) < 1:
-        yield ConfigIssue("prompt.retrieval.k", f"retrieval type {shown(retrieval['type'])} retrieves k examples, "
-                                                f"got k: {retrieval.get('k', 0)}.", "set k to 1 or more")
+    if retrieval.get("type") is not None:
+        return
+    if retrieval.get("k", 0):
+        yield ConfigIssue("prompt.retrieval.k", f"is {retrieval['k']} but prompt.retrieval.type is null (no retrieval).",
+                          "set a retrieval type (random, semantic), or k: 0")
+    if retrieval.get("model_name") is not None:
+        yield ConfigIssue("prompt.retrieval.model_name", "is set but prompt.retrieval.type is null (no retrieval).",
+                          "set type: semantic, or remove model_name")
+
+
+@rule("prompt.template", "output_features")
+def template_leaves_out_the_answer(config: Config, registry: Registry) -> Iterator[ConfigIssue]:
+    """A template naming the output column would show the model the answer it is trained to give (Ludwig's check)."""
+    template = config["prompt"].get("template")
+    if not template:
+        return
+    output = config["output_features"][0]
+    column = output.get("column") or output["name"]
+    if column in template_fields(template):
+        yield ConfigIssue("prompt.template", f"names the output column {{{column}}}: the model would be shown the "
+                                             "answer. fw appends the target after the prompt itself.",
+                          f"remove {{{column}}} from the template")
 
 
 # -- adapters ---------------------------------------------------------------------------------------
@@ -419,18 +447,37 @@ def rope_scaling_complete(config: Config, registry: Registry) -> Iterator[Config
 def split_probabilities_sum(config: Config, registry: Registry) -> Iterator[ConfigIssue]:
     split = config["preprocessing"]["split"]
     total = sum(split["probabilities"])
-    if split["type"] == "random" and abs(total - 1.0) > 1e-6:
+    if split["type"] != "fixed" and abs(total - 1.0) > 1e-6:
         yield ConfigIssue("preprocessing.split.probabilities", f"must sum to 1, got {total:g}.")
+
+
+@rule("preprocessing.split", "input_features", "output_features")
+def split_names_its_column(config: Config, registry: Registry) -> Iterator[ConfigIssue]:
+    split = config["preprocessing"]["split"]
+    if split["type"] in ("stratify", "hash", "datetime") and not split.get("column"):
+        yield ConfigIssue("preprocessing.split.column", f"split type {split['type']!r} splits on a column; name it.",
+                          "e.g. column: label (stratify), id (hash), date (datetime)")
+
+
+@rule("preprocessing.sample_size", "preprocessing.sample_ratio")
+def sample_ratio_or_size(config: Config, registry: Registry) -> Iterator[ConfigIssue]:
+    preprocessing = config["preprocessing"]
+    if preprocessing.get("sample_size") is not None and preprocessing["sample_ratio"] < 1:
+        yield ConfigIssue("preprocessing.sample_size", "cannot be used with sample_ratio < 1 (as in Ludwig).",
+                          "keep one of sample_ratio and sample_size")
 
 
 @rule("trainer.type", "adapter", "adapters")
 def adapter_without_training(config: Config, registry: Registry) -> Iterator[ConfigIssue]:
+    """Ludwig refuses a fresh adapter without the finetune trainer; fw warns (the spec's adapter snippets have no
+    trainer section), saying what a missing trainer section means."""
     if config["trainer"]["type"] != "none":
         return
     for path, section in view.adapter_sections(config).items():
         if not section.get("pretrained_adapter_weights"):
-            yield ConfigWarning(path, "trainer.type is none, so a fresh adapter is never trained and "
-                                      "changes nothing.", "set pretrained_adapter_weights, or remove it")
+            yield ConfigWarning(path, "trainer.type is none (also what a config without a trainer section means), "
+                                      "so a fresh adapter is never trained and changes nothing.",
+                                "add trainer: {type: finetune} to train it, or set pretrained_adapter_weights")
 
 
 @rule("trainer.max_tokens_per_batch", "trainer.packing")
@@ -503,3 +550,153 @@ def category_decoding_choices(config: Config, registry: Registry) -> Iterator[Co
                 yield ConfigWarning(f"{path}.match.{label}", f"is a prefix of {', '.join(map(repr, longer))}: label "
                                                              "scoring sums token log-probabilities, which favours "
                                                              "the shorter label.")
+
+
+# -- trainer: Ludwig's options ----------------------------------------------------------------------
+ALIGNMENT_TRAINERS = ("dpo", "kto", "orpo", "grpo")
+
+
+def _trainer_property(key: str) -> dict:
+    from fw.config.derive import trainer_schema
+
+    return trainer_schema()["properties"][key]
+
+
+@rule("trainer.type")
+def trainer_type_supported(config: Config, registry: Registry) -> Iterator[ConfigIssue]:
+    kind = config["trainer"]["type"]
+    if kind in ALIGNMENT_TRAINERS:
+        yield ConfigIssue("trainer.type", f"{kind!r} (Ludwig's preference-alignment trainer) is not supported by fw "
+                                          "yet.", "use finetune (supervised fine-tuning) or none (no training)")
+
+
+@rule("trainer")
+def finetune_keys_need_finetune(config: Config, registry: Registry) -> Iterator[ConfigIssue]:
+    """Keys of the finetune trainer left under trainer.type none (fw.config.derive drops the defaulted ones)."""
+    trainer = config["trainer"]
+    if trainer["type"] != "none":
+        return
+    from fw.config.derive import trainer_schema
+
+    keys = [key for key, prop in trainer_schema()["properties"].items()
+            if prop.get("x-fw-finetune-only") and key in trainer]
+    if keys:
+        yield ConfigWarning("trainer", f"type is none, so nothing is trained and {', '.join(keys)} "
+                                       f"{'has' if len(keys) == 1 else 'have'} no effect.",
+                            "set type: finetune to train")
+
+
+@rule("trainer.learning_rate")
+def learning_rate_is_a_number(config: Config, registry: Registry) -> Iterator[ConfigIssue]:
+    if config["trainer"]["learning_rate"] == "auto":
+        yield ConfigIssue("trainer.learning_rate", "Ludwig's auto (a learning-rate search) is not supported by fw.",
+                          "give a number, e.g. 0.0001 for LoRA")
+
+
+@rule("trainer.steps_per_checkpoint", "trainer.checkpoints_per_epoch")
+def checkpoint_frequency_one_way(config: Config, registry: Registry) -> Iterator[ConfigIssue]:
+    trainer = config["trainer"]
+    if trainer["steps_per_checkpoint"] and trainer["checkpoints_per_epoch"]:
+        yield ConfigIssue("trainer.checkpoints_per_epoch", "cannot be used with steps_per_checkpoint (as in Ludwig).",
+                          "keep one of them; neither: once per epoch")
+
+
+@rule("trainer")
+def batch_sizes_agree(config: Config, registry: Registry) -> Iterator[ConfigIssue]:
+    """Ludwig's rules: effective_batch_size = batch_size x gradient_accumulation_steps, when they are numbers."""
+    trainer = config["trainer"]
+    if trainer["type"] != "finetune":
+        return
+    effective, batch, steps = (trainer[k] for k in ("effective_batch_size", "batch_size", "gradient_accumulation_steps"))
+    if effective == "auto":
+        return
+    if effective > trainer["max_batch_size"]:
+        yield ConfigIssue("trainer.max_batch_size", f"{trainer['max_batch_size']} is below effective_batch_size "
+                                                    f"({effective}).")
+    for name, value in (("batch_size", batch), ("gradient_accumulation_steps", steps)):
+        if value != "auto" and (effective < value or effective % value):
+            yield ConfigIssue("trainer.effective_batch_size", f"{effective} must be a multiple of {name} ({value}).",
+                              "effective_batch_size = batch_size x gradient_accumulation_steps")
+    if batch != "auto" and steps != "auto" and batch * steps != effective:
+        yield ConfigWarning("trainer.effective_batch_size", f"{effective} is not batch_size x "
+                                                            f"gradient_accumulation_steps ({batch} x {steps}); training "
+                                                            f"uses {batch} x {steps}, as Ludwig does.",
+                            "set one of the three to auto")
+
+
+@rule("trainer.layers_to_freeze_regex")
+def freeze_regex_compiles(config: Config, registry: Registry) -> Iterator[ConfigIssue]:
+    pattern = config["trainer"].get("layers_to_freeze_regex")
+    if pattern:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            yield ConfigIssue("trainer.layers_to_freeze_regex", f"is not a valid regular expression: {exc}.")
+
+
+@rule("trainer.validation_field", "trainer.validation_metric", "output_features")
+def validation_target_exists(config: Config, registry: Registry) -> Iterator[ConfigIssue]:
+    trainer, output = config["trainer"], config["output_features"][0]
+    if trainer["validation_field"] != output["name"]:
+        yield ConfigIssue("trainer.validation_field", f"names no output feature: {trainer['validation_field']!r}. "
+                                                      f"The output feature is {output['name']!r}.")
+        return
+    metrics = _trainer_property("validation_metric")["x-fw-validation-metrics"].get(output["type"], {})
+    metric = trainer["validation_metric"]
+    if metric not in metrics:
+        from fw.errors import did_you_mean
+
+        yield ConfigIssue("trainer.validation_metric", f"{metric!r} is not a metric of a {output['type']} output. "
+                                                       f"Metrics: {', '.join(metrics)}.{did_you_mean(metric, metrics)}")
+
+
+@rule("trainer.optimizer")
+def optimizer_parameters_fit(config: Config, registry: Registry) -> Iterator[ConfigIssue]:
+    optimizer = config["trainer"].get("optimizer")
+    if not isinstance(optimizer, dict):
+        return
+    kind = optimizer["type"]
+    if kind in ("lbfgs", "muon"):
+        yield ConfigIssue("trainer.optimizer.type", f"{kind!r} is not supported by fw: "
+                          + ("L-BFGS needs a closure re-evaluating the loss every step." if kind == "lbfgs" else
+                             "Ludwig's muon is Ludwig's own implementation."), "use adamw or adam")
+        return
+    params = _trainer_property("optimizer")["x-fw-optimizer-params"][kind]
+    for key in optimizer:
+        if key != "type" and key not in params:
+            yield ConfigIssue(f"trainer.optimizer.{key}", f"is not a parameter of optimizer {kind!r}. Its parameters: "
+                                                          f"{', '.join(params) or 'none'}.")
+    yield from _optimizer_package_installed(kind)
+
+
+def _optimizer_package_installed(kind: str) -> Iterator[ConfigIssue]:
+    """A warning only: the config may be meant for another machine; training refuses with the same words."""
+    import importlib.util
+
+    from fw.train.optim import OPTIMIZERS
+
+    module, _, package = OPTIMIZERS[kind]
+    if importlib.util.find_spec(module.split(".")[0]) is None:
+        yield ConfigWarning("trainer.optimizer.type", f"{kind!r} needs the {package} package, which is not installed "
+                                                      f"here (pip install {package}).")
+
+
+@rule("backend")
+def backend_is_local(config: Config, registry: Registry) -> Iterator[ConfigIssue]:
+    kind = config["backend"].get("type")
+    if kind != "local":
+        yield ConfigIssue("backend.type", f"{kind!r} is not supported: fw runs on this machine (one process, one GPU "
+                                          "or CPU) and has no distributed backend yet.", "use type: local")
+
+
+@rule("output_features")
+def decoder_fallback_is_the_preprocessing_one(config: Config, registry: Registry) -> Iterator[ConfigIssue]:
+    """Ludwig overwrites decoder.fallback_label with preprocessing.fallback_label; a different one would be lost."""
+    for index, feature in enumerate(config["output_features"]):
+        decoder_value = feature["decoder"].get("fallback_label")
+        wanted = (feature.get("preprocessing") or {}).get("fallback_label")
+        if decoder_value not in (None, "", wanted):
+            yield ConfigIssue(f"output_features[{index}].decoder.fallback_label",
+                              f"{decoder_value!r} differs from output_features[{index}].preprocessing.fallback_label "
+                              f"({wanted!r}), the one used (as in Ludwig).",
+                              f"set output_features[{index}].preprocessing.fallback_label: {decoder_value}")

@@ -35,7 +35,7 @@ MERGE = Socket("merge_strategy", "combination_type", default="linear")
 RETRIEVER = Socket("retriever", "type", nullable=True)
 MATCHER = Socket("matcher", "type", default="contains")
 #: nullable: an output type with no default decoder is the core schema's error, not a second one here
-DECODER = Socket("decoder", "type", nullable=True)
+DECODER = Socket("decoder", "type", nullable=True, common="decoder_common")
 
 
 def decoder_socket(feature: dict[str, Any]) -> Socket:

@@ -11,7 +11,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from fw.config import rules
+from fw.config import ludwig, rules
+from fw.config.derive import derive
 from fw.errors import ConfigIssue, ConfigWarning, FwError, shown
 from fw.plugin.lazy import resolve
 from fw.plugin.registry import Registry, get_registry
@@ -26,6 +27,8 @@ from fw.plugin.descriptors import PluginDescriptor
 class ValidationReport:
     issues: list[ConfigIssue] = field(default_factory=list)
     warnings: list[ConfigIssue] = field(default_factory=list)
+    #: defaults the config relies on where fw deliberately differs from Ludwig (README: Coming from Ludwig)
+    notes: list[ConfigIssue] = field(default_factory=list)
     #: the config with every default filled in (meaningful when ``ok``)
     resolved: dict[str, Any] = field(default_factory=dict)
 
@@ -61,13 +64,22 @@ def validate(config: Any, registry: Registry | None = None) -> ValidationReport:
         return report
     for found in [*_not_a_number(config), *issues_from_schema(core_schema(), config)]:
         report.add(found)
+    findings = ludwig.check(core_schema(), config)
     resolved = integers_as_int(core_schema(), fill_defaults(core_schema(), copy.deepcopy(config)))
     for path, section, socket in list(find_sockets(resolved)):
-        explicit = set(_section_at(config, path) or {})
-        for found in _validate_section(path, section, socket, explicit, registry):
+        written = _section_at(config, path)
+        for found in _validate_section(path, section, socket, written if isinstance(written, dict) else {},
+                                       registry, findings):
             report.add(found)
+    derive(resolved, config)
+    for found in findings.issues:
+        report.add(found)
     for found in rules.check(resolved, registry, config, reported=report.issues):
         report.add(found)
+    accepted = ludwig.accepted_line(findings.accepted)
+    if accepted is not None:
+        report.add(accepted)
+    report.notes = ludwig.differences(core_schema(), config)
     report.resolved = resolved
     return report
 
@@ -93,9 +105,11 @@ def _section_at(config: dict[str, Any], path: Path) -> Any:
     return value
 
 
-def _validate_section(path: Path, section: dict[str, Any], socket: Socket, explicit: set[str],
-                      registry: Registry) -> list[ConfigIssue]:
-    """Validate one plugin-owned section in place (filling its defaults)."""
+def _validate_section(path: Path, section: dict[str, Any], socket: Socket, written: dict[str, Any],
+                      registry: Registry, findings: ludwig.Findings) -> list[ConfigIssue]:
+    """Validate one plugin-owned section in place (filling its defaults); the Ludwig keys of the section as
+    ``written`` go to ``findings``."""
+    explicit = set(written)
     name = section.get(socket.selector, socket.default)
     if name is None and socket.nullable:
         return []
@@ -114,6 +128,7 @@ def _validate_section(path: Path, section: dict[str, Any], socket: Socket, expli
     found = list(issues_from_schema(schema, section, path, context))
     if found:
         return found
+    findings.extend(ludwig.check(schema, written, path))
     integers_as_int(schema, fill_defaults(schema, section))
     found += _required_values(schema, section, path, context)
     found += _ignored_key_warnings(schema, section, path, explicit)

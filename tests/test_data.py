@@ -134,11 +134,14 @@ def test_other_sources_are_refused():
 
 
 # -- splitting --------------------------------------------------------------------------------------
+EIGHTY_TEN_TEN = {"split": {"probabilities": [0.8, 0.1, 0.1]}}
+
+
 def test_random_split_respects_ratios_and_is_reproducible():
     frame = numbered(100)
-    first = make_splits(config(), dataset=frame)
+    first = make_splits(config(preprocessing=EIGHTY_TEN_TEN), dataset=frame)
     assert first.sizes() == {"train": 80, "validation": 10, "test": 10}
-    again = make_splits(config(), dataset=frame)
+    again = make_splits(config(preprocessing=EIGHTY_TEN_TEN), dataset=frame)
     assert all(a.equals(b) for (_, a), (_, b) in zip(first.items(), again.items()))
     together = sorted(first.train.index.tolist() + first.validation.index.tolist() + first.test.index.tolist())
     assert together == list(range(100))
@@ -148,7 +151,7 @@ def test_random_split_respects_ratios_and_is_reproducible():
 
 def test_random_split_follows_seed_and_probabilities():
     frame = numbered(50)
-    other_seed = make_splits(config(trainer={"seed": 7}), dataset=frame)
+    other_seed = make_splits(config(trainer={"type": "finetune", "seed": 7}), dataset=frame)
     assert other_seed.train.index.tolist() != make_splits(config(), dataset=frame).train.index.tolist()
     halves = make_splits(config(preprocessing={"split": {"probabilities": [0.5, 0.5, 0.0]}}), dataset=frame)
     assert halves.sizes() == {"train": 25, "validation": 25, "test": 0}
@@ -167,10 +170,14 @@ def test_sample_ratio_that_keeps_nothing_is_an_error():
         make_splits(config(preprocessing={"sample_ratio": 0.01}), dataset=numbered(3))
 
 
+FIXED = {"split": {"type": "fixed"}}
+DROP_EMPTY_INPUTS = {"name": "question", "type": "text", "preprocessing": {"missing_value_strategy": "drop_row"}}
+
+
 def test_split_column_with_numbers_and_words_any_case(tmp_path):
     path = tmp_path / "data.csv"
     numbered(6, split=["0", "train", "1", "Validation", "2", " TEST "]).to_csv(path, index=False)
-    splits = make_splits(config(), dataset=path)
+    splits = make_splits(config(preprocessing=FIXED), dataset=path)
     assert {name: frame.index.tolist() for name, frame in splits.items()} == \
         {"train": [0, 1], "validation": [2, 3], "test": [4, 5]}
     assert "split" not in splits.train.columns
@@ -180,7 +187,7 @@ def test_split_column_with_numbers_and_words_any_case(tmp_path):
 def test_bad_split_values_name_the_rows():
     frame = numbered(5, split=[0, "dev", 1, None, 7])
     with pytest.raises(FwError) as caught:
-        make_splits(config(), dataset=frame)
+        make_splits(config(preprocessing=FIXED), dataset=frame)
     assert str(caught.value) == ("column 'split' of the DataFrame must hold 0/1/2 or train/validation/test; 3 row(s) "
                                  "do not: row 2 ('dev'), row 4 (empty), row 5 (7).")
 
@@ -214,7 +221,7 @@ def test_rows_without_input_text_are_dropped_with_a_warning_naming_them():
     frame = numbered(14)
     frame.loc[[2, 5, 6, 7, 8, 9, 10, 11, 12, 13, 1], "question"] = ["", None, " ", *[None] * 8]
     frame.loc[0, "question"] = None
-    cleaned = clean(frame, config(), "train")
+    cleaned = clean(frame, config(input_features=[DROP_EMPTY_INPUTS]), "train")
     assert cleaned.index.tolist() == [3, 4]
     assert console.warnings == ["train: dropped 12 of 14 row(s) with no input text (empty 'question'): "
                                "rows 1, 2, 3, 6, 7, 8, 9, 10, 11, 12 and 2 more."]
@@ -237,7 +244,7 @@ def test_sample_rows_need_text_in_some_column():
 def test_every_row_dropped_is_an_error():
     frame = pd.DataFrame({"question": [None, ""], "answer": ["a", "b"]})
     with pytest.raises(FwError, match=r"^no train rows left: all 2 were dropped \(see the warnings above\)\.$"):
-        clean(frame, config(), "train")
+        clean(frame, config(input_features=[DROP_EMPTY_INPUTS]), "train")
 
 
 def test_unknown_template_column_is_checked_by_clean():
@@ -289,14 +296,108 @@ def test_row_numbers_survive_splitting(tmp_path):
     frame = numbered(6, split=["0", "0", "1", "0", "2", "0"])
     frame.loc[3, "question"] = ""
     frame.to_csv(path, index=False)
-    splits = make_splits(config(), dataset=path)
-    clean(splits.train, config(), "train")
+    data = config(input_features=[DROP_EMPTY_INPUTS], preprocessing=FIXED)
+    splits = make_splits(data, dataset=path)
+    clean(splits.train, data, "train")
     assert console.warnings == ["train: dropped 1 of 4 row(s) with no input text (empty 'question'): row 4."]
 
 
 def test_read_dataset_reads_and_cleans(tmp_path):
     path = tmp_path / "data.csv"
     path.write_text("question\nfirst\n\nthird\n")
-    frame = read_dataset(path, config())
+    frame = read_dataset(path, config(input_features=[DROP_EMPTY_INPUTS]))
     assert frame["question"].tolist() == ["first", "third"] and frame.index.tolist() == [0, 2]
     assert console.warnings == ["predict: dropped 1 of 3 row(s) with no input text (empty 'question'): row 2."]
+
+
+# -- Ludwig's splits, sampling, missing inputs, lower case --------------------------------------------------------
+#: row indices per split that Ludwig 0.17.8 itself gives (RandomSplitter / HashSplitter, seed 42,
+#: probabilities 0.7/0.1/0.2, on ``numbered(n)`` with an ``id`` column "id<i>"), computed with Ludwig's own code
+LUDWIG_RANDOM_10 = [[0, 1, 5, 8], [2, 7, 9], [3, 4, 6]]
+LUDWIG_RANDOM_7 = [[0, 1, 2, 5], [], [3, 4, 6]]
+LUDWIG_HASH_10 = [[0, 1, 3, 4, 5, 6, 7, 8, 9], [], [2]]
+
+
+def split_rows(splits) -> list[list[int]]:
+    return [frame.index.tolist() for _, frame in splits.items()]
+
+
+def test_random_split_gives_ludwigs_rows():
+    """The default split (Ludwig's 0.7/0.1/0.2) puts the same rows where Ludwig does, including its rule that a
+    validation or test split of fewer than 3 rows gives them to training."""
+    assert split_rows(make_splits(config(), dataset=numbered(10))) == LUDWIG_RANDOM_10
+    assert split_rows(make_splits(config(), dataset=numbered(7))) == LUDWIG_RANDOM_7
+    hundred = make_splits(config(), dataset=numbered(100)).sizes()
+    assert hundred == {"train": 70, "validation": 10, "test": 20}
+
+
+def test_hash_split_gives_ludwigs_rows_and_keeps_an_id_in_its_split():
+    data = config(preprocessing={"split": {"type": "hash", "column": "id"}})
+    ids = [f"id{i}" for i in range(10)]
+    assert split_rows(make_splits(data, dataset=numbered(10, id=ids))) == LUDWIG_HASH_10
+    grown = make_splits(data, dataset=numbered(30, id=[f"id{i}" for i in range(30)]))
+    assert set(grown.test.index) >= {2} and not set(grown.train.index) & {2}
+
+
+def test_stratified_split_keeps_each_values_share():
+    labels = ["a"] * 50 + ["b"] * 30 + ["c"] * 20
+    data = config(preprocessing={"split": {"type": "stratify", "column": "label", "probabilities": [0.6, 0.2, 0.2]}})
+    splits = make_splits(data, dataset=numbered(100, label=labels))
+    counts = {name: frame["label"].value_counts().to_dict() for name, frame in splits.items()}
+    assert counts == {"train": {"a": 30, "b": 18, "c": 12}, "validation": {"a": 10, "b": 6, "c": 4},
+                      "test": {"a": 10, "b": 6, "c": 4}}
+
+
+def test_datetime_split_trains_on_the_oldest_rows():
+    dates = [f"2024-01-{day:02d}" for day in (5, 1, 9, 3, 7, 2, 10, 4, 8, 6)]
+    data = config(preprocessing={"split": {"type": "datetime", "column": "date", "probabilities": [0.6, 0.2, 0.2]}})
+    splits = make_splits(data, dataset=numbered(10, date=dates))
+    assert sorted(splits.train["date"]) == sorted(dates)[:6]
+    assert sorted(splits.test["date"]) == sorted(dates)[8:]
+
+
+def test_split_on_a_missing_column_names_it():
+    data = config(preprocessing={"split": {"type": "hash", "column": "user"}})
+    with pytest.raises(FwError, match=r"^preprocessing.split.column: dataset the DataFrame has no column 'user'"):
+        make_splits(data, dataset=numbered(5))
+
+
+def test_a_split_column_is_not_used_by_the_random_split():
+    """Ludwig splits at random even when the data has a split column (it warns): so does fw."""
+    splits = make_splits(config(), dataset=numbered(10, split=[0] * 10))
+    assert split_rows(splits) == LUDWIG_RANDOM_10
+    assert any("has a 'split' column, but preprocessing.split.type is random" in w for w in console.warnings)
+
+
+def test_sample_size_draws_that_many_rows():
+    data = config(preprocessing={"sample_size": 20, "split": {"probabilities": [1.0, 0.0, 0.0]}})
+    splits = make_splits(data, dataset=numbered(50))
+    assert splits.sizes() == {"train": 20, "validation": 0, "test": 0}
+    assert splits.train.index.tolist() == make_splits(data, dataset=numbered(50)).train.index.tolist()
+
+
+@pytest.mark.parametrize("strategy, filled", [
+    ("fill_with_const", ["q0", "<UNK>", "q2", "<UNK>", "q4"]),
+    ("fill_with_mode", ["q0", "q0", "q2", "q0", "q4"]),
+    ("bfill", ["q0", "q2", "q2", "q4", "q4"]),
+    ("ffill", ["q0", "q0", "q2", "q2", "q4"]),
+])
+def test_empty_inputs_follow_the_missing_value_strategy(strategy, filled):
+    frame = numbered(5)
+    frame.loc[[1, 3], "question"] = None
+    if strategy == "fill_with_mode":
+        frame.loc[2, "question"] = "q0"
+        filled = ["q0", "q0", "q0", "q0", "q4"]
+    data = config(input_features=[{"name": "question", "preprocessing": {"missing_value_strategy": strategy}}])
+    assert clean(frame, data, "train")["question"].tolist() == filled
+    assert console.warnings[0].startswith("train: 2 row(s) with no 'question' get ")
+
+
+def test_lowercase_applies_to_the_whole_prompt_and_to_the_target():
+    from fw.data.prompt import PromptRenderer, target_text
+
+    data = config({"template": "Q: {question}"}, output={"name": "answer", "preprocessing": {"lowercase": True}},
+                  input_features=[{"name": "question", "preprocessing": {"lowercase": True}}])
+    row = {"question": "Why The Sky?", "answer": "Because LIGHT"}
+    assert PromptRenderer(data).render(row) == "q: why the sky?"
+    assert target_text(row, data) == "because light"

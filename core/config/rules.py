@@ -197,7 +197,11 @@ def template_leaves_out_the_answer(config: Config, registry: Registry) -> Iterat
         return
     output = config["output_features"][0]
     column = output.get("column") or output["name"]
-    if column in template_fields(template):
+    try:
+        names = template_fields(template)
+    except ValueError:  # template_placeholders reports it
+        return
+    if column in names:
         yield ConfigIssue("prompt.template", f"names the output column {{{column}}}: the model would be shown the "
                                              "answer. fw appends the target after the prompt itself.",
                           f"remove {{{column}}} from the template")
@@ -700,3 +704,15 @@ def decoder_fallback_is_the_preprocessing_one(config: Config, registry: Registry
                               f"{decoder_value!r} differs from output_features[{index}].preprocessing.fallback_label "
                               f"({wanted!r}), the one used (as in Ludwig).",
                               f"set output_features[{index}].preprocessing.fallback_label: {decoder_value}")
+
+
+@rule
+def lowercase_targets_need_lowercase_labels(config: Config, registry: Registry) -> Iterator[ConfigIssue]:
+    feature = config["output_features"][0]
+    if feature["type"] != "category" or not (feature.get("preprocessing") or {}).get("lowercase"):
+        return
+    for label in feature["decoder"].get("match") or {}:
+        if str(label) != str(label).lower():
+            yield ConfigIssue(f"output_features[0].decoder.match.{label}", "preprocessing.lowercase lower-cases the "
+                                                                           "targets, so this label would never match "
+                                                                           "one.", f"write it {str(label).lower()!r}")

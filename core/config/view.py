@@ -92,6 +92,12 @@ def output_max_sequence_length(config) -> int | None:
     return setting(config, "output_features", 0, "preprocessing", "max_sequence_length")
 
 
+def lowercase(config, features: str) -> bool:
+    """``<features>[0].preprocessing.lowercase`` (``input_features``: the whole rendered prompt; ``output_features``:
+    the target), as Ludwig lower-cases text before tokenizing it."""
+    return bool(setting(config, features, 0, "preprocessing", "lowercase"))
+
+
 def global_max_sequence_length(config) -> int | None:
     return setting(config, "preprocessing", "global_max_sequence_length")
 
@@ -133,11 +139,16 @@ def split_settings(config) -> dict:
 
 
 def split_column(config) -> str:
-    return split_settings(config)["column"]
+    """The column the split reads (``split`` when not named: the fixed split's default)."""
+    return split_settings(config)["column"] or "split"
 
 
 def sample_ratio(config) -> float:
     return setting(config, "preprocessing", "sample_ratio")
+
+
+def sample_size(config) -> int | None:
+    return setting(config, "preprocessing", "sample_size")
 
 
 # -- trainer ------------------------------------------------------------------------------------------------------

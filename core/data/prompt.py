@@ -93,9 +93,11 @@ def sample_json(row: Mapping[str, Any], exclude: Iterable[str] = ()) -> str:
 
 
 def target_text(row: Mapping[str, Any], config) -> str:
-    """The output column of ``row`` as text ("" when absent or missing)."""
+    """The output column of ``row`` as text ("" when absent or missing), lower-cased when the output's
+    ``preprocessing.lowercase`` says so."""
     column = view.output_column(config)
-    return as_text(row[column]) if column in row.keys() else ""
+    text = as_text(row[column]) if column in row.keys() else ""
+    return text.lower() if view.lowercase(config, "output_features") else text
 
 
 # -- the renderer ---------------------------------------------------------------------------------
@@ -115,6 +117,8 @@ class PromptRenderer:
         self.uses_sample = SAMPLE in fields
         named = [name for name in fields if name not in SPECIAL_FIELDS]
         self.columns: set[str] = {self.input_column} if self.mode == "column" else set(named)
+        #: Ludwig lower-cases the whole rendered prompt (input_features[0].preprocessing.lowercase)
+        self.lowercase = view.lowercase(config, "input_features")
 
     @staticmethod
     def _default_template(prompt: Mapping[str, Any]) -> str | None:
@@ -166,13 +170,15 @@ class PromptRenderer:
         keys = [str(key) for key in row.keys()]
         self.check_columns(keys)
         if self.mode == "column":
-            return as_text(row[self.input_column])
-        pieces = []
-        for literal, name, spec, conversion in self._parts:
-            pieces.append(literal)
-            if name is not None:
-                pieces.append(self._field(row, name, spec, conversion, context))
-        return "".join(pieces)
+            text = as_text(row[self.input_column])
+        else:
+            pieces = []
+            for literal, name, spec, conversion in self._parts:
+                pieces.append(literal)
+                if name is not None:
+                    pieces.append(self._field(row, name, spec, conversion, context))
+            text = "".join(pieces)
+        return text.lower() if self.lowercase else text
 
     def _field(self, row: Mapping[str, Any], name: str, spec: str | None, conversion: str | None,
                context: str | None) -> str:

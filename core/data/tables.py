@@ -15,8 +15,12 @@ second ``text`` to ``text.1``, so fw refuses it instead. A JSON or JSON Lines sy
 """
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
+import math
 import os
+import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +31,7 @@ import pandas as pd
 
 from fw import console
 from fw.config import view
-from fw.data.prompt import PromptRenderer, is_missing
+from fw.data.prompt import PromptRenderer, as_text, is_missing
 from fw.errors import FwError, did_you_mean, shown
 from fw.plugin.models import library_message
 
@@ -212,9 +216,9 @@ class Splits:
 
 def make_splits(config, dataset: Any = None, training_set: Any = None, validation_set: Any = None,
                 test_set: Any = None) -> Splits:
-    """``dataset`` split by its split column or at random (seeded), or the explicit sets as given.
+    """``dataset`` split as ``preprocessing.split`` says (:data:`SPLITTERS`), or the explicit sets as given.
 
-    ``preprocessing.sample_ratio`` < 1 keeps that fraction of every source (seeded, in file order)."""
+    ``preprocessing.sample_ratio`` < 1 / ``sample_size`` keep a seeded sample of every source."""
     explicit = {"train": training_set, "validation": validation_set, "test": test_set}
     given = {name: source for name, source in explicit.items() if source is not None}
     if dataset is not None and given:
@@ -226,7 +230,8 @@ def make_splits(config, dataset: Any = None, training_set: Any = None, validatio
     if dataset is not None:
         splits = _split(_sampled(read_table(dataset), config, _name(dataset)), config, _name(dataset))
     else:
-        frames = {name: _sampled(read_table(source), config, _name(source)) for name, source in given.items()}
+        frames = {name: _sampled(read_table(source), config, _name(source)).sort_index()
+                  for name, source in given.items()}
         empty = next(iter(frames.values())).iloc[0:0]
         splits = Splits(**{name: frames.get(name, empty) for name in SPLIT_NAMES})
     sizes = splits.sizes()
@@ -239,26 +244,44 @@ def _name(source: Any) -> str:
 
 
 def _sampled(frame: pd.DataFrame, config, name: str) -> pd.DataFrame:
-    ratio = view.sample_ratio(config)
-    if ratio >= 1:
-        return frame
-    sampled = frame.sample(frac=ratio, random_state=view.seed(config)).sort_index()
-    if sampled.empty:
-        raise FwError(f"preprocessing.sample_ratio: {ratio:g} keeps no row of the {len(frame)} in {name}; "
-                      "raise it.")
-    return sampled
+    """``sample_ratio`` / ``sample_size`` as Ludwig draws them (``DataFrame.sample`` with the seed); the rows stay
+    in the drawn order, which the random split then shuffles, so both give Ludwig's rows."""
+    ratio, size, seed = view.sample_ratio(config), view.sample_size(config), view.seed(config)
+    if ratio < 1:
+        sampled = frame.sample(frac=ratio, random_state=seed)
+        if sampled.empty:
+            raise FwError(f"preprocessing.sample_ratio: {ratio:g} keeps no row of the {len(frame)} in {name}; "
+                          "raise it.")
+        frame = sampled
+    if size is not None:
+        if size >= len(frame):
+            console.warn(f"preprocessing.sample_size: {size} is not below the {len(frame)} rows of {name}; all are "
+                        "used.")
+        elif size == 0:
+            raise FwError(f"preprocessing.sample_size: 0 keeps no row of {name}; raise it.")
+        else:
+            frame = frame.sample(frac=size / len(frame), random_state=seed)
+    return frame
 
 
 def _split(frame: pd.DataFrame, config, name: str) -> Splits:
+    """``preprocessing.split`` applied to ``frame`` (see :data:`SPLITTERS`)."""
     settings = view.split_settings(config)
-    column = settings["column"]
-    if column in frame.columns:
+    kind, column = settings["type"], view.split_column(config)
+    if kind == "fixed":
+        if column not in frame.columns:
+            raise FwError(f"preprocessing.split.type is fixed, but dataset {name} has no column '{column}'. "
+                          f"Columns: {', '.join(frame.columns)}.{did_you_mean(column, frame.columns)} Add the column "
+                          "(0/train, 1/validation, 2/test) or set preprocessing.split.column.")
         return _split_by_column(frame, column, name)
-    if settings["type"] == "fixed":
-        raise FwError(f"preprocessing.split.type is fixed, but dataset {name} has no column '{column}'. "
-                      f"Columns: {', '.join(frame.columns)}.{did_you_mean(column, frame.columns)} Add the column "
-                      "(0/train, 1/validation, 2/test) or set preprocessing.split.column.")
-    return _random_split(frame, settings["probabilities"], view.seed(config))
+    if kind == "random" and "split" in frame.columns:
+        console.warn(f"dataset {name} has a 'split' column, but preprocessing.split.type is random (Ludwig's "
+                    "default): the rows are split at random. Set preprocessing.split.type: fixed to use the column.")
+    if kind != "random" and column not in frame.columns:
+        raise FwError(f"preprocessing.split.column: dataset {name} has no column '{column}' to split on. "
+                      f"Columns: {', '.join(frame.columns)}.{did_you_mean(column, frame.columns)}")
+    codes = SPLITTERS[kind](frame, settings["probabilities"], view.seed(config), column)
+    return Splits(*(frame[codes == code].sort_index() for code in (0, 1, 2)))
 
 
 def split_code(value: Any) -> int | None:
@@ -287,13 +310,90 @@ def _shown_value(value: Any) -> str:
     return "empty" if is_missing(value) else shown(value.item() if hasattr(value, "item") else value, 40)
 
 
-def _random_split(frame: pd.DataFrame, probabilities: list[float], seed: int) -> Splits:
-    total = len(frame)
-    order = np.random.default_rng(seed).permutation(total)
-    first = min(total, round(total * probabilities[0]))
-    second = min(total, max(first, round(total * (probabilities[0] + probabilities[1]))))
-    parts = (order[:first], order[first:second], order[second:])
-    return Splits(*(frame.iloc[np.sort(part)] for part in parts))
+#: Ludwig drops a validation or test split smaller than this (its rows go to training), as fw does
+MIN_SPLIT_ROWS = 3
+
+
+def _divisions(count: int, probabilities: list[float]) -> tuple[int, int]:
+    """Where Ludwig cuts ``count`` shuffled rows into training / validation / test."""
+    first = int(math.ceil(probabilities[0] * count))
+    second = first + int(probabilities[1] * count) if probabilities[2] > 0 else count
+    sizes = [first, second - first, count - second]
+    if 0 < sizes[2] < MIN_SPLIT_ROWS and sizes[0] > 0:  # too small a test split: take rows from training
+        shift = min(MIN_SPLIT_ROWS - sizes[2], sizes[0])
+        first, second = first - shift, second - shift
+    if 0 < sizes[1] < MIN_SPLIT_ROWS and sizes[0] > 0:
+        first -= min(MIN_SPLIT_ROWS - sizes[1], first)
+    return first, second
+
+
+def _codes(size: int, divisions: tuple[int, int]) -> np.ndarray:
+    """0/1/2 for ``size`` ordered rows cut at ``divisions``."""
+    codes = np.full(size, 2)
+    codes[:divisions[1]] = 1
+    codes[:divisions[0]] = 0
+    return codes
+
+
+def random_codes(frame: pd.DataFrame, probabilities: list[float], seed: int, column: str | None = None) -> pd.Series:
+    """Ludwig's random split: the rows shuffled by ``DataFrame.sample(frac=1, random_state=seed)``, then cut."""
+    shuffled = frame.sample(frac=1, random_state=seed).index
+    return pd.Series(_codes(len(frame), _divisions(len(frame), probabilities)), index=shuffled).reindex(frame.index)
+
+
+def stratified_codes(frame: pd.DataFrame, probabilities: list[float], seed: int, column: str) -> pd.Series:
+    """Every value of ``column`` split in the same proportions (a value seen once goes to training, as in
+    Ludwig; the rows are fw's own draw, Ludwig draws with scikit-learn)."""
+    codes = pd.Series(0, index=frame.index)
+    for _, group in frame.groupby(frame[column].map(as_text), sort=True):
+        if len(group) > 1:
+            shuffled = group.sample(frac=1, random_state=seed).index
+            cut = _stratum_divisions(len(group), probabilities)
+            codes[shuffled] = _codes(len(group), cut)
+    return codes
+
+
+def _stratum_divisions(count: int, probabilities: list[float]) -> tuple[int, int]:
+    first = int(round(probabilities[0] * count))
+    return first, first + int(round(probabilities[1] * count))
+
+
+def hashed_codes(frame: pd.DataFrame, probabilities: list[float], seed: int, column: str) -> pd.Series:
+    """Ludwig's hash split: each row's split follows from a hash of its ``column`` value alone, so an id keeps
+    its split when rows are added (the hash is Ludwig's: crc32 of the base64 MD5 of ``{"value": value}``)."""
+    top = 2 ** 32
+    thresholds = (probabilities[0] * top, (probabilities[0] + probabilities[1]) * top)
+
+    def code(value: Any) -> int:
+        text = json.dumps({"value": _json_value(value)}, sort_keys=True, ensure_ascii=True)
+        digest = zlib.crc32(base64.b64encode(hashlib.md5(text.encode()).digest(), altchars=b"__"))
+        return 0 if digest < thresholds[0] else 1 if digest < thresholds[1] else 2
+
+    return frame[column].map(code)
+
+
+def _json_value(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") else value
+
+
+def datetime_codes(frame: pd.DataFrame, probabilities: list[float], seed: int, column: str) -> pd.Series:
+    """Oldest rows first: training, then validation, then test (the rows beyond Ludwig's rounded-down cuts go
+    to test; Ludwig drops them)."""
+    dates = pd.to_datetime(frame[column].map(as_text), errors="coerce")
+    if dates.isna().any():
+        bad = frame.index[dates.isna()]
+        raise FwError(f"preprocessing.split.column '{column}' must hold dates; {len(bad)} row(s) do not: "
+                      f"{row_numbers(bad)}.")
+    ordered = dates.sort_values(kind="stable").index
+    count = len(frame)
+    first = int(probabilities[0] * count)
+    cuts = (first, first + int(probabilities[1] * count))
+    return pd.Series(_codes(count, cuts), index=ordered).reindex(frame.index)
+
+
+#: ``preprocessing.split.type`` -> the 0/1/2 code of every row (fixed reads the column: _split_by_column)
+SPLITTERS: dict[str, Callable[..., pd.Series]] = {
+    "random": random_codes, "stratify": stratified_codes, "hash": hashed_codes, "datetime": datetime_codes}
 
 
 # -- cleaning ---------------------------------------------------------------------------------------
@@ -328,7 +428,7 @@ def clean(frame: pd.DataFrame, config, split_name: str) -> pd.DataFrame:
         require_target_column(frame, config, split_name)
     if frame.empty:
         return frame.copy()
-    cleaned = _drop_rows_without_input(frame, renderer, split_name)
+    cleaned = _drop_rows_without_input(frame, renderer, split_name, config)
     if view.output_column(config) in cleaned.columns:
         cleaned = _fill_or_drop_missing_targets(cleaned, config, split_name)
     if cleaned.empty:
@@ -336,18 +436,55 @@ def clean(frame: pd.DataFrame, config, split_name: str) -> pd.DataFrame:
     return cleaned
 
 
-def _drop_rows_without_input(frame: pd.DataFrame, renderer: PromptRenderer, split_name: str) -> pd.DataFrame:
+def _drop_rows_without_input(frame: pd.DataFrame, renderer: PromptRenderer, split_name: str,
+                             config=None) -> pd.DataFrame:
     columns = renderer.input_columns(frame.columns)
     if not columns:
         raise FwError(f"the {split_name} data has no input column: the prompt's {{__sample__}} uses every column "
                       f"except the output, and the only columns are {', '.join(frame.columns)}.")
     empty = frame[columns].map(is_missing).all(axis=1)
-    if empty.any():
-        which = "every input column" if renderer.uses_sample and len(columns) > 1 else \
-            ", ".join(f"'{column}'" for column in columns)
-        console.warn(f"{split_name}: dropped {empty.sum()} of {len(frame)} row(s) with no input text (empty "
-                     f"{which}): {row_numbers(frame.index[empty])}.")
+    if not empty.any():
+        return frame.copy()
+    strategy = _input_strategy(config)
+    if renderer.mode == "column" and strategy != "drop_row":
+        return _fill_missing_inputs(frame, empty, columns[0], config, strategy, split_name)
+    which = "every input column" if renderer.uses_sample and len(columns) > 1 else \
+        ", ".join(f"'{column}'" for column in columns)
+    console.warn(f"{split_name}: dropped {empty.sum()} of {len(frame)} row(s) with no input text (empty "
+                f"{which}): {row_numbers(frame.index[empty])}.")
     return frame[~empty].copy()
+
+
+def _input_strategy(config) -> str:
+    return view.setting(config, "input_features", 0, "preprocessing", "missing_value_strategy")
+
+
+def _fill_missing_inputs(frame: pd.DataFrame, empty: pd.Series, column: str, config, strategy: str,
+                         split_name: str) -> pd.DataFrame:
+    """An empty input column (no template) filled as ``input_features[0].preprocessing.missing_value_strategy``
+    says, as in Ludwig (drop_row drops it; with a template Ludwig never sees an empty input: fw drops a row whose
+    template columns are all empty)."""
+    fill_value = view.setting(config, "input_features", 0, "preprocessing", "fill_value")
+    rows = row_numbers(frame.index[empty])
+    frame = frame.copy()
+    values = frame[column].astype(object).where(~empty, None)
+    if strategy == "fill_with_const":
+        filled, said = values.fillna(fill_value), f"'{fill_value}'"
+    elif strategy == "fill_with_mode":
+        present = values[~empty].map(as_text)
+        if present.empty:
+            raise FwError(f"{split_name}: every '{column}' value is empty, so missing_value_strategy fill_with_mode "
+                          "has no value to fill with.")
+        mode = present.mode().iloc[0]
+        filled, said = values.fillna(mode), f"the most frequent value {mode!r}"
+    else:  # bfill / ffill, then the other way for the rows at the edge (as Ludwig does)
+        first, second = ("bfill", "ffill") if strategy == "bfill" else ("ffill", "bfill")
+        filled = getattr(getattr(values, first)(), second)()
+        said = "the next row's value" if strategy == "bfill" else "the previous row's value"
+    frame[column] = filled
+    console.warn(f"{split_name}: {empty.sum()} row(s) with no '{column}' get {said} (input_features[0].preprocessing."
+                f"missing_value_strategy {strategy}): {rows}.")
+    return frame
 
 
 def _fill_or_drop_missing_targets(frame: pd.DataFrame, config, split_name: str) -> pd.DataFrame:

@@ -177,8 +177,9 @@ def test_max_new_tokens_falls_back_output_then_global_then_context(tiny, tiny_ll
     global_limit = config(tiny_llama_dir, {"max_new_tokens": None},
                           preprocessing={"global_max_sequence_length": 20})
     assert resolve_max_new_tokens(global_limit, model, 10) == 20
-    assert resolve_max_new_tokens(base, model, 10) == 256 - 10  # tiny model context 256
-    assert plan(base, AutoTokenizer.from_pretrained(tiny_llama_dir), model, 10).config.max_new_tokens == 246
+    assert resolve_max_new_tokens(base, model, 10) == 256 // 2  # half the tiny model's context, as Ludwig
+    assert resolve_max_new_tokens(base, model, 200) == 256 - 200  # never past the context
+    assert plan(base, AutoTokenizer.from_pretrained(tiny_llama_dir), model, 10).config.max_new_tokens == 128
 
 
 def test_max_new_tokens_wins_over_max_length(tiny, tiny_llama_dir):

@@ -87,7 +87,8 @@ def validation_target(config: dict, raw: dict) -> None:
     if trainer.get("validation_field") is None:
         trainer["validation_field"] = output["name"]
     if trainer.get("validation_metric") is None:
-        trainer["validation_metric"] = DEFAULT_VALIDATION_METRIC.get(output.get("type"), "loss")
+        combined = trainer["validation_field"] == "combined"  # Ludwig's combined loss
+        trainer["validation_metric"] = "loss" if combined else DEFAULT_VALIDATION_METRIC.get(output.get("type"), "loss")
 
 
 def retrieval_k(config: dict, raw: dict) -> None:

@@ -461,6 +461,12 @@ def split_names_its_column(config: Config, registry: Registry) -> Iterator[Confi
     if split["type"] in ("stratify", "hash", "datetime") and not split.get("column"):
         yield ConfigIssue("preprocessing.split.column", f"split type {split['type']!r} splits on a column; name it.",
                           "e.g. column: label (stratify), id (hash), date (datetime)")
+    if split["type"] == "stratify":
+        for feature in config["input_features"] + config["output_features"]:
+            if (feature.get("column") or feature.get("name")) == split.get("column") and feature["type"] != "category":
+                yield ConfigIssue("preprocessing.split.column", f"stratifies on {split['column']!r}, a {feature['type']} "
+                                                                "feature: Ludwig stratifies on category columns only.",
+                                  "stratify on a category output, or on a column that is no feature")
 
 
 @rule("preprocessing.sample_size", "preprocessing.sample_ratio")
@@ -558,6 +564,8 @@ def category_decoding_choices(config: Config, registry: Registry) -> Iterator[Co
 
 # -- trainer: Ludwig's options ----------------------------------------------------------------------
 ALIGNMENT_TRAINERS = ("dpo", "kto", "orpo", "grpo")
+#: Ludwig's validation_field of the combined loss
+COMBINED = "combined"
 
 
 def _trainer_property(key: str) -> dict:
@@ -641,9 +649,14 @@ def freeze_regex_compiles(config: Config, registry: Registry) -> Iterator[Config
 @rule("trainer.validation_field", "trainer.validation_metric", "output_features")
 def validation_target_exists(config: Config, registry: Registry) -> Iterator[ConfigIssue]:
     trainer, output = config["trainer"], config["output_features"][0]
+    if trainer["validation_field"] == COMBINED:  # Ludwig's combined loss: the one output's loss here
+        if trainer["validation_metric"] != "loss":
+            yield ConfigIssue("trainer.validation_metric", f"validation_field combined (the combined loss) needs "
+                                                           f"validation_metric loss, got {trainer['validation_metric']!r}.")
+        return
     if trainer["validation_field"] != output["name"]:
         yield ConfigIssue("trainer.validation_field", f"names no output feature: {trainer['validation_field']!r}. "
-                                                      f"The output feature is {output['name']!r}.")
+                                                      f"The output feature is {output['name']!r} (or: combined).")
         return
     metrics = _trainer_property("validation_metric")["x-fw-validation-metrics"].get(output["type"], {})
     metric = trainer["validation_metric"]

@@ -3,7 +3,8 @@
 Most keys are ``GenerationConfig`` fields of the same name and pass through. The rest:
 
 - ``max_new_tokens: null`` falls back as the spec says: the output feature's ``max_sequence_length``, else
-  ``preprocessing.global_max_sequence_length``, else the model's context length minus the longest prompt;
+  ``preprocessing.global_max_sequence_length``, else half the model's context length (as Ludwig resolves it; a
+  text output's unset max_new_tokens becomes null this way: fw.config.derive), never past the context;
   ``max_length`` (prompt + generation) is overridden by ``max_new_tokens``, as the spec documents.
 - ``do_sample: false`` drops the sampling-only knobs (temperature, top_p, typical_p, epsilon / eta cutoffs, and
   top_k unless contrastive search uses it), which transformers would otherwise warn about.
@@ -72,8 +73,8 @@ def resolve_max_new_tokens(data: dict, model=None, longest_prompt: int = 0) -> i
     for candidate in (output, global_limit):
         if candidate:
             return min(int(candidate), room) if room else int(candidate)
-    if room:
-        return room
+    if room:  # half the model's context, as Ludwig resolves it (never past the context)
+        return min(context // 2, room)
     from fw.errors import FwError
 
     raise FwError("generation.max_new_tokens is null and neither output_features[0].preprocessing."

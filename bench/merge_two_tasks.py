@@ -34,7 +34,9 @@ def train_sources(base: str, root: Path, seed: int, dropout: float) -> Path:
     from fw import pipeline
 
     adapter = {"type": "lora", "r": 8, "dropout": dropout, "target_modules": TARGETS}
-    trainer = {"epochs": 6, "batch_size": 4, "learning_rate": 0.01, "seed": seed}
+    trainer = {"type": "finetune", "epochs": 6, "batch_size": 4, "learning_rate": 0.01, "seed": seed,
+               "optimizer": {"type": "adamw"}, "gradient_clipping": {"clipglobalnorm": 1.0},
+               "learning_rate_scheduler": {"decay": "cosine", "t_0": 60, "warmup_fraction": 0.03}}  # one cosine
     first = config(base, adapters={"task_a": adapter, "task_b": adapter}, trainer=trainer)
     run_a = pipeline.train(first, training_set=spell_digits(40), output_directory=root, model_name="a",
                            show_progress=False, adapter="task_a")

@@ -156,8 +156,9 @@ def train(config, dataset=None, training_set=None, validation_set=None, test_set
     trace.mark("model")
     train_rows = encode_frame(splits.train, data, tokenizer, "train", retriever)
     validation_rows = encode_frame(splits.validation, data, tokenizer, "validation", retriever)
+    test_rows = encode_frame(splits.test, data, tokenizer, "test", retriever)
     trainer = Trainer(multi_adapter.training_view(data, trained) if trained else data, tokenizer, train_rows,
-                      validation_rows, show_progress=show_progress)
+                      validation_rows, test_rows=test_rows, show_progress=show_progress)
     trace.mark("tokens")
     model = apply_adapter(model, data, training_data(trainer, data, show_progress), adapter_name=trained)
     trace.mark("adapter")
@@ -165,7 +166,6 @@ def train(config, dataset=None, training_set=None, validation_set=None, test_set
     trainer.setup(model, run_dir)
     trace.mark("setup")
     statistics = trainer.train(resume=resume)
-    test_rows = encode_frame(splits.test, data, tokenizer, "test", retriever)
     if test_rows:
         statistics["test"] = trainer.evaluate(test_rows)
     if trained:
@@ -208,7 +208,7 @@ def training_data(trainer, data: dict, show_progress: bool):
     """What the adapter may see before training: rows for EVA / CorDA calibration, the planned step count."""
     from fw.model.initialization import TrainingData
 
-    return TrainingData(trainer.train_rows, trainer.tokenizer, view.batch_size(data), trainer.planned_steps,
+    return TrainingData(trainer.train_rows, trainer.tokenizer, trainer.batching.batch_size, trainer.planned_steps,
                         show_progress)
 
 
@@ -334,6 +334,7 @@ def evaluate(model_path=None, config=None, dataset=None, split: str = "full", ou
     match, token F1, BLEU / ROUGE for text outputs; accuracy, macro-F1, per-class precision / recall, confusion
     matrix and fallback rate for category outputs)."""
     from fw.infer.metrics import output_metrics
+    from fw.train.batch_size import inference_batch_size
     from fw.train.trainer import evaluate_loss
 
     data, model, tokenizer = model_for_inference(model_path, config, adapter)
@@ -343,8 +344,8 @@ def evaluate(model_path=None, config=None, dataset=None, split: str = "full", ou
     prompts = prompts_of(frame, data, tokenizer, retriever)  # rendered once: generation and loss share them
     generations, outputs = generate_for(prompts, data, model, tokenizer, show_progress)
     targets = targets_of(frame, data)
-    scores = evaluate_loss(model, tokenizer, encode_pairs(prompts, targets, tokenizer, data, "evaluate"),
-                           view.eval_batch_size(data))
+    rows = encode_pairs(prompts, targets, tokenizer, data, "evaluate")
+    scores = evaluate_loss(model, tokenizer, rows, inference_batch_size(data, model, [len(r.input_ids) for r in rows]))
     scores.update(output_metrics(outputs.values, targets, view.output_type(data), outputs.matched, view.labels(data),
                                  outputs.timeouts))
     statistics = {view.output_name(data): scores, "combined": {"loss": scores.get("loss")}, "rows": len(frame)}

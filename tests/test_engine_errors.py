@@ -22,7 +22,7 @@ def workspace(tmp_path, tiny_llama_dir):
     def write_config(base_model=str(tiny_llama_dir), **overrides):
         config = {"base_model": base_model, "input_features": [{"name": "question"}],
                   "output_features": [{"name": "answer"}],
-                  "adapter": {"type": "lora", "r": 4}, "trainer": {"epochs": 1, "batch_size": 4}}
+                  "adapter": {"type": "lora", "r": 4}, "trainer": {"type": "finetune", "epochs": 1, "batch_size": 4}}
         config.update(overrides)
         path = tmp_path / "config.yaml"
         path.write_text(yaml.safe_dump(config))

@@ -30,7 +30,7 @@ def config(base, adapter: dict, **overrides) -> dict:
     data = {"base_model": str(base), "input_features": [{"name": "question"}],
             "output_features": [{"name": "answer"}], "prompt": {"template": "Q: {question}\nA:"},
             "adapter": {"type": "lora", "r": 4, **adapter},
-            "trainer": {"epochs": 2, "batch_size": 4, "learning_rate": 0.01, "seed": 1},
+            "trainer": {"type": "finetune", "epochs": 2, "batch_size": 4, "learning_rate": 0.01, "seed": 1},
             "generation": {"max_new_tokens": 4, "do_sample": False}}
     data.update(overrides)
     return data

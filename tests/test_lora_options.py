@@ -27,7 +27,7 @@ def config(base, adapter: dict, **trainer) -> dict:
     return {"base_model": str(base), "input_features": [{"name": "question"}],
             "output_features": [{"name": "answer"}], "prompt": {"template": "Q: {question}\nA:"},
             "adapter": adapter,
-            "trainer": {"epochs": 2, "batch_size": 4, "learning_rate": 0.01, "seed": 1, **trainer},
+            "trainer": {"type": "finetune", "epochs": 2, "batch_size": 4, "learning_rate": 0.01, "seed": 1, **trainer},
             "generation": {"max_new_tokens": 4, "do_sample": False}}
 
 

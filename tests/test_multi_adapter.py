@@ -50,7 +50,7 @@ def config(base, adapters=None, merge=None, active=None, **overrides) -> dict:
     data = {"base_model": str(base), "input_features": [{"name": "question"}],
             "output_features": [{"name": "answer"}], "prompt": {"template": "Q: {question}\nA:"},
             "adapters": section,
-            "trainer": {"epochs": 1, "batch_size": 4, "learning_rate": 0.01, "seed": 1},
+            "trainer": {"type": "finetune", "epochs": 1, "batch_size": 4, "learning_rate": 0.01, "seed": 1},
             "generation": {"max_new_tokens": 3, "do_sample": False}}
     data.update(overrides)
     return data
@@ -223,7 +223,9 @@ def test_a_merge_of_two_task_adapters_beats_each_source_on_the_other_task(tmp_pa
     of 5 batches; it held for seeds 1-6)."""
     adapter = {"type": "lora", "r": 8, "dropout": 0.0, "target_modules": TARGETS}
     merge = {"name": "merged", "sources": ["task_a", "task_b"], "weights": [0.5, 0.5], "combination_type": "linear"}
-    trainer = {"epochs": 4, "batch_size": 8, "learning_rate": 0.02, "seed": 1}
+    trainer = {"type": "finetune", "epochs": 4, "batch_size": 8, "learning_rate": 0.02, "seed": 1,
+               "optimizer": {"type": "adamw"}, "gradient_clipping": {"clipglobalnorm": 1.0},
+               "learning_rate_scheduler": {"decay": "cosine", "t_0": 20}}  # one cosine over the 20 steps
     first = config(tiny_llama_dir, adapters={"task_a": adapter, "task_b": adapter}, merge=merge, trainer=trainer)
     run_a = pipeline.train(first, training_set=spell_digits(40), output_directory=tmp_path, model_name="a",
                            show_progress=False, adapter="task_a")

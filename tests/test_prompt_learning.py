@@ -26,7 +26,7 @@ def table(rows: int = 16) -> pd.DataFrame:
 def config(base, **sections) -> dict:
     return {"base_model": str(base), "input_features": [{"name": "question"}],
             "output_features": [{"name": "answer"}], "prompt": {"template": "Q: {question}\nA:"},
-            "trainer": {"epochs": 3, "batch_size": 4, "learning_rate": 0.1, "seed": 1},
+            "trainer": {"type": "finetune", "epochs": 3, "batch_size": 4, "learning_rate": 0.1, "seed": 1},
             "generation": {"max_new_tokens": 4, "do_sample": False}, **sections}
 
 

@@ -26,15 +26,17 @@ WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight",
 
 def table(rows: int = 16) -> pd.DataFrame:
     return pd.DataFrame({"question": [f"spell {i % 10} please" for i in range(rows)],
-                         "answer": [WORDS[i % 10] for i in range(rows)]})
+                         "answer": [WORDS[i % 10] for i in range(rows)],
+                         "split": [0] * (rows - 4) + [1, 1, 2, 2]})
 
 
 def config(base, **overrides) -> dict:
     data = {"base_model": str(base), "input_features": [{"name": "question"}],
             "output_features": [{"name": "answer"}], "prompt": {"template": "Q: {question}\nA:"},
             "adapter": {"type": "lora", "r": 4, "target_modules": ["q_proj", "v_proj", "lm_head"]},
-            "trainer": {"epochs": 2, "batch_size": 4, "learning_rate": 0.02, "seed": 1},
-            "generation": {"max_new_tokens": 5, "min_new_tokens": 5, "do_sample": False}}
+            "trainer": {"type": "finetune", "epochs": 2, "batch_size": 4, "learning_rate": 0.02, "seed": 1},
+            "generation": {"max_new_tokens": 5, "min_new_tokens": 5, "do_sample": False},
+            "preprocessing": {"split": {"type": "fixed"}}}  # the table's split column: 12 / 2 / 2 rows
     data.update(overrides)
     return data
 
@@ -544,7 +546,7 @@ def test_upload_of_several_named_adapters_sends_each_one(hub, two_adapter_run, m
 
 def test_a_full_fine_tune_is_described_and_uploaded_as_transformers_weights(hub, tmp_path, tiny_llama_dir,
                                                                             monkeypatch):
-    data = config(tiny_llama_dir, trainer={"epochs": 1, "batch_size": 8, "learning_rate": 0.001, "seed": 1})
+    data = config(tiny_llama_dir, trainer={"type": "finetune", "epochs": 1, "batch_size": 8, "learning_rate": 0.001, "seed": 1})
     del data["adapter"]
     result = train(tmp_path, data)
     card = card_of(result.model_dir)

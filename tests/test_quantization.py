@@ -27,7 +27,7 @@ def config(base, quantization, adapter=None, **overrides) -> dict:
     data = {"base_model": str(base), "input_features": [{"name": "question"}],
             "output_features": [{"name": "answer"}], "prompt": {"template": "Q: {question}\nA:"},
             "quantization": quantization,
-            "trainer": {"epochs": 1, "batch_size": 4, "learning_rate": 0.01, "seed": 1},
+            "trainer": {"type": "finetune", "epochs": 1, "batch_size": 4, "learning_rate": 0.01, "seed": 1},
             "generation": {"max_new_tokens": 3, "do_sample": False}}
     if adapter is not None:
         data["adapter"] = adapter
@@ -263,7 +263,7 @@ def test_a_bitsandbytes_model_goes_through_prepare_model_for_kbit_training(monke
     model = torch.nn.Linear(2, 2)
     assert quantization.prepare_for_training(model, {"trainer": {}}) is model and not calls  # not quantized
     model.is_loaded_in_4bit = True
-    quantization.prepare_for_training(model, {"trainer": {"enable_gradient_checkpointing": True}})
+    quantization.prepare_for_training(model, {"trainer": {"type": "finetune", "enable_gradient_checkpointing": True}})
     assert calls == [{"use_gradient_checkpointing": True, "gradient_checkpointing_kwargs": {"use_reentrant": False}}]
 
 

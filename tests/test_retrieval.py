@@ -77,8 +77,9 @@ def config(base, retrieval_section: dict, template: str | None = None, **overrid
     data = {"base_model": str(base), "input_features": [{"name": "question"}],
             "output_features": [{"name": "answer"}], "prompt": {**prompt, "retrieval": retrieval_section},
             "adapter": {"type": "lora", "r": 4},
-            "trainer": {"epochs": 1, "batch_size": 4, "learning_rate": 0.01, "seed": 1},
-            "generation": {"max_new_tokens": 2, "do_sample": False}}
+            "trainer": {"type": "finetune", "epochs": 1, "batch_size": 4, "learning_rate": 0.01, "seed": 1},
+            "generation": {"max_new_tokens": 2, "do_sample": False},
+            "preprocessing": {"split": {"type": "fixed"}}}  # the table's split column
     data.update(overrides)
     return data
 
@@ -108,7 +109,7 @@ def test_random_retrieval_is_seeded_and_draws_from_the_training_split_only(tiny_
     frame = table().drop(columns=["split"])
     first, again = prompts_for(data, frame, train_rows()), prompts_for(data, frame, train_rows())
     assert first == again
-    other_seed = prompts_for({**data, "trainer": {**data["trainer"], "seed": 2}}, frame, train_rows())
+    other_seed = prompts_for({**data, "trainer": {"type": "finetune", **data["trainer"], "seed": 2}}, frame, train_rows())
     assert other_seed != first
     for row, examples in zip(frame.to_dict("records"), contexts(first)):
         assert len(examples) == 3
@@ -199,7 +200,7 @@ def test_in_context_learning_draws_examples_from_the_datasets_training_split(tmp
 
 def test_retrieval_splits_a_dataset_without_a_split_column_itself(tmp_path, tiny_llama_dir):
     data = config(tiny_llama_dir, {"type": "random", "k": 2}, SHORT_TEMPLATE, trainer={"type": "none", "seed": 3},
-                  adapter=None)
+                  adapter=None, preprocessing={"split": {"probabilities": [0.8, 0.1, 0.1]}})
     frame = table().drop(columns=["split"])
     result = pipeline.predict(config=data, dataset=frame, output_directory=tmp_path / "out", show_progress=False)
     train_split = pipeline.load_splits(data, dataset=frame).train  # 80% at random, seeded

@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 
 from fw import pipeline
+from fw.train.validation import TOTALS
 from fw.config.load import load_config
 from fw.data.tokens import encode
 from fw.model.loading import apply_adapter, load_base_model
@@ -17,7 +18,7 @@ def config(base) -> dict:
     return load_config({"base_model": str(base), "input_features": [{"name": "question"}],
                         "output_features": [{"name": "answer"}], "prompt": {"template": "Q: {question}\nA:"},
                         "adapter": {"type": "lora", "r": 4, "dropout": 0.0},
-                        "trainer": {"epochs": 2, "batch_size": 2, "gradient_accumulation_steps": 2,
+                        "trainer": {"type": "finetune", "epochs": 2, "batch_size": 2, "gradient_accumulation_steps": 2,
                                     "learning_rate": 0.01, "steps_per_checkpoint": 1, "seed": 3}}).data
 
 
@@ -70,10 +71,10 @@ def test_every_seam_goes_through_the_runtime_and_a_non_main_process_writes_nothi
     assert len(epochs) == 2 and all(sorted(map(tuple, batches)) == sorted(map(tuple, trainer.plan.batches))
                                     for batches in epochs)  # each epoch's micro-batches, every one once
     assert trainer.plan.steps_per_epoch == 2
-    pairs = [values for values in runtime.reduced if len(values) == 2]  # per epoch: 2 steps, then validation
-    steps, validations = [pairs[i] for i in (0, 1, 3, 4)], [pairs[2], pairs[5]]
+    steps = [values for values in runtime.reduced if len(values) == 2]  # per step: loss and tokens
+    validations = [values for values in runtime.reduced if len(values) == len(TOTALS)]  # per epoch: validation
     assert [loss for loss, _ in steps] == recorded["train_loss_per_step"] and all(tokens > 0 for _, tokens in steps)
-    assert [total / count for total, count in validations] == pytest.approx(recorded["validation"]["loss"])
+    assert [total / count for total, count, *_ in validations] == pytest.approx(recorded["validation"]["loss"])
     assert len([values for values in runtime.reduced if len(values) == 1]) == 4  # trained tokens of each step
     assert recorded["validation"]["loss"] and not (tmp_path / "recorded").exists()  # no checkpoint, no events
     assert (tmp_path / "single" / "checkpoints" / "latest.json").is_file()

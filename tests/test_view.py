@@ -17,7 +17,7 @@ def schema_default(*path):
 
 def test_a_key_the_config_lacks_reads_as_the_schema_default():
     assert view.seed({}) == schema_default("trainer", "seed")
-    assert view.seed({"trainer": {"seed": 7}}) == 7
+    assert view.seed({"trainer": {"type": "finetune", "seed": 7}}) == 7
     assert view.output_type({"output_features": [{"name": "a"}]}) == schema_default("output_features", 0, "type")
     assert view.split_settings({"preprocessing": {"split": {"type": "fixed"}}}) == {
         "type": "fixed", "probabilities": schema_default("preprocessing", "split", "probabilities"),
@@ -31,10 +31,13 @@ def test_a_null_section_reads_as_absent_and_a_null_value_as_written():
 
 
 def test_the_eval_batch_size_is_worked_out_in_one_place():
-    assert view.eval_batch_size({"trainer": {"batch_size": 4}}) == 4
-    assert view.eval_batch_size({"trainer": {"batch_size": 4, "eval_batch_size": None}}) == 4
-    assert view.eval_batch_size({"trainer": {"batch_size": 4, "eval_batch_size": 16}}) == 16
-    assert view.eval_batch_size({}) == schema_default("trainer", "batch_size")
+    from fw.train.batch_size import CPU_BATCH_SIZE, inference_batch_size
+
+    lengths = [5] * 40
+    assert inference_batch_size({"trainer": {"batch_size": 4, "eval_batch_size": None}}, None, lengths) == 4
+    assert inference_batch_size({"trainer": {"batch_size": 4, "eval_batch_size": 16}}, None, lengths) == 16
+    assert inference_batch_size({}, None, lengths) == schema_default("trainer", "eval_batch_size")
+    assert inference_batch_size({"trainer": {"eval_batch_size": "auto"}}, None, lengths) == CPU_BATCH_SIZE
 
 
 def test_adapter_sections_are_named_by_their_config_path():
@@ -45,9 +48,10 @@ def test_adapter_sections_are_named_by_their_config_path():
 
 
 def test_a_resolved_config_reads_the_same_through_the_view():
-    config = fw.load_config({**MINIMAL, "trainer": {"batch_size": 2, "eval_batch_size": 8, "seed": 3}})
+    config = fw.load_config({**MINIMAL, "trainer": {"type": "finetune", "batch_size": 2, "eval_batch_size": 8,
+                                                    "seed": 3}})
     assert view.trainer(config) == config.data["trainer"]
-    assert (view.seed(config), view.eval_batch_size(config), view.split_column(config)) == (3, 8, "split")
+    assert (view.seed(config), view.split_column(config)) == (3, "split")
     assert (view.input_column(config), view.output_column(config), view.output_name(config)) == \
         ("question", "answer", "answer")
 

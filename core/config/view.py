@@ -165,16 +165,6 @@ def seed(config) -> int:
     return setting(config, "trainer", "seed")
 
 
-def batch_size(config) -> int:
-    return setting(config, "trainer", "batch_size")
-
-
-def eval_batch_size(config) -> int:
-    """Rows per batch when nothing is trained (validation, test loss, generation, label scoring):
-    ``trainer.eval_batch_size``, else ``trainer.batch_size``."""
-    return setting(config, "trainer", "eval_batch_size") or batch_size(config)
-
-
 def precision(config) -> str:
     return setting(config, "trainer", "precision")
 

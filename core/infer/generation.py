@@ -61,13 +61,15 @@ def generate(model, tokenizer, prompt_ids, data: dict, show_progress: bool = Fal
     from fw.console import ProgressBar
     from fw.data.tokens import length_sorted_batches
     from fw.infer.settings import plan as generation_plan
+    from fw.train.batch_size import inference_batch_size
 
     sequences = as_id_lists(prompt_ids)
     longest = max((len(sequence) for sequence in sequences), default=0)
     processors, label_tokens = constrained_processors(data, tokenizer)
     settings = generation_plan(data, tokenizer, model, longest, processors,
                                max_new_tokens=label_tokens + 1 if label_tokens else None)
-    batch_size = settings.batch_size or view.eval_batch_size(data)
+    batch_size = settings.batch_size or inference_batch_size(data, model, [len(s) for s in sequences],
+                                                             settings.config.max_new_tokens or 0)
     torch.manual_seed(view.seed(data))
     device = next(model.parameters()).device
     results: list[Generation | None] = [None] * len(sequences)

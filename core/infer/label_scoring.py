@@ -48,14 +48,16 @@ def score_labels(model, tokenizer, prompt_ids, data: dict, show_progress: bool =
     from fw.console import ProgressBar
     from fw.data.tokens import length_sorted_batches
     from fw.infer.generation import as_id_lists
+    from fw.train.batch_size import inference_batch_size
 
     labels = view.labels(data)
     candidates = label_ids(tokenizer, labels)
     sequences = as_id_lists(prompt_ids)
+    batch_size = inference_batch_size(data, model, [len(sequence) for sequence in sequences])
     scores = torch.zeros((len(sequences), len(labels)))
     model.eval()
     with ProgressBar("scoring labels", len(sequences), show_progress) as bar, torch.no_grad():
-        for indices in length_sorted_batches([len(sequence) for sequence in sequences], view.eval_batch_size(data)):
+        for indices in length_sorted_batches([len(sequence) for sequence in sequences], batch_size):
             scores[indices] = score_batch(model, [sequences[i] for i in indices], candidates,
                                           tokenizer.pad_token_id)
             bar.advance(len(indices))

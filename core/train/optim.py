@@ -209,3 +209,33 @@ class PlateauReducer:
     def load_state_dict(self, state: dict) -> None:
         self.reductions = state["reductions"]
         self.detector.load_state_dict(state["detector"])
+
+
+class Schedule:
+    """The learning rate over a run: the per-step schedule (:func:`build_scheduler`) and Ludwig's reduce-on-plateau
+    (:class:`PlateauReducer`) together, stepped and checkpointed as one."""
+
+    def __init__(self, optimizer, scheduler: dict, steps: Steps, goal: str = "min"):
+        self.per_step = build_scheduler(optimizer, scheduler, steps)
+        self.plateau = PlateauReducer(optimizer, scheduler, goal) if scheduler["reduce_on_plateau"] > 0 else None
+
+    def step(self) -> None:
+        """After every optimizer step."""
+        if self.per_step is not None:
+            self.per_step.step()
+        if self.plateau is not None:
+            self.plateau.apply()
+
+    def evaluated(self, value: float | None) -> bool:
+        """After every evaluation, the value of ``reduce_eval_metric``; whether the rate was reduced."""
+        return self.plateau is not None and value is not None and self.plateau.evaluated(value)
+
+    def state_dict(self) -> dict:
+        return {"per_step": self.per_step.state_dict() if self.per_step is not None else None,
+                "plateau": self.plateau.state_dict() if self.plateau is not None else None}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.per_step is not None and state.get("per_step") is not None:
+            self.per_step.load_state_dict(state["per_step"])
+        if self.plateau is not None and state.get("plateau") is not None:
+            self.plateau.load_state_dict(state["plateau"])

@@ -1,13 +1,18 @@
 """The training loop of ``trainer.type: finetune``: :class:`Trainer`.
 
-AdamW (parameter groups from the adapter, e.g. LoRA+'s faster B matrices), linear warmup then cosine / linear /
-constant decay, gradient accumulation, global-norm clipping, optional gradient checkpointing and NEFTune noise,
-evaluation on the validation split after every epoch (loss, perplexity) with the best weights kept and optional
-early stopping, a rich progress bar (loss, lr, tokens/s) and TensorBoard event files.
+Ludwig's trainer options (fw.train.optim: the optimizer and the learning-rate schedule; fw.train.batch_size:
+``batch_size`` / ``eval_batch_size`` / ``gradient_accumulation_steps`` / ``effective_batch_size`` and ``auto``),
+gradient clipping (``clipglobalnorm``, ``clipnorm``, ``clipvalue``), ``layers_to_freeze_regex``, mixed precision on
+a GPU, optional gradient checkpointing and NEFTune noise. Every ``steps_per_checkpoint`` optimizer steps (or
+``checkpoints_per_epoch`` times per epoch; default once per epoch) the run is evaluated (fw.train.validation:
+loss, perplexity, token and sequence accuracy of the validation split) and checkpointed: the best weights by
+``validation_metric`` are kept, ``early_stop`` evaluations without improvement stop the run and
+``reduce_on_plateau`` lowers the rate. A rich progress bar (loss, lr, tokens/s) and TensorBoard event files.
 
 Reproducible: micro-batches are length-sorted once, and each epoch visits them in an order drawn from a
-generator seeded with ``trainer.seed + epoch``; with the RNG states restored from a checkpoint, a resumed run
-replays exactly what an uninterrupted run does (checkpoints are only taken on optimizer-step boundaries).
+generator seeded with ``trainer.seed + epoch`` (``should_shuffle: false``: the same order every epoch); with the
+RNG states restored from a checkpoint, a resumed run replays exactly what an uninterrupted run does
+(checkpoints are only taken on optimizer-step boundaries).
 
 The loss of an optimizer step is the mean over the trained (response) tokens of all its micro-batches, so it
 does not depend on how rows are batched. Speed (see fw.train.packing, fw.train.loss): ``trainer.packing`` packs
@@ -19,20 +24,24 @@ Everything that depends on how many processes run goes through the trainer's :cl
 """
 from __future__ import annotations
 
+import contextlib
 import math
+import re
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
 
 from fw import console, trace
-from fw.config.view import eval_batch_size, neftune_noise_alpha
+from fw.config.view import neftune_noise_alpha
 from fw.errors import FwError
-from fw.model.adapters import after_step_callbacks, optimizer_parameter_groups
+from fw.model.adapters import after_step_callbacks
+from fw.train import batch_size as batching
 from fw.train import checkpoint as ckpt
-from fw.train import loss, packing
+from fw.train import loss, packing, validation
+from fw.train.optim import Schedule, Steps, build_optimizer
 from fw.train.runtime import Runtime
 
 
@@ -55,14 +64,19 @@ class Position:
 
 @dataclass
 class History:
-    """What ``training_statistics.json`` reports."""
+    """What ``training_statistics.json`` reports: per optimizer step the loss and learning rate; per evaluation
+    the training and validation metrics (and the test metrics when ``reduce_eval_split: test`` needs them)."""
 
     train_loss_per_step: list = field(default_factory=list)
     learning_rate_per_step: list = field(default_factory=list)
+    #: the optimizer step of each evaluation
+    evaluation_steps: list = field(default_factory=list)
     training: dict = field(default_factory=lambda: {"loss": []})
-    validation: dict = field(default_factory=lambda: {"loss": [], "perplexity": []})
+    validation: dict = field(default_factory=dict)
+    test: dict = field(default_factory=dict)
     best: dict | None = None
-    epochs_without_improvement: int = 0
+    evaluations_without_improvement: int = 0
+    learning_rate_reductions: int = 0
     stopped_early: bool = False
 
     def as_dict(self) -> dict:
@@ -70,7 +84,12 @@ class History:
 
     @classmethod
     def from_dict(cls, data: dict) -> "History":
-        return cls(**data) if data else cls()
+        known = {f.name for f in fields(cls)}
+        return cls(**{key: value for key, value in (data or {}).items() if key in known})
+
+    def record(self, split: str, scores: dict) -> None:
+        for name, score in scores.items():
+            getattr(self, split).setdefault(name, []).append(score)
 
 
 @dataclass
@@ -87,12 +106,14 @@ class Plan:
     packed: bool = False
 
 
-def plan(train_rows, trainer: dict) -> Plan:
-    """The :class:`Plan` of ``train_rows`` under the ``trainer`` section."""
+def plan(train_rows, trainer: dict, batch_size: int | None = None, accumulation: int | None = None) -> Plan:
+    """The :class:`Plan` of ``train_rows`` under the ``trainer`` section (``batch_size`` / ``accumulation``: the
+    resolved numbers when the section says auto)."""
+    batch_size = batch_size or trainer["batch_size"]
+    accumulation = accumulation or trainer["gradient_accumulation_steps"]
     packed = bool(trainer.get("packing"))
-    batches = packing.packed_batches(train_rows, trainer) if packed else micro_batches(train_rows,
-                                                                                         trainer["batch_size"])
-    accumulation = trainer["gradient_accumulation_steps"]
+    settings = {**trainer, "batch_size": batch_size}
+    batches = packing.packed_batches(train_rows, settings) if packed else micro_batches(train_rows, batch_size)
     steps_per_epoch = math.ceil(len(batches) / accumulation)
     total = steps_per_epoch * trainer["epochs"]
     if trainer.get("train_steps"):
@@ -100,34 +121,15 @@ def plan(train_rows, trainer: dict) -> Plan:
     return Plan(batches, accumulation, steps_per_epoch, total, trainer["epochs"], packed=packed)
 
 
-# -- schedule and optimizer --------------------------------------------------------------------------------------
-def lr_factor(step: int, total: int, warmup: int, decay: str) -> float:
-    """Multiplier of the peak learning rate at optimizer step ``step`` (0-based)."""
-    if warmup and step < warmup:
-        return (step + 1) / warmup
-    if decay == "constant" or total <= warmup:
-        return 1.0
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    if decay == "linear":
-        return max(0.0, 1.0 - progress)
-    return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def build_optimizer(model, config: dict):
-    """AdamW over the trainable parameters, grouped as the adapter asks (fw.model.adapters)."""
-    trainer = config["trainer"]
-    groups = optimizer_parameter_groups(model, config, trainer["learning_rate"], trainer["optimizer"]["weight_decay"])
-    if not groups:
-        raise FwError("the model has no trainable parameter (check adapter.target_modules).")
-    opt = trainer["optimizer"]
-    return torch.optim.AdamW(groups, betas=tuple(opt["betas"]), eps=opt["eps"])
-
-
-def build_scheduler(optimizer, total_steps: int, trainer: dict):
-    sched = trainer["learning_rate_scheduler"]
-    warmup = int(round(sched["warmup_fraction"] * total_steps))
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, total_steps, warmup, sched["decay"]))
+def evaluation_period(layout: Plan, trainer: dict) -> int:
+    """Optimizer steps between evaluations (and checkpoints), as Ludwig counts them: ``steps_per_checkpoint``,
+    else ``steps_per_epoch / checkpoints_per_epoch``, else once per epoch; never more than an epoch or the run."""
+    every = trainer.get("steps_per_checkpoint") or 0
+    if trainer.get("checkpoints_per_epoch"):
+        every = int(layout.steps_per_epoch / trainer["checkpoints_per_epoch"])
+    if not every or every > layout.steps_per_epoch:
+        every = layout.steps_per_epoch
+    return max(1, min(every, layout.total_steps))
 
 
 # -- batches -----------------------------------------------------------------------------------------------------
@@ -156,33 +158,40 @@ def model_device(model):
     return next(model.parameters()).device
 
 
-def loss_totals(model, tokenizer, rows, batches: Sequence[list[int]]) -> tuple[float, int]:
-    """(sum of the response-token losses, response tokens) of ``rows`` over ``batches`` (row indices)."""
-    was_training = model.training
-    model.eval()
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for indices in batches:
-            batch = to_device(collate([rows[i] for i in indices], tokenizer), model_device(model))
-            tokens = loss.response_tokens(batch["labels"])
-            if tokens:
-                total += float(model(**batch).loss) * tokens
-                count += tokens
-    model.train(was_training)
-    return total, count
-
-
-def loss_metrics(total: float, count: int) -> dict:
-    """Mean loss and perplexity from :func:`loss_totals`."""
-    loss_value = total / count if count else float("nan")
-    return {"loss": loss_value, "perplexity": math.exp(min(loss_value, 50.0)) if count else float("nan")}
-
-
 def evaluate_loss(model, tokenizer, rows, batch_size: int) -> dict:
-    """Token-weighted mean loss over ``rows`` (response tokens only) and its perplexity, in this process."""
-    if not rows:
-        return {}
-    return loss_metrics(*loss_totals(model, tokenizer, rows, micro_batches(rows, batch_size)))
+    """Loss, perplexity, token and sequence accuracy of ``rows`` (response tokens only), in this process."""
+    return validation.evaluate_rows(model, tokenizer, rows, batch_size)
+
+
+def freeze_layers(model, pattern: str) -> int:
+    """``layers_to_freeze_regex``: stop training every parameter whose name matches; how many matched."""
+    regex = re.compile(pattern)
+    frozen = 0
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad and regex.search(name):
+            parameter.requires_grad_(False)
+            frozen += 1
+    return frozen
+
+
+def clip_gradients(parameters: list, clipping: dict | None) -> None:
+    """Ludwig's gradient clipping, in its order: global norm, norm, value (torch's functions)."""
+    clipping = clipping or {}
+    for key in ("clipglobalnorm", "clipnorm"):
+        if clipping.get(key):
+            torch.nn.utils.clip_grad_norm_(parameters, clipping[key])
+    if clipping.get("clipvalue"):
+        torch.nn.utils.clip_grad_value_(parameters, clipping["clipvalue"])
+
+
+def mixed_precision(enabled: bool, device) -> tuple:
+    """(autocast context factory, gradient scaler or None): torch AMP on a GPU (bfloat16 where supported,
+    float16 with a scaler otherwise); nothing on CPU, as in Ludwig."""
+    if not enabled or getattr(device, "type", "cpu") != "cuda":
+        return contextlib.nullcontext, None
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+    return (lambda: torch.autocast("cuda", dtype=dtype)), scaler
 
 
 # -- extras: NEFTune, gradient checkpointing, torch.compile -------------------------------------------------------
@@ -257,17 +266,21 @@ class Trainer:
     read :attr:`planned_steps` before training); :meth:`setup` takes the model ready to train and the run
     directory; :meth:`train` runs (or, with ``resume``, continues) it and returns the training statistics;
     :meth:`evaluate` scores rows. ``config`` is the resolved config (its ``trainer`` section, and the
-    ``adapter`` the optimizer groups and per-step callbacks come from)."""
+    ``adapter`` the optimizer groups and per-step callbacks come from). ``test_rows`` are evaluated with the
+    validation rows only when ``reduce_eval_split: test`` watches them."""
 
-    def __init__(self, config: dict, tokenizer, train_rows, validation_rows=(), *, runtime: Runtime | None = None,
-                 show_progress: bool = True):
+    def __init__(self, config: dict, tokenizer, train_rows, validation_rows=(), *, test_rows=(),
+                 runtime: Runtime | None = None, show_progress: bool = True):
         if not train_rows:
             raise FwError("the training split is empty: give --training_set, or a --dataset with training rows.")
         self.config, self.settings = config, config["trainer"]
         self.tokenizer, self.train_rows, self.validation_rows = tokenizer, train_rows, list(validation_rows)
+        self.test_rows = list(test_rows)
         self.runtime = runtime or Runtime()
         self.show_progress = show_progress
-        self.plan = plan(train_rows, self.settings)
+        #: ``batch_size: auto`` is searched on the model (setup) when a GPU is there; the CPU rule holds until then
+        self.batching = batching.training_batching(self.settings, len(train_rows), None)
+        self.plan = plan(train_rows, self.settings, self.batching.batch_size, self.batching.accumulation)
         self.position, self.history = Position(), History()
         #: ``model``: as given to :meth:`setup` (what checkpoints hold, what is saved); ``step_model``: what the
         #: training steps run through (the runtime's prepared model; the same object in one process)
@@ -277,19 +290,36 @@ class Trainer:
         self.after_step: list = []
         self.flash_kwargs = False
         self.loss_sum = loss.standard_loss_sum
+        self.autocast, self.scaler = contextlib.nullcontext, None
         self.hooks: list = []
+        self.eval_size: int | None = None
+        self.steps_since_evaluation: list = []
 
     @property
     def planned_steps(self) -> int:
         return self.plan.total_steps
 
+    @property
+    def eval_batch_size(self) -> int:
+        """Rows per evaluation batch: ``eval_batch_size`` (null: batch_size), never below batch_size (as in
+        Ludwig); ``auto`` is searched in :meth:`setup`."""
+        if self.eval_size is None:
+            self.eval_size, note = batching.evaluation_batch_size(self.settings, len(self.validation_rows) or 1, None,
+                                                                  self.batching.batch_size)
+        return max(self.eval_size, self.batching.batch_size)
+
+    @property
+    def evaluates(self) -> bool:
+        return not self.settings.get("skip_all_evaluation")
+
     # -- setup -----------------------------------------------------------------------------------------------
     def setup(self, model, run_dir: Path) -> None:
-        """Make ``model`` (adapter applied) ready to train: training mode, gradient checkpointing, NEFTune, the
-        runtime's placement, the speed options, the optimizer and the schedule. Checkpoints go to
-        ``run_dir/checkpoints``, TensorBoard events to ``run_dir/tensorboard``."""
+        """Make ``model`` (adapter applied) ready to train: frozen layers, training mode, gradient checkpointing,
+        NEFTune, the runtime's placement, the speed options, mixed precision, ``auto`` batch sizes, the optimizer
+        and the schedule. Checkpoints go to ``run_dir/checkpoints``, TensorBoard events to ``run_dir/tensorboard``."""
         self.run_dir, self.checkpoints = Path(run_dir), Path(run_dir) / "checkpoints"
         self.model = model
+        self.freeze()
         self.after_step = after_step_callbacks(model, self.config)
         model.train()
         if self.settings["enable_gradient_checkpointing"]:
@@ -298,9 +328,28 @@ class Trainer:
         if alpha:
             self.hooks.append(add_neftune(model, alpha))
         self.step_model = self.runtime.prepare_model(model)
+        self.autocast, self.scaler = mixed_precision(self.settings.get("use_mixed_precision", False),
+                                                     model_device(model))
+        if self.settings.get("use_mixed_precision") and self.scaler is None and self.autocast is contextlib.nullcontext:
+            console.info("trainer.use_mixed_precision: no effect on CPU (as in Ludwig).")
         self.prepare_speedups()
         self.optimizer = build_optimizer(model, self.config)
-        self.scheduler = build_scheduler(self.optimizer, self.plan.total_steps, self.settings)
+        self.resolve_batch_sizes()
+        if hasattr(self.optimizer, "train"):  # schedule-free optimizers keep two iterates
+            self.optimizer.train()
+        self.scheduler = Schedule(self.optimizer, self.settings["learning_rate_scheduler"],
+                                  Steps(self.plan.total_steps, evaluation_period(self.plan, self.settings)),
+                                  self.metric_goal(self.settings["learning_rate_scheduler"]["reduce_eval_metric"]))
+
+    def freeze(self) -> None:
+        pattern = self.settings.get("layers_to_freeze_regex")
+        if not pattern:
+            return
+        frozen = freeze_layers(self.model, pattern)
+        if frozen:
+            console.info(f"trainer.layers_to_freeze_regex: froze {frozen} parameter tensor(s).")
+        else:
+            console.warn(f"trainer.layers_to_freeze_regex: {pattern!r} matches no trainable parameter; nothing frozen.")
 
     def prepare_speedups(self) -> None:
         """Attention kernel and row-separation check for packing, torch.compile, the loss path (fw.train.loss)."""
@@ -313,10 +362,53 @@ class Trainer:
         first = self.load_batch(self.plan.batches[0])
         self.loss_sum = loss.choose(self.step_model, first, self.settings.get("chunked_loss", True))
 
+    # -- auto batch sizes ------------------------------------------------------------------------------------
+    def resolve_batch_sizes(self) -> None:
+        """``batch_size`` / ``eval_batch_size`` auto on a GPU: probed with real steps on the longest rows (the
+        optimizer state they allocate included), then the run re-planned; one line says what was chosen."""
+        on_gpu = model_device(self.model).type == "cuda"
+        if self.settings["batch_size"] == batching.AUTO and on_gpu:
+            self.batching = batching.training_batching(self.settings, len(self.train_rows),
+                                                       batching.cuda_fits(self.probe_training_step))
+            self.optimizer.state.clear()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.plan = plan(self.train_rows, self.settings, self.batching.batch_size, self.batching.accumulation)
+        if self.batching.note:
+            console.info(self.batching.note)
+        if self.settings.get("eval_batch_size") == batching.AUTO and (self.validation_rows or self.test_rows):
+            rows = self.validation_rows or self.test_rows
+            fits = batching.cuda_fits(lambda size: self.probe_evaluation(rows, size)) if on_gpu else None
+            self.eval_size, note = batching.evaluation_batch_size(self.settings, len(rows), fits,
+                                                                  self.batching.batch_size)
+            console.info(note)
+
+    def probe_training_step(self, size: int) -> None:
+        """One training step on the ``size`` longest rows at learning rate 0 (the weights do not move)."""
+        longest = sorted(range(len(self.train_rows)), key=lambda i: len(self.train_rows[i].input_ids))[-size:]
+        rates = [group["lr"] for group in self.optimizer.param_groups]
+        try:
+            with self.autocast():
+                loss_sum, _ = self.loss_sum(self.step_model, self.load_batch(longest))
+            loss_sum.backward()
+            for group in self.optimizer.param_groups:
+                group["lr"] = 0.0
+            self.optimizer.step()
+        finally:
+            for group, rate in zip(self.optimizer.param_groups, rates):
+                group["lr"] = rate
+            self.optimizer.zero_grad(set_to_none=True)
+
+    def probe_evaluation(self, rows, size: int) -> None:
+        longest = sorted(range(len(rows)), key=lambda i: len(rows[i].input_ids))[-size:]
+        validation.totals(self.model, self.tokenizer, rows, [longest], self.autocast)
+
     # -- batches ---------------------------------------------------------------------------------------------
     def epoch_batches(self, epoch: int) -> list[list[int]]:
-        """The micro-batches (row indices) this process runs in ``epoch``, in order."""
-        order = epoch_order(len(self.plan.batches), self.settings["seed"], epoch)
+        """The micro-batches (row indices) this process runs in ``epoch``, in order (``should_shuffle``: a seeded
+        new order every epoch; else length-sorted, the same every epoch)."""
+        count = len(self.plan.batches)
+        order = epoch_order(count, self.settings["seed"], epoch) if self.settings.get("should_shuffle", True) \
+            else range(count)
         return self.runtime.shard([self.plan.batches[index] for index in order])
 
     def load_batch(self, indices: list[int]) -> dict:
@@ -348,10 +440,13 @@ class Trainer:
             self.reporter.close()
             for hook in self.hooks:
                 hook.remove()
+        if hasattr(self.optimizer, "eval"):  # schedule-free: the averaged weights are the trained ones
+            self.optimizer.eval()
         if self.history.best is not None:
             ckpt.restore_best(self.checkpoints, self.model)
         self.model.eval()
-        return {**self.history.as_dict(), "steps": self.position.step, "total_steps": self.plan.total_steps}
+        return {**self.history.as_dict(), "steps": self.position.step, "total_steps": self.plan.total_steps,
+                "batch_size": self.batching.batch_size, "gradient_accumulation_steps": self.batching.accumulation}
 
     def make_reporter(self) -> Reporter:
         main = self.runtime.is_main_process
@@ -363,10 +458,6 @@ class Trainer:
         while position.epoch < self.plan.epochs and position.step < self.plan.total_steps \
                 and not history.stopped_early:
             finished = self.run_epoch()
-            epoch_losses = history.train_loss_per_step[position.epoch * self.plan.steps_per_epoch:]
-            if epoch_losses:
-                history.training["loss"].append(sum(epoch_losses) / len(epoch_losses))
-            self.end_of_epoch()
             if finished:
                 position.epoch, position.batch, position.committed_batch = position.epoch + 1, 0, 0
             self.save_checkpoint()
@@ -374,20 +465,22 @@ class Trainer:
                 break
 
     def run_epoch(self) -> bool:
-        """Micro-batches from ``position.batch`` to the end of the epoch (or until the step budget is spent);
-        whether the epoch was finished."""
+        """Micro-batches from ``position.batch`` to the end of the epoch (or until the step budget is spent or
+        early stopping); whether the epoch was finished."""
         position, accumulation = self.position, self.plan.accumulation
         batches = self.epoch_batches(position.epoch)
         count = len(batches)
         group_loss, seen_tokens, started, targets = 0.0, 0, time.perf_counter(), None
-        while position.batch < count and position.step < self.plan.total_steps:
+        while position.batch < count and position.step < self.plan.total_steps and not self.history.stopped_early:
             group_start = (position.batch // accumulation) * accumulation
             group_size = min(accumulation, count - group_start)
             if targets is None or position.batch == group_start:
                 targets = max(1, self.trained_tokens(batches[group_start:group_start + group_size]))
             batch = self.load_batch(batches[position.batch])
-            loss_sum, _ = self.loss_sum(self.step_model, batch)
-            (loss_sum / targets).backward()
+            with self.autocast():
+                loss_sum, _ = self.loss_sum(self.step_model, batch)
+            scaled = loss_sum / targets
+            (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
             group_loss += float(loss_sum.detach()) / targets
             seen_tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
             position.batch += 1
@@ -395,18 +488,21 @@ class Trainer:
                 continue
             self.optimizer_step(group_loss, seen_tokens, time.perf_counter() - started)
             group_loss, seen_tokens, started = 0.0, 0, time.perf_counter()
-            every = self.settings["steps_per_checkpoint"]
-            if every and position.step % every == 0 and position.batch < count:
-                self.save_checkpoint()
+            if self.at_evaluation():
+                self.evaluation_point(position.batch < count)
         return position.batch >= count
 
     def optimizer_step(self, group_loss: float, seen_tokens: int, elapsed: float) -> None:
         """Clip, step the optimizer and the schedule, run the adapter's callbacks, record and report the step."""
-        clip = self.settings["gradient_clipping"]["clipglobalnorm"]
-        if clip:
-            torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], clip)
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        clip_gradients([p for p in self.model.parameters() if p.requires_grad], self.settings.get("gradient_clipping"))
         lr = self.optimizer.param_groups[0]["lr"]
-        self.optimizer.step()
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
         self.scheduler.step()
         for callback in self.after_step:
             callback(self.position.step)
@@ -416,38 +512,81 @@ class Trainer:
         group_loss, seen_tokens = self.runtime.reduce_sum([group_loss, seen_tokens])
         self.history.train_loss_per_step.append(group_loss)
         self.history.learning_rate_per_step.append(lr)
+        self.steps_since_evaluation.append(group_loss)
         trace.mark("first_step")
         self.reporter.step(self.position.step, group_loss, lr, seen_tokens / max(elapsed, 1e-9))
 
-    def end_of_epoch(self) -> None:
-        """Validation loss/perplexity, best weights, early stopping."""
-        if not self.validation_rows:
-            return
-        position, history = self.position, self.history
-        metrics = self.evaluate(self.validation_rows)
-        history.validation["loss"].append(metrics["loss"])
-        history.validation["perplexity"].append(metrics["perplexity"])
-        self.reporter.scalars("validation", metrics, position.step)
-        if history.best is None or metrics["loss"] < history.best["loss"]:
-            history.best = {**metrics, "epoch": position.epoch + 1, "step": position.step}
-            history.epochs_without_improvement = 0
+    # -- evaluation points -----------------------------------------------------------------------------------
+    def at_evaluation(self) -> bool:
+        """Every evaluation period (Ludwig's checkpoint steps), and at the last step of the run."""
+        step = self.position.step
+        return step % evaluation_period(self.plan, self.settings) == 0 or step == self.plan.total_steps
+
+    def evaluation_point(self, mid_epoch: bool) -> None:
+        """Evaluate (unless ``skip_all_evaluation``), keep the best weights, stop early, reduce the rate on a
+        plateau; then a resumable checkpoint (the end of an epoch writes its own)."""
+        if self.evaluates:
+            self.evaluate_and_decide()
+        self.steps_since_evaluation = []
+        if mid_epoch:
+            self.save_checkpoint()
+
+    def evaluate_and_decide(self) -> None:
+        history, position = self.history, self.position
+        training = self.evaluate(self.train_rows) if self.settings.get("evaluate_training_set") else \
+            ({"loss": sum(self.steps_since_evaluation) / len(self.steps_since_evaluation)}
+             if self.steps_since_evaluation else {})
+        scheduler = self.settings["learning_rate_scheduler"]
+        test = self.evaluate(self.test_rows) if scheduler["reduce_eval_split"] == "test" else {}
+        validation_scores = self.evaluate(self.validation_rows)
+        history.evaluation_steps.append(position.step)
+        for split, scores in (("training", training), ("validation", validation_scores), ("test", test)):
+            history.record(split, scores)
+            self.reporter.scalars(split, scores, position.step)
+        watched = {"training": training, "validation": validation_scores, "test": test}[scheduler["reduce_eval_split"]]
+        if self.scheduler.evaluated(validation.value(watched, scheduler["reduce_eval_metric"])):
+            history.learning_rate_reductions += 1
+            console.info(f"step {position.step}: {scheduler['reduce_eval_split']} {scheduler['reduce_eval_metric']} "
+                        f"stopped improving; learning rate reduced (reduce_on_plateau).")
+        if validation_scores:
+            self.track_best(validation_scores)
+
+    def track_best(self, scores: dict) -> None:
+        """Best weights and early stopping by ``validation_metric`` of the validation split."""
+        history, name = self.history, self.settings["validation_metric"]
+        current = validation.value(scores, name)
+        best = history.best.get("value") if history.best else None
+        if current is not None and validation.improved(current, best, self.metric_goal(name)):
+            history.best = {**scores, "metric": name, "value": current, "epoch": self.position.epoch + 1,
+                            "step": self.position.step}
+            history.evaluations_without_improvement = 0
             if self.runtime.is_main_process:
                 ckpt.save_best(self.checkpoints, self.model, history.best)
-        else:
-            history.epochs_without_improvement += 1
-            patience = self.settings["early_stop"]
-            if patience is not None and patience >= 0 and history.epochs_without_improvement >= max(patience, 1):
-                history.stopped_early = True
+            return
+        history.evaluations_without_improvement += 1
+        patience = self.settings["early_stop"]
+        if patience is not None and patience >= 0 and history.evaluations_without_improvement >= max(patience, 1):
+            history.stopped_early = True
+
+    @staticmethod
+    def metric_goal(name: str) -> str:
+        """min or max: how ``name`` improves (the core schema's metric table for text outputs)."""
+        from fw.config.derive import trainer_schema
+
+        table = trainer_schema()["properties"]["validation_metric"]["x-fw-validation-metrics"]["text"]
+        return table.get(name, "min")
 
     # -- evaluation ------------------------------------------------------------------------------------------
     def evaluate(self, rows) -> dict:
-        """Token-weighted mean loss over ``rows`` (response tokens only) and its perplexity, over all processes;
-        {} without rows."""
+        """Loss, perplexity, token and sequence accuracy of ``rows`` (response tokens only), over all processes,
+        on at most ``eval_steps`` batches; {} without rows."""
         if not rows:
             return {}
-        batches = self.runtime.shard(micro_batches(rows, eval_batch_size(self.config)))
-        total, count = self.runtime.reduce_sum(loss_totals(self.model, self.tokenizer, rows, batches))
-        return loss_metrics(total, count)
+        batches = micro_batches(rows, self.eval_batch_size)
+        if self.settings.get("eval_steps"):
+            batches = batches[:self.settings["eval_steps"]]
+        sums = validation.totals(self.model, self.tokenizer, rows, self.runtime.shard(batches), self.autocast)
+        return validation.metrics(self.runtime.reduce_sum(sums))
 
     # -- checkpoints -----------------------------------------------------------------------------------------
     def save_checkpoint(self, position: dict | None = None) -> Path | None:

@@ -12,6 +12,7 @@ import yaml
 
 from fw.data import retrieval
 from fw.plugins.retrievers import semantic as embedding
+import fw
 from fw import console, pipeline
 from fw.cli.main import main
 from fw.errors import FwError
@@ -109,7 +110,7 @@ def test_random_retrieval_is_seeded_and_draws_from_the_training_split_only(tiny_
     frame = table().drop(columns=["split"])
     first, again = prompts_for(data, frame, train_rows()), prompts_for(data, frame, train_rows())
     assert first == again
-    other_seed = prompts_for({**data, "trainer": {"type": "finetune", **data["trainer"], "seed": 2}}, frame, train_rows())
+    other_seed = prompts_for({**data, "trainer": {**data["trainer"], "seed": 2}}, frame, train_rows())
     assert other_seed != first
     for row, examples in zip(frame.to_dict("records"), contexts(first)):
         assert len(examples) == 3
@@ -117,6 +118,15 @@ def test_random_retrieval_is_seeded_and_draws_from_the_training_split_only(tiny_
         assert row not in examples  # never itself
         assert len({example["answer"] for example in examples}) == 3  # distinct
         assert set(examples[0]) == {"question", "answer"}
+
+
+def test_the_local_backends_cache_dir_holds_the_index(tmp_path, tiny_llama_dir):
+    """Ludwig's ``backend: {type: local, cache_dir: ...}`` is fw's cache directory for the run."""
+    data = config(tiny_llama_dir, {"type": "random", "k": 1},
+                  backend={"type": "local", "cache_dir": str(tmp_path / "cache")})
+    retriever = retrieval.prepare(fw.load_config(data).data, train_rows())
+    assert retriever.directory.parent == tmp_path / "cache" / "retrieval"
+    assert (retriever.directory / "examples.json").is_file()
 
 
 def test_training_with_random_retrieval_puts_examples_in_every_split(tmp_path, tiny_llama_dir, monkeypatch):

@@ -173,6 +173,14 @@ def gradient_checkpointing(config) -> bool:
     return bool(setting(config, "trainer", "enable_gradient_checkpointing"))
 
 
+def cache_dir(config):
+    """``backend.cache_dir`` as a Path (Ludwig's local backend cache), or None: fw's own cache."""
+    from pathlib import Path
+
+    backend = data_of(config).get("backend") or {}
+    return Path(backend["cache_dir"]).expanduser() if backend.get("cache_dir") else None
+
+
 # -- generation, model parameters --------------------------------------------------------------------------------
 def generation(config) -> dict:
     """The ``generation`` section as written or resolved; keys it lacks are left to transformers."""

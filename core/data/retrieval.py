@@ -110,7 +110,7 @@ def prepare(data: dict, train_frame) -> Retriever | None:
     examples = [example_line(renderer, row, data) for row in rows]
     texts = [query_text(renderer, row) for row in rows]
     params = index_params(data, retrieval)
-    return _cached(params, examples, texts, index_directory(params, examples, texts))
+    return _cached(params, examples, texts, index_directory(params, examples, texts, view.cache_dir(data)))
 
 
 def index_key(params: dict, examples: Sequence[str], texts: Sequence[str]) -> str:
@@ -121,12 +121,12 @@ def index_key(params: dict, examples: Sequence[str], texts: Sequence[str]) -> st
     return digest.hexdigest()
 
 
-def index_directory(params: dict, examples: Sequence[str], texts: Sequence[str]) -> Path:
-    """``<cache>/retrieval/<index_name or type>-<key>``."""
+def index_directory(params: dict, examples: Sequence[str], texts: Sequence[str], cache: Path | None = None) -> Path:
+    """``<cache>/retrieval/<index_name or type>-<key>``; ``cache``: ``backend.cache_dir``, else fw's cache."""
     from fw.plugin.discovery import cache_dir
 
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", params.get("index_name") or params["type"]).strip("._") or "index"
-    return cache_dir() / "retrieval" / f"{name}-{index_key(params, examples, texts)[:16]}"
+    return (cache or cache_dir()) / "retrieval" / f"{name}-{index_key(params, examples, texts)[:16]}"
 
 
 def _cached(params: dict, examples: list[str], texts: list[str], directory: Path) -> Retriever:

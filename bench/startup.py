@@ -79,7 +79,8 @@ def build_workspace(directory: Path, model: str) -> dict:
     config = {"base_model": str(model_dir), "input_features": [{"name": "question", "type": "text"}],
               "output_features": [{"name": "answer", "type": "text"}], "prompt": {"template": PROMPT},
               "adapter": {"type": "lora", **LORA},
-              "trainer": {"type": "finetune", "epochs": 1, "train_steps": 1, "batch_size": BATCH_SIZE, "learning_rate": LEARNING_RATE,
+              "trainer": {"type": "finetune", "epochs": 1, "train_steps": 1, "batch_size": BATCH_SIZE,
+                          "learning_rate": LEARNING_RATE,
                           "seed": SEED, "precision": "fp32"}}
     (directory / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     return {"model": model, "parameters": parameter_count(model_dir), "rows": ROWS}

@@ -344,7 +344,8 @@ def fw_config(settings: Settings) -> dict:
 
     device, _ = device_and_dtype(settings)
     trainer = {"type": "finetune", "batch_size": settings.batch_rows, "epochs": 1,
-               "learning_rate": settings.learning_rate, "learning_rate_scheduler": {"decay": "cosine", "warmup_fraction": 0.0},
+               "learning_rate": settings.learning_rate,
+               "learning_rate_scheduler": {"decay": "cosine", "warmup_fraction": 0.0},
                "optimizer": {"type": "adamw", "weight_decay": 0.0}, "gradient_clipping": {"clipglobalnorm": 1.0},
                "seed": settings.seed,
                "precision": "bf16" if device.type == "cuda" else "fp32"}

@@ -127,7 +127,7 @@ def test_label_scoring_gives_normalised_probabilities_and_is_batch_independent(t
     data = category_config(contains("positive", "negative", "neutral"), label_scoring=True, base=tiny_llama_dir)
     ids = [tokenizer(f"Review: film {i}\nSentiment:").input_ids for i in range(6)]
     batched = score_labels(model, tokenizer, ids, data)
-    one_by_one = score_labels(model, tokenizer, ids, {**data, "trainer": {"type": "finetune", **data["trainer"], "batch_size": 1}})
+    one_by_one = score_labels(model, tokenizer, ids, {**data, "trainer": {**data["trainer"], "batch_size": 1}})
     for row, single in zip(batched.columns["label_probabilities"], one_by_one.columns["label_probabilities"]):
         assert sum(row.values()) == pytest.approx(1.0)
         assert row == pytest.approx(single, abs=1e-5)

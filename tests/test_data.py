@@ -401,3 +401,22 @@ def test_lowercase_applies_to_the_whole_prompt_and_to_the_target():
     row = {"question": "Why The Sky?", "answer": "Because LIGHT"}
     assert PromptRenderer(data).render(row) == "q: why the sky?"
     assert target_text(row, data) == "because light"
+
+
+def test_sampling_and_splitting_messages():
+    data = config(preprocessing={"sample_size": 80})
+    make_splits(data, dataset=numbered(50))
+    assert "preprocessing.sample_size: 80 is not below the 50 rows of the DataFrame; all are used." in console.warnings
+    dated = config(preprocessing={"split": {"type": "datetime", "column": "date"}})
+    with pytest.raises(FwError) as caught:
+        make_splits(dated, dataset=numbered(3, date=["2024-01-01", "soon", "2024-01-03"]))
+    assert str(caught.value) == "preprocessing.split.column 'date' must hold dates; 1 row(s) do not: row 2."
+
+
+def test_fill_with_mode_needs_a_value():
+    data = config(input_features=[{"name": "question", "preprocessing": {"missing_value_strategy": "fill_with_mode"}}])
+    frame = pd.DataFrame({"question": [None, ""], "answer": ["a", "b"]})
+    with pytest.raises(FwError) as caught:
+        clean(frame, data, "train")
+    assert str(caught.value) == ("train: every 'question' value is empty, so missing_value_strategy fill_with_mode has "
+                                 "no value to fill with.")

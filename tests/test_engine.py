@@ -110,7 +110,8 @@ def test_same_seed_same_loss_curve(tmp_path, tiny_llama_dir):
 
 
 def test_training_lowers_the_loss(tmp_path, tiny_llama_dir):
-    data = config(tiny_llama_dir, adapter=None, trainer={"type": "finetune", "epochs": 4, "batch_size": 4, "learning_rate": 0.003})
+    data = config(tiny_llama_dir, adapter=None,
+                  trainer={"type": "finetune", "epochs": 4, "batch_size": 4, "learning_rate": 0.003})
     stats = pipeline.train(data, training_set=table(), output_directory=tmp_path, show_progress=False).statistics
     assert stats["train_loss_per_step"][-1] < stats["train_loss_per_step"][0] * 0.8
 
@@ -164,7 +165,8 @@ def test_pretrained_adapter_weights_continue_training(tmp_path, tiny_llama_dir):
     first = pipeline.train(config(tiny_llama_dir), training_set=table(8), output_directory=tmp_path / "a",
                            show_progress=False)
     adapter = {"type": "lora", "r": 4, "pretrained_adapter_weights": str(first.model_dir)}
-    data = config(tiny_llama_dir, adapter=adapter, trainer={"type": "finetune", "epochs": 1, "train_steps": 1, "batch_size": 4,
+    data = config(tiny_llama_dir, adapter=adapter, trainer={"type": "finetune", "epochs": 1, "train_steps": 1,
+                                                            "batch_size": 4,
                                                             "learning_rate": 1e-9})
     second = pipeline.train(data, training_set=table(8), output_directory=tmp_path / "b", show_progress=False)
     assert torch.allclose(logits(second.model), logits(first.model), atol=1e-3)

@@ -1,7 +1,8 @@
 """Configs written for Ludwig mean the same run in fw.
 
 ``tests/ludwig_configs/`` holds Ludwig-style configs written from Ludwig's documented keys: ``accept_*`` ones fw
-accepts, ``reject_*`` ones it refuses, naming the key (``# fw: reject <path>``). Each was also run through Ludwig
+accepts, ``reject_*`` ones it refuses with the one error written in the file (``# fw: reject <path>: <message>``).
+Each was also run through Ludwig
 0.17.8's own validator (``ModelConfig.from_dict``, offline); where Ludwig's verdict differs from fw's the file says
 so (``# ludwig: ...``) and why — the deliberate differences README's "Coming from Ludwig" lists. ``resolved/`` holds
 two configs and exactly what Ludwig resolves them to: fw's resolved config is compared with them key by key.
@@ -25,9 +26,16 @@ RESOLVED = CORPUS / "resolved"
 
 
 def header(path: Path, key: str) -> str | None:
-    for line in path.read_text().splitlines():
+    """The ``# key: ...`` line of a corpus file, with its ``#   ...`` continuation lines joined."""
+    lines = path.read_text().splitlines()
+    for index, line in enumerate(lines):
         if line.startswith(f"# {key}:"):
-            return line.split(":", 1)[1].strip()
+            parts = [line.split(":", 1)[1].strip()]
+            for more in lines[index + 1:]:
+                if not more.startswith("#   "):
+                    break
+                parts.append(more[4:])
+            return " ".join(parts)
     return None
 
 
@@ -46,9 +54,9 @@ def test_fw_accepts_or_rejects_as_the_file_says(path):
     if path.name.startswith("accept_"):
         assert report.ok, [str(issue) for issue in report.issues]
         return
-    where = header(path, "fw").removeprefix("reject").strip()
+    expected = header(path, "fw").removeprefix("reject").strip()
     assert not report.ok, f"{path.name} was accepted"
-    assert [issue.path for issue in report.issues] == [where], [str(issue) for issue in report.issues]
+    assert [f"{issue.path}: {issue.message}" for issue in report.issues] == [expected]
 
 
 @pytest.mark.parametrize("path", [p for p in corpus() if header(p, "ludwig")], ids=lambda p: p.stem)
@@ -228,3 +236,70 @@ def test_max_new_tokens_follows_the_context():
     capped = fw.load_config({**yaml.safe_load((RESOLVED / "finetune_lora.yaml").read_text()),
                              "preprocessing": {"global_max_sequence_length": 16}}).data
     assert capped["generation"]["max_new_tokens"] == 32  # at least Ludwig's 32
+
+
+# -- the other messages of Ludwig's keys, word for word -------------------------------------------------------------
+BASE = {"model_type": "llm", "base_model": "meta-llama/Llama-2-7b-hf", "input_features": [{"name": "question"}],
+        "output_features": [{"name": "answer"}]}
+
+
+@pytest.mark.parametrize("sections, expected", [
+    ({"adapter": {"type": "lora"}},
+     "adapter: trainer.type is none (also what a config without a trainer section means), so a fresh adapter is never "
+     "trained and changes nothing. (add trainer: {type: finetune} to train it, or set pretrained_adapter_weights)"),
+    ({"trainer": {"type": "none", "optimizer": {"type": "sgd"}, "gradient_clipping": None}},
+     "trainer: type is none, so nothing is trained and optimizer, gradient_clipping have no effect. (set type: "
+     "finetune to train)"),
+    ({"trainer": {"type": "finetune", "batch_size": 2, "gradient_accumulation_steps": 2, "effective_batch_size": 8}},
+     "trainer.effective_batch_size: 8 is not batch_size x gradient_accumulation_steps (2 x 2); training uses 2 x 2, "
+     "as Ludwig does. (set one of the three to auto)"),
+    ({"hyperopt": {"goal": "minimize"}, "ludwig_version": "0.17.8", "trainer": {"type": "none", "profiler": {}}},
+     "3 Ludwig key(s) accepted with no effect in fw: hyperopt, ludwig_version, trainer.profiler."),
+])
+def test_warnings_of_ludwig_keys(sections, expected):
+    report = fw.validate_config({**BASE, **sections})
+    assert report.ok and expected in [str(warning) for warning in report.warnings]
+
+
+@pytest.mark.parametrize("sections, expected", [
+    ({"defaults": {"text": {"preprocessing": {"max_sequence_length": 512}}}},
+     "defaults.text.preprocessing.max_sequence_length: fw implements only Ludwig's default 256, got 512. (remove the "
+     "key)"),
+    ({"defaults": {"text": {"preprocesing": {}}}},
+     "defaults.text.preprocesing: unknown key 'preprocesing'. Did you mean 'preprocessing'?"),
+    ({"output_features": [{"name": "answer", "loss": {"type": "next_token_softmax_cross_entropy", "weight": 2.0}}]},
+     "output_features[0].loss.weight: fw implements only Ludwig's default 1.0, got 2.0. (remove the key)"),
+    ({"output_features": [{"name": "label", "type": "category", "preprocessing": {"fallback_label": "neutral"},
+                           "decoder": {"type": "category_extractor", "fallback_label": "other",
+                                       "match": {"neutral": {"type": "contains", "value": "neutral"}}}}]},
+     "output_features[0].decoder.fallback_label: 'other' differs from output_features[0].preprocessing.fallback_label "
+     "('neutral'), the one used (as in Ludwig). (set output_features[0].preprocessing.fallback_label: other)"),
+    ({"output_features": [{"name": "label", "type": "category",
+                           "preprocessing": {"fallback_label": "neutral", "lowercase": True},
+                           "decoder": {"type": "category_extractor",
+                                       "match": {"Neutral": {"type": "contains", "value": "neutral"}}}}]},
+     "output_features[0].decoder.match.Neutral: preprocessing.lowercase lower-cases the targets, so this label would "
+     "never match one. (write it 'neutral')"),
+    ({"trainer": {"type": "finetune", "optimizer": {"type": "lbfgs"}}},
+     "trainer.optimizer.type: 'lbfgs' is not supported by fw: L-BFGS needs a closure re-evaluating the loss every "
+     "step. (use adamw or adam)"),
+    ({"trainer": {"type": "finetune", "layers_to_freeze_regex": "layers.(0"}},
+     "trainer.layers_to_freeze_regex: is not a valid regular expression: missing ), unterminated subpattern at "
+     "position 7."),
+    ({"trainer": {"type": "finetune", "batch_size": "autp"}},
+     "trainer.batch_size: expected integer or 'auto', got 'autp'. Did you mean 'auto'?"),
+    ({"input_features": [{"name": "answer"}]},
+     "output_features: feature name 'answer' is used more than once; feature names must be unique (as in Ludwig). "
+     "(rename the input or the output feature)"),
+    ({"preprocessing": {"split": {"type": "hash"}}},
+     "preprocessing.split.column: split type 'hash' splits on a column; name it. (e.g. column: label (stratify), id "
+     "(hash), date (datetime))"),
+])
+def test_errors_of_ludwig_keys(sections, expected):
+    assert expected in [str(issue) for issue in fw.validate_config({**BASE, **sections}).issues]
+
+
+def test_presets_become_hub_ids_and_retrieval_k_0_means_1():
+    data = fw.load_config({**BASE, "base_model": "mistral-7b-instruct", "prompt": {
+        "task": "Answer.", "retrieval": {"type": "random", "k": 0}}}).data
+    assert data["base_model"] == "mistralai/Mistral-7B-Instruct-v0.1" and data["prompt"]["retrieval"]["k"] == 1

@@ -137,7 +137,8 @@ def test_neftune_noise_in_training_mode_only(tiny_llama_dir):
 
 def test_neftune_acts_during_fw_train_and_is_removed_afterwards(tmp_path, tiny_llama_dir):
     config = {"base_model": str(tiny_llama_dir), "input_features": [{"name": "q"}], "output_features": [{"name": "a"}],
-              "adapter": {"type": "lora", "r": 4, "dropout": 0.0}, "trainer": {"type": "finetune", "epochs": 1, "batch_size": 4}}
+              "adapter": {"type": "lora", "r": 4, "dropout": 0.0},
+              "trainer": {"type": "finetune", "epochs": 1, "batch_size": 4}}
     rows = pd.DataFrame({"q": [f"q {i}" for i in range(8)], "a": [f"a {i}" for i in range(8)]})
     plain = pipeline.train(config, training_set=rows, output_directory=tmp_path / "plain", show_progress=False)
     noisy = pipeline.train({**config, "model_parameters": {"neftune_noise_alpha": 50}}, training_set=rows,

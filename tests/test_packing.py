@@ -126,7 +126,8 @@ def config(base, **trainer_keys) -> dict:
     return {"base_model": str(base), "input_features": [{"name": "question"}], "output_features": [{"name": "answer"}],
             "prompt": {"template": "Q: {question}\nA:"}, "adapter": {"type": "lora", "r": 4, "dropout": 0.0},
             "preprocessing": {"split": {"probabilities": [1.0, 0.0, 0.0]}},
-            "trainer": {"type": "finetune", "epochs": 3, "batch_size": 2, "gradient_accumulation_steps": 16, "learning_rate": 0.01,
+            "trainer": {"type": "finetune", "epochs": 3, "batch_size": 2, "gradient_accumulation_steps": 16,
+                        "learning_rate": 0.01,
                         "seed": 3, **trainer_keys}}
 
 
@@ -154,7 +155,8 @@ def pipeline_rows(result):
 
 def test_max_tokens_per_batch_needs_packing():
     data = {"base_model": "x", "input_features": [{"name": "q", "type": "text"}],
-            "output_features": [{"name": "a", "type": "text"}], "trainer": {"type": "finetune", "max_tokens_per_batch": 512}}
+            "output_features": [{"name": "a", "type": "text"}],
+            "trainer": {"type": "finetune", "max_tokens_per_batch": 512}}
     assert [str(issue) for issue in fw.validate_config(data).issues] == [
         "trainer.max_tokens_per_batch: is the budget of a packed micro-batch, but trainer.packing is false. "
         "(set trainer.packing: true, or remove max_tokens_per_batch (batch_size counts rows))"]

@@ -546,7 +546,8 @@ def test_upload_of_several_named_adapters_sends_each_one(hub, two_adapter_run, m
 
 def test_a_full_fine_tune_is_described_and_uploaded_as_transformers_weights(hub, tmp_path, tiny_llama_dir,
                                                                             monkeypatch):
-    data = config(tiny_llama_dir, trainer={"type": "finetune", "epochs": 1, "batch_size": 8, "learning_rate": 0.001, "seed": 1})
+    data = config(tiny_llama_dir, trainer={"type": "finetune", "epochs": 1, "batch_size": 8, "learning_rate": 0.001,
+                                           "seed": 1})
     del data["adapter"]
     result = train(tmp_path, data)
     card = card_of(result.model_dir)

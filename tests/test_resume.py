@@ -45,7 +45,8 @@ def setup(tmp_path, tiny_llama_dir):
     config = {"base_model": str(tiny_llama_dir), "input_features": [{"name": "question"}],
               "output_features": [{"name": "answer"}], "prompt": {"template": "Q: {question}\nA:"},
               "adapter": {"type": "lora", "r": 4, "dropout": 0.1},  # dropout: the RNG state must be restored too
-              "trainer": {"type": "finetune", "epochs": 2, "batch_size": 2, "gradient_accumulation_steps": 2, "learning_rate": 0.01,
+              "trainer": {"type": "finetune", "epochs": 2, "batch_size": 2, "gradient_accumulation_steps": 2,
+                          "learning_rate": 0.01,
                           "steps_per_checkpoint": 2, "seed": 3}}
     config_file = tmp_path / "config.yaml"
     config_file.write_text(yaml.safe_dump(config))

@@ -44,7 +44,8 @@ def test_peft_spelling_is_translated():
 
 
 def test_unknown_trainer_key():
-    assert "trainer.epoch: unknown key 'epoch'. Did you mean 'epochs'?" in one_message(config(trainer={"type": "finetune", "epoch": 2}))
+    message = one_message(config(trainer={"type": "finetune", "epoch": 2}))
+    assert "trainer.epoch: unknown key 'epoch'. Did you mean 'epochs'?" in message
 
 
 def test_unknown_top_level_section():

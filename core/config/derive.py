@@ -38,14 +38,21 @@ def trainer_schema() -> dict[str, Any]:
     return deref(core["$defs"]["trainer"], core)
 
 
-def derive(config: dict[str, Any], raw: dict[str, Any]) -> None:
-    """Fill, in place, the defaults of ``config`` (defaults filled) that depend on other values."""
+def derive(config: dict[str, Any], raw: dict[str, Any], reported: bool = False) -> None:
+    """Fill, in place, the defaults of ``config`` (defaults filled) that depend on other values. ``reported``:
+    whether a problem was found already; a step that crashes then stops quietly (it met a value the schema
+    reported), otherwise the crash is a bug in fw and fails loudly."""
+    from fw.config.rules import RuleFailure
+
     for step in (trainer_defaults, optimizer_parameters, nulls_mean_defaults, validation_target, retrieval_k,
                  base_model_preset, max_new_tokens):
         try:
             step(config, raw)
-        except (TypeError, KeyError, AttributeError, IndexError, ValueError):
-            continue  # a value of the wrong type: the schema reports it
+        except Exception as exc:
+            if reported:
+                continue
+            raise RuleFailure(f"deriving the defaults ('{step.__name__}') crashed ({type(exc).__name__}: {exc}). "
+                              "This is a bug in fw, not in your config: please report it with the config.") from exc
 
 
 def trainer_defaults(config: dict, raw: dict) -> None:

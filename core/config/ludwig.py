@@ -85,8 +85,8 @@ def _same(a: Any, b: Any) -> bool:
 
 def _not_implemented(where: str, written: Any, allowed: list, reason: str) -> ConfigIssue:
     shown = " or ".join(_literal(v) for v in allowed)
-    return ConfigIssue(where, f"fw implements only {shown} (Ludwig's default), got {_literal(written)}. {reason}".strip(),
-                       "remove the key, or set it to Ludwig's default")
+    message = f"fw implements only {shown} (Ludwig's default), got {_literal(written)}. {reason}"
+    return ConfigIssue(where, message.strip(), "remove the key, or set it to Ludwig's default")
 
 
 def _literal(value: Any) -> str:
@@ -140,7 +140,8 @@ def accepted_line(paths: list[str]) -> ConfigWarning | None:
     return ConfigWarning("", f"{len(paths)} Ludwig key(s) accepted with no effect in fw: {', '.join(parts)}.")
 
 
-def differences(schema: dict[str, Any], raw: Any, path: Path = (), root: dict[str, Any] | None = None) -> list[ConfigIssue]:
+def differences(schema: dict[str, Any], raw: Any, path: Path = (),
+                root: dict[str, Any] | None = None) -> list[ConfigIssue]:
     """One note per default the config relies on where fw deliberately differs from Ludwig: the properties marked
     ``x-fw-differs-from-ludwig`` (its text says how, and why) that ``raw`` leaves out."""
     root = root if root is not None else schema

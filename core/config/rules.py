@@ -50,6 +50,8 @@ class RuleFailure(RuntimeError):
 
 def rule(*reads: str) -> Callable[[Check], Check]:
     """Register a rule that reads the config at ``reads``."""
+    if reads and callable(reads[0]):  # written @rule without the paths: it would never run
+        raise TypeError(f"@rule needs the config paths {reads[0].__name__} reads, e.g. @rule('trainer.type')")
     def register(function: Check) -> Check:
         RULES.append(Rule(function, reads))
         return function
@@ -182,7 +184,8 @@ def no_retrieval_takes_no_retrieval_keys(config: Config, registry: Registry) -> 
     if retrieval.get("type") is not None:
         return
     if retrieval.get("k", 0):
-        yield ConfigIssue("prompt.retrieval.k", f"is {retrieval['k']} but prompt.retrieval.type is null (no retrieval).",
+        yield ConfigIssue("prompt.retrieval.k", f"is {retrieval['k']} but prompt.retrieval.type is null "
+                                                "(no retrieval).",
                           "set a retrieval type (random, semantic), or k: 0")
     if retrieval.get("model_name") is not None:
         yield ConfigIssue("prompt.retrieval.model_name", "is set but prompt.retrieval.type is null (no retrieval).",
@@ -464,8 +467,9 @@ def split_names_its_column(config: Config, registry: Registry) -> Iterator[Confi
     if split["type"] == "stratify":
         for feature in config["input_features"] + config["output_features"]:
             if (feature.get("column") or feature.get("name")) == split.get("column") and feature["type"] != "category":
-                yield ConfigIssue("preprocessing.split.column", f"stratifies on {split['column']!r}, a {feature['type']} "
-                                                                "feature: Ludwig stratifies on category columns only.",
+                yield ConfigIssue("preprocessing.split.column", f"stratifies on {split['column']!r}, a "
+                                                                f"{feature['type']} feature: Ludwig stratifies on "
+                                                                "category columns only.",
                                   "stratify on a category output, or on a column that is no feature")
 
 
@@ -619,7 +623,8 @@ def batch_sizes_agree(config: Config, registry: Registry) -> Iterator[ConfigIssu
     trainer = config["trainer"]
     if trainer["type"] != "finetune":
         return
-    effective, batch, steps = (trainer[k] for k in ("effective_batch_size", "batch_size", "gradient_accumulation_steps"))
+    keys = ("effective_batch_size", "batch_size", "gradient_accumulation_steps")
+    effective, batch, steps = (trainer[key] for key in keys)
     if effective == "auto":
         return
     if effective > trainer["max_batch_size"]:
@@ -630,9 +635,9 @@ def batch_sizes_agree(config: Config, registry: Registry) -> Iterator[ConfigIssu
             yield ConfigIssue("trainer.effective_batch_size", f"{effective} must be a multiple of {name} ({value}).",
                               "effective_batch_size = batch_size x gradient_accumulation_steps")
     if batch != "auto" and steps != "auto" and batch * steps != effective:
-        yield ConfigWarning("trainer.effective_batch_size", f"{effective} is not batch_size x "
-                                                            f"gradient_accumulation_steps ({batch} x {steps}); training "
-                                                            f"uses {batch} x {steps}, as Ludwig does.",
+        yield ConfigWarning("trainer.effective_batch_size",
+                            f"{effective} is not batch_size x gradient_accumulation_steps ({batch} x {steps}); "
+                            f"training uses {batch} x {steps}, as Ludwig does.",
                             "set one of the three to auto")
 
 
@@ -651,8 +656,9 @@ def validation_target_exists(config: Config, registry: Registry) -> Iterator[Con
     trainer, output = config["trainer"], config["output_features"][0]
     if trainer["validation_field"] == COMBINED:  # Ludwig's combined loss: the one output's loss here
         if trainer["validation_metric"] != "loss":
-            yield ConfigIssue("trainer.validation_metric", f"validation_field combined (the combined loss) needs "
-                                                           f"validation_metric loss, got {trainer['validation_metric']!r}.")
+            yield ConfigIssue("trainer.validation_metric",
+                              f"validation_field combined (the combined loss) needs validation_metric loss, got "
+                              f"{trainer['validation_metric']!r}.")
         return
     if trainer["validation_field"] != output["name"]:
         yield ConfigIssue("trainer.validation_field", f"names no output feature: {trainer['validation_field']!r}. "
@@ -719,7 +725,7 @@ def decoder_fallback_is_the_preprocessing_one(config: Config, registry: Registry
                               f"set output_features[{index}].preprocessing.fallback_label: {decoder_value}")
 
 
-@rule
+@rule("output_features")
 def lowercase_targets_need_lowercase_labels(config: Config, registry: Registry) -> Iterator[ConfigIssue]:
     feature = config["output_features"][0]
     if feature["type"] != "category" or not (feature.get("preprocessing") or {}).get("lowercase"):

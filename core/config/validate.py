@@ -71,7 +71,7 @@ def validate(config: Any, registry: Registry | None = None) -> ValidationReport:
         for found in _validate_section(path, section, socket, written if isinstance(written, dict) else {},
                                        registry, findings):
             report.add(found)
-    derive(resolved, config)
+    derive(resolved, config, reported=bool(report.issues))
     for found in findings.issues:
         report.add(found)
     for found in rules.check(resolved, registry, config, reported=report.issues):

@@ -67,7 +67,8 @@ def training_batching(settings: dict, rows: int, fits: Callable[[int], bool] | N
     if batch == AUTO:
         if effective != AUTO and steps != AUTO:
             batch = max(effective // steps, 1)
-            note = f"trainer.batch_size auto: {batch} (effective_batch_size {effective} / gradient_accumulation_steps {steps})"
+            note = (f"trainer.batch_size auto: {batch} (effective_batch_size {effective} / "
+                    f"gradient_accumulation_steps {steps})")
         else:
             batch, note = search(cap(rows, settings["max_batch_size"], effective), fits, "trainer.batch_size")
     if steps == AUTO:

@@ -27,7 +27,8 @@ OPTIMIZERS = {
         ("paged_adam_8bit", "PagedAdam8bit"), ("adamw_8bit", "AdamW8bit"), ("paged_adamw", "PagedAdamW"),
         ("paged_adamw_8bit", "PagedAdamW8bit"), ("adagrad_8bit", "Adagrad8bit"), ("rmsprop_8bit", "RMSprop8bit"),
         ("lamb", "LAMB"), ("lamb_8bit", "LAMB8bit"), ("lars", "LARS"), ("lars_8bit", "LARS8bit"),
-        ("lion", "Lion"), ("lion_8bit", "Lion8bit"), ("paged_lion", "PagedLion"), ("paged_lion_8bit", "PagedLion8bit"))},
+        ("lion", "Lion"), ("lion_8bit", "Lion8bit"), ("paged_lion", "PagedLion"),
+        ("paged_lion_8bit", "PagedLion8bit"))},
 }
 
 
@@ -178,7 +179,8 @@ class PlateauReducer:
     def __init__(self, optimizer, scheduler: dict, goal: str):
         import torch
 
-        self.optimizer, self.limit, self.rate = optimizer, scheduler["reduce_on_plateau"], scheduler["reduce_on_plateau_rate"]
+        self.optimizer, self.limit = optimizer, scheduler["reduce_on_plateau"]
+        self.rate = scheduler["reduce_on_plateau_rate"]
         self.reductions = 0
         self.detector = torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, mode=goal, factor=self.rate, patience=scheduler["reduce_on_plateau_patience"], min_lr=0.0,

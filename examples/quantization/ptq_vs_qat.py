@@ -16,6 +16,8 @@ fewer epochs leave the models uncertain enough for quantization to show).
 from __future__ import annotations
 
 import copy
+import csv
+import math
 import shutil
 import sys
 import time
@@ -81,6 +83,14 @@ def averaged(config: dict, name: str, mode: str, seeds: list[int]) -> dict:
             for setup in ("fp32", "PTQ", "QAT")}
 
 
+def cosine_steps(trainer: dict, epochs: int) -> int:
+    """The demo's one cosine decay over the steps after warmup, for ``epochs`` epochs of its training rows."""
+    with open(DEMO / "categories.csv", newline="") as handle:
+        rows = sum(row["split"] == "train" for row in csv.DictReader(handle))
+    steps = epochs * math.ceil(rows / trainer["batch_size"])
+    return steps - math.ceil(trainer["learning_rate_scheduler"]["warmup_fraction"] * steps)
+
+
 def main(modes: list[str], epochs: int, seeds: list[int]) -> None:
     started = time.perf_counter()
     shutil.rmtree(WORK, ignore_errors=True)
@@ -90,6 +100,7 @@ def main(modes: list[str], epochs: int, seeds: list[int]) -> None:
     lora = yaml.safe_load((DEMO / "config.yaml").read_text())
     lora["base_model"] = str(base)
     lora["trainer"]["epochs"] = epochs
+    lora["trainer"]["learning_rate_scheduler"]["t_0"] = cosine_steps(lora["trainer"], epochs)
     full = {key: value for key, value in copy.deepcopy(lora).items() if key != "adapter"}
     full["trainer"] = {**full["trainer"], "learning_rate": 0.0005}
     print(f"{epochs} epoch(s), mean over seeds {seeds}")

@@ -40,7 +40,7 @@ def problems(path: Path) -> list[str]:
     return [str(issue) for issue in caught.value.issues]
 
 
-def laughs(levels: int, where: str = "trainer: {epochs: *l%d}") -> str:
+def laughs(levels: int, where: str = "trainer: {type: finetune, epochs: *l%d}") -> str:
     """A "billion laughs": each anchor repeats the one before nine times (9**levels values in all)."""
     lines = ['l0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
     for level in range(1, levels + 1):
@@ -70,7 +70,7 @@ def test_a_billion_laughs_is_refused_within_a_small_memory_limit(tmp_path):
 
 
 def test_an_alias_inside_its_own_anchor_is_refused(tmp_path):
-    (found,) = problems(config_file(tmp_path, HEADER + "trainer: &loop {optimizer: *loop}\n"))
+    (found,) = problems(config_file(tmp_path, HEADER + "trainer: &loop {type: finetune, optimizer: *loop}\n"))
     assert found == ("trainer.optimizer: the alias *loop (line 4) is inside the anchor &loop it refers to: a value "
                      "cannot contain itself.")
 
@@ -112,18 +112,18 @@ def test_a_huge_file_is_refused_before_it_is_read_whole(tmp_path):
 
 
 def test_an_integer_too_long_for_python_is_a_yaml_error(tmp_path):
-    (found,) = problems(config_file(tmp_path, HEADER + "trainer: {epochs: " + "9" * 5000 + "}\n"))
+    (found,) = problems(config_file(tmp_path, HEADER + "trainer: {epochs: " + "9" * 5000 + ", type: finetune}\n"))
     assert found == "invalid YAML at line 4, column 19: an integer of 5,000 digits is out of range"
 
 
 def test_messages_never_show_a_whole_large_value(tmp_path):
     big_list = json.dumps(list(range(40_000)))
-    report = fw.validate_config(config_file(tmp_path, HEADER + f"trainer: {{epochs: {big_list}}}\n"))
+    report = fw.validate_config(config_file(tmp_path, HEADER + f"trainer: {{type: finetune, epochs: {big_list}}}\n"))
     (issue,) = report.issues
     assert str(issue).startswith("trainer.epochs: expected integer, got list [0, 1, 2, 3, ...]")
     assert len(str(issue)) < 120
     huge_key = "k" * 100_000
-    report = fw.validate_config({**yaml.safe_load(HEADER), "trainer": {huge_key: 1}})
+    report = fw.validate_config({**yaml.safe_load(HEADER), "trainer": {"type": "finetune", huge_key: 1}})
     (issue,) = report.issues
     assert str(issue).startswith(f"trainer.{'k' * 37}...: unknown key '{'k' * 37}...'. Allowed keys: ")
     assert len(str(issue)) < 1000  # the allowed keys are listed; the key itself is shortened
@@ -157,17 +157,17 @@ def one_problem(**sections) -> str:
 
 
 @pytest.mark.parametrize("sections, expected", [
-    ({"trainer": {"epochs": 100000000000000000000000}},
+    ({"trainer": {"type": "finetune", "epochs": 100000000000000000000000}},
      "trainer.epochs: 100000000000000000000000 is greater than the maximum of 10000."),
-    ({"trainer": {"batch_size": 1e300}}, "trainer.batch_size: 1e+300 is greater than the maximum of 65536."),
+    ({"trainer": {"type": "finetune", "batch_size": 1e300}}, "trainer.batch_size: 1e+300 is greater than the maximum of 65536."),
     ({"adapter": {"type": "lora", "r": 99999999999999999999}},
      "adapter.r: 99999999999999999999 is greater than the maximum of 4096."),
-    ({"trainer": {"gradient_accumulation_steps": 1.5}},
-     "trainer.gradient_accumulation_steps: expected integer, got number 1.5."),
-    ({"trainer": {"epochs": True}}, "trainer.epochs: expected integer, got boolean True."),
+    ({"trainer": {"type": "finetune", "gradient_accumulation_steps": 1.5}},
+     "trainer.gradient_accumulation_steps: expected integer or 'auto', got number 1.5."),
+    ({"trainer": {"type": "finetune", "epochs": True}}, "trainer.epochs: expected integer, got boolean True."),
     ({"generation": {"max_new_tokens": 10**12}},
      "generation.max_new_tokens: 1000000000000 is greater than the maximum of 10000000."),
-    ({"trainer": {"learning_rate": float("inf")}}, "trainer.learning_rate: inf is greater than the maximum of 10."),
+    ({"trainer": {"type": "finetune", "learning_rate": float("inf")}}, "trainer.learning_rate: inf is greater than the maximum of 10."),
     ({"adapter": {"type": "lora", "alpha": float("nan")}}, "adapter.alpha: is .nan (not a number); give a number."),
     ({"prompt": {"task": "Answer.", "retrieval": {"type": "random", "k": 10**6}}},
      "prompt.retrieval.k: 1000000 is greater than the maximum of 1024."),
@@ -180,7 +180,7 @@ def test_absurd_values_fail_at_validation_with_the_path(sections, expected):
 
 def test_an_integral_float_is_read_as_an_integer():
     """JSON Schema counts 3.0 as an integer (Ludwig configs may write it); what runs downstream gets an int."""
-    data = {**yaml.safe_load(HEADER), "trainer": {"epochs": 3.0}, "adapter": {"type": "lora", "r": 16.0},
+    data = {**yaml.safe_load(HEADER), "trainer": {"type": "finetune", "epochs": 3.0}, "adapter": {"type": "lora", "r": 16.0},
             "generation": {"max_new_tokens": 8.0, "temperature": 1.0}}
     resolved = fw.load_config(data).data
     assert type(resolved["trainer"]["epochs"]) is int and resolved["trainer"]["epochs"] == 3
@@ -266,7 +266,8 @@ def test_duplicate_column_names_are_an_error_and_training_writes_nothing(tmp_pat
     data.write_text("question,answer,question\nq1,a1,other\nq2,a2,other\n")
     config = config_file(tmp_path, yaml.safe_dump({
         "base_model": str(tiny_llama_dir), "input_features": [{"name": "question"}],
-        "output_features": [{"name": "answer"}], "adapter": {"type": "lora", "r": 4}}))
+        "output_features": [{"name": "answer"}], "adapter": {"type": "lora", "r": 4},
+        "trainer": {"type": "finetune"}}))
     code = main(["train", "--config", str(config), "--dataset", str(data), "--output_directory",
                  str(tmp_path / "results"), "--no_progress"])
     err = capsys.readouterr().err

@@ -80,7 +80,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def _print_issues(source: str, issues, warnings, notes=()) -> None:
     for warning in warnings:
         say(f"warning: {warning}", "yellow")
-    for note in notes:
+    for note in notes if not issues else ():  # fw's own defaults matter once the config is valid
         say(f"note: {note} (README: Coming from Ludwig)")
     if issues:
         say(f"✗ {source}: {len(issues)} problem(s)", "red")

@@ -53,7 +53,7 @@ def _issues_for(error: ValidationError, root: dict[str, Any], prefix: Path, cont
         properties = error.schema.get("properties", {})
         allowed = list(properties)
         #: keys kept only for configs Ludwig writes are accepted, not advertised
-        shown = [k for k, prop in properties.items() if not (isinstance(prop, dict) and "x-ludwig" in prop)]
+        advertised = [k for k, prop in properties.items() if not (isinstance(prop, dict) and "x-ludwig" in prop)]
         hints = error.schema.get("x-fw-hints", {})
         for key in [k for k in error.instance if k not in allowed]:
             where = f" for {context}" if context else ""
@@ -62,7 +62,7 @@ def _issues_for(error: ValidationError, root: dict[str, Any], prefix: Path, cont
             if hint:
                 message += f" {hint}."
             else:
-                message += did_you_mean(key, allowed) or f" Allowed keys: {', '.join(shown)}."
+                message += did_you_mean(key, allowed) or f" Allowed keys: {', '.join(advertised)}."
             yield ConfigIssue(format_path(path + (key,)), message)
         return
     if kind == "required":
@@ -78,12 +78,14 @@ def _issues_for(error: ValidationError, root: dict[str, Any], prefix: Path, cont
     elif kind == "pattern" and error.validator_value == AUTO_PATTERN:  # a number, or the word auto
         kinds = error.schema.get("type", [])
         expected = [k for k in (kinds if isinstance(kinds, list) else [kinds]) if k not in ("string", "null")]
-        message = f"expected {' or '.join(expected)} or 'auto', got {_shown(error.instance)}."
+        message = f"expected {' or '.join(expected)} or 'auto', got {shown(error.instance)}."
         message += did_you_mean(str(error.instance), ["auto"])
     elif kind == "const":
         message = f"must be {shown(error.validator_value)}, got {shown(error.instance)}."
     elif kind == "type":
         expected = error.validator_value if isinstance(error.validator_value, list) else [error.validator_value]
+        if error.schema.get("pattern") == AUTO_PATTERN:  # the only string it takes is auto
+            expected = ["'auto'" if kind_name == "string" else kind_name for kind_name in expected]
         got = _TYPE_NAMES.get(type(error.instance), type(error.instance).__name__)
         message = f"expected {' or '.join(expected)}, got {got} {shown(error.instance)}."
     else:

@@ -116,7 +116,7 @@ def one_text_input(config: Config, registry: Registry) -> Iterator[ConfigIssue]:
 def feature_names_unique(config: Config, registry: Registry) -> Iterator[ConfigIssue]:
     names = [f.get("name") for f in config["input_features"] + config["output_features"]]
     for name in sorted({n for n in names if names.count(n) > 1}):
-        yield ConfigIssue("output_features", f"feature name {name!r} is used more than once; feature names must be "
+        yield ConfigIssue("output_features", f"feature name {shown(name)} is used more than once; feature names must be "
                                              "unique (as in Ludwig).", "rename the input or the output feature")
 
 
@@ -462,12 +462,12 @@ def split_probabilities_sum(config: Config, registry: Registry) -> Iterator[Conf
 def split_names_its_column(config: Config, registry: Registry) -> Iterator[ConfigIssue]:
     split = config["preprocessing"]["split"]
     if split["type"] in ("stratify", "hash", "datetime") and not split.get("column"):
-        yield ConfigIssue("preprocessing.split.column", f"split type {split['type']!r} splits on a column; name it.",
+        yield ConfigIssue("preprocessing.split.column", f"split type {shown(split['type'])} splits on a column; name it.",
                           "e.g. column: label (stratify), id (hash), date (datetime)")
     if split["type"] == "stratify":
         for feature in config["input_features"] + config["output_features"]:
             if (feature.get("column") or feature.get("name")) == split.get("column") and feature["type"] != "category":
-                yield ConfigIssue("preprocessing.split.column", f"stratifies on {split['column']!r}, a "
+                yield ConfigIssue("preprocessing.split.column", f"stratifies on {shown(split['column'])}, a "
                                                                 f"{feature['type']} feature: Ludwig stratifies on "
                                                                 "category columns only.",
                                   "stratify on a category output, or on a column that is no feature")
@@ -582,7 +582,7 @@ def _trainer_property(key: str) -> dict:
 def trainer_type_supported(config: Config, registry: Registry) -> Iterator[ConfigIssue]:
     kind = config["trainer"]["type"]
     if kind in ALIGNMENT_TRAINERS:
-        yield ConfigIssue("trainer.type", f"{kind!r} (Ludwig's preference-alignment trainer) is not supported by fw "
+        yield ConfigIssue("trainer.type", f"{shown(kind)} (Ludwig's preference-alignment trainer) is not supported by fw "
                                           "yet.", "use finetune (supervised fine-tuning) or none (no training)")
 
 
@@ -658,18 +658,18 @@ def validation_target_exists(config: Config, registry: Registry) -> Iterator[Con
         if trainer["validation_metric"] != "loss":
             yield ConfigIssue("trainer.validation_metric",
                               f"validation_field combined (the combined loss) needs validation_metric loss, got "
-                              f"{trainer['validation_metric']!r}.")
+                              f"{shown(trainer['validation_metric'])}.")
         return
     if trainer["validation_field"] != output["name"]:
-        yield ConfigIssue("trainer.validation_field", f"names no output feature: {trainer['validation_field']!r}. "
-                                                      f"The output feature is {output['name']!r} (or: combined).")
+        yield ConfigIssue("trainer.validation_field", f"names no output feature: {shown(trainer['validation_field'])}. "
+                                                      f"The output feature is {shown(output['name'])} (or: combined).")
         return
     metrics = _trainer_property("validation_metric")["x-fw-validation-metrics"].get(output["type"], {})
     metric = trainer["validation_metric"]
     if metric not in metrics:
         from fw.errors import did_you_mean
 
-        yield ConfigIssue("trainer.validation_metric", f"{metric!r} is not a metric of a {output['type']} output. "
+        yield ConfigIssue("trainer.validation_metric", f"{shown(metric)} is not a metric of a {output['type']} output. "
                                                        f"Metrics: {', '.join(metrics)}.{did_you_mean(metric, metrics)}")
 
 
@@ -680,14 +680,14 @@ def optimizer_parameters_fit(config: Config, registry: Registry) -> Iterator[Con
         return
     kind = optimizer["type"]
     if kind in ("lbfgs", "muon"):
-        yield ConfigIssue("trainer.optimizer.type", f"{kind!r} is not supported by fw: "
+        yield ConfigIssue("trainer.optimizer.type", f"{shown(kind)} is not supported by fw: "
                           + ("L-BFGS needs a closure re-evaluating the loss every step." if kind == "lbfgs" else
                              "Ludwig's muon is Ludwig's own implementation."), "use adamw or adam")
         return
     params = _trainer_property("optimizer")["x-fw-optimizer-params"][kind]
     for key in optimizer:
         if key != "type" and key not in params:
-            yield ConfigIssue(f"trainer.optimizer.{key}", f"is not a parameter of optimizer {kind!r}. Its parameters: "
+            yield ConfigIssue(f"trainer.optimizer.{key}", f"is not a parameter of optimizer {shown(kind)}. Its parameters: "
                                                           f"{', '.join(params) or 'none'}.")
     yield from _optimizer_package_installed(kind)
 
@@ -700,7 +700,7 @@ def _optimizer_package_installed(kind: str) -> Iterator[ConfigIssue]:
 
     module, _, package = OPTIMIZERS[kind]
     if importlib.util.find_spec(module.split(".")[0]) is None:
-        yield ConfigWarning("trainer.optimizer.type", f"{kind!r} needs the {package} package, which is not installed "
+        yield ConfigWarning("trainer.optimizer.type", f"{shown(kind)} needs the {package} package, which is not installed "
                                                       f"here (pip install {package}).")
 
 
@@ -708,7 +708,7 @@ def _optimizer_package_installed(kind: str) -> Iterator[ConfigIssue]:
 def backend_is_local(config: Config, registry: Registry) -> Iterator[ConfigIssue]:
     kind = config["backend"].get("type")
     if kind != "local":
-        yield ConfigIssue("backend.type", f"{kind!r} is not supported: fw runs on this machine (one process, one GPU "
+        yield ConfigIssue("backend.type", f"{shown(kind)} is not supported: fw runs on this machine (one process, one GPU "
                                           "or CPU) and has no distributed backend yet.", "use type: local")
 
 
@@ -720,8 +720,8 @@ def decoder_fallback_is_the_preprocessing_one(config: Config, registry: Registry
         wanted = (feature.get("preprocessing") or {}).get("fallback_label")
         if decoder_value not in (None, "", wanted):
             yield ConfigIssue(f"output_features[{index}].decoder.fallback_label",
-                              f"{decoder_value!r} differs from output_features[{index}].preprocessing.fallback_label "
-                              f"({wanted!r}), the one used (as in Ludwig).",
+                              f"{shown(decoder_value)} differs from output_features[{index}].preprocessing.fallback_label "
+                              f"({shown(wanted)}), the one used (as in Ludwig).",
                               f"set output_features[{index}].preprocessing.fallback_label: {decoder_value}")
 
 
@@ -734,4 +734,4 @@ def lowercase_targets_need_lowercase_labels(config: Config, registry: Registry) 
         if str(label) != str(label).lower():
             yield ConfigIssue(f"output_features[0].decoder.match.{label}", "preprocessing.lowercase lower-cases the "
                                                                            "targets, so this label would never match "
-                                                                           "one.", f"write it {str(label).lower()!r}")
+                                                                           "one.", f"write it {shown(str(label).lower())}")

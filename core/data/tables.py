@@ -476,7 +476,7 @@ def _fill_missing_inputs(frame: pd.DataFrame, empty: pd.Series, column: str, con
             raise FwError(f"{split_name}: every '{column}' value is empty, so missing_value_strategy fill_with_mode "
                           "has no value to fill with.")
         mode = present.mode().iloc[0]
-        filled, said = values.fillna(mode), f"the most frequent value {mode!r}"
+        filled, said = values.fillna(mode), f"the most frequent value {shown(mode)}"
     else:  # bfill / ffill, then the other way for the rows at the edge (as Ludwig does)
         first, second = ("bfill", "ffill") if strategy == "bfill" else ("ffill", "bfill")
         filled = getattr(getattr(values, first)(), second)()

@@ -41,13 +41,13 @@ def optimizer_class(kind: str):
     """The optimizer class; a missing package is one error naming it."""
     import importlib
 
-    from fw.errors import FwError
+    from fw.errors import FwError, shown
 
     module, name, package = OPTIMIZERS[kind]
     try:
         return getattr(importlib.import_module(module), name)
     except ImportError as exc:
-        raise FwError(f"trainer.optimizer.type: {kind!r} needs the {package} package, which is not installed "
+        raise FwError(f"trainer.optimizer.type: {shown(kind)} needs the {package} package, which is not installed "
                       f"(pip install {package}; bitsandbytes' optimizers need a CUDA GPU). ({exc})") from None
 
 

@@ -36,7 +36,7 @@ import torch
 
 from fw import console, trace
 from fw.config.view import neftune_noise_alpha
-from fw.errors import FwError
+from fw.errors import FwError, shown
 from fw.model.adapters import after_step_callbacks
 from fw.train import batch_size as batching
 from fw.train import checkpoint as ckpt
@@ -349,7 +349,8 @@ class Trainer:
         if frozen:
             console.info(f"trainer.layers_to_freeze_regex: froze {frozen} parameter tensor(s).")
         else:
-            console.warn(f"trainer.layers_to_freeze_regex: {pattern!r} matches no trainable parameter; nothing frozen.")
+            console.warn(f"trainer.layers_to_freeze_regex: {shown(pattern)} matches no trainable parameter; "
+                         "nothing frozen.")
 
     def prepare_speedups(self) -> None:
         """Attention kernel and row-separation check for packing, torch.compile, the loss path (fw.train.loss)."""

@@ -159,7 +159,8 @@ def one_problem(**sections) -> str:
 @pytest.mark.parametrize("sections, expected", [
     ({"trainer": {"type": "finetune", "epochs": 100000000000000000000000}},
      "trainer.epochs: 100000000000000000000000 is greater than the maximum of 10000."),
-    ({"trainer": {"type": "finetune", "batch_size": 1e300}}, "trainer.batch_size: 1e+300 is greater than the maximum of 65536."),
+    ({"trainer": {"type": "finetune", "batch_size": 1e300}},
+     "trainer.batch_size: 1e+300 is greater than the maximum of 65536."),
     ({"adapter": {"type": "lora", "r": 99999999999999999999}},
      "adapter.r: 99999999999999999999 is greater than the maximum of 4096."),
     ({"trainer": {"type": "finetune", "gradient_accumulation_steps": 1.5}},
@@ -167,7 +168,8 @@ def one_problem(**sections) -> str:
     ({"trainer": {"type": "finetune", "epochs": True}}, "trainer.epochs: expected integer, got boolean True."),
     ({"generation": {"max_new_tokens": 10**12}},
      "generation.max_new_tokens: 1000000000000 is greater than the maximum of 10000000."),
-    ({"trainer": {"type": "finetune", "learning_rate": float("inf")}}, "trainer.learning_rate: inf is greater than the maximum of 10."),
+    ({"trainer": {"type": "finetune", "learning_rate": float("inf")}},
+     "trainer.learning_rate: inf is greater than the maximum of 10."),
     ({"adapter": {"type": "lora", "alpha": float("nan")}}, "adapter.alpha: is .nan (not a number); give a number."),
     ({"prompt": {"task": "Answer.", "retrieval": {"type": "random", "k": 10**6}}},
      "prompt.retrieval.k: 1000000 is greater than the maximum of 1024."),
@@ -180,7 +182,8 @@ def test_absurd_values_fail_at_validation_with_the_path(sections, expected):
 
 def test_an_integral_float_is_read_as_an_integer():
     """JSON Schema counts 3.0 as an integer (Ludwig configs may write it); what runs downstream gets an int."""
-    data = {**yaml.safe_load(HEADER), "trainer": {"type": "finetune", "epochs": 3.0}, "adapter": {"type": "lora", "r": 16.0},
+    data = {**yaml.safe_load(HEADER), "trainer": {"type": "finetune", "epochs": 3.0},
+            "adapter": {"type": "lora", "r": 16.0},
             "generation": {"max_new_tokens": 8.0, "temperature": 1.0}}
     resolved = fw.load_config(data).data
     assert type(resolved["trainer"]["epochs"]) is int and resolved["trainer"]["epochs"] == 3

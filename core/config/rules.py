@@ -116,8 +116,8 @@ def one_text_input(config: Config, registry: Registry) -> Iterator[ConfigIssue]:
 def feature_names_unique(config: Config, registry: Registry) -> Iterator[ConfigIssue]:
     names = [f.get("name") for f in config["input_features"] + config["output_features"]]
     for name in sorted({n for n in names if names.count(n) > 1}):
-        yield ConfigIssue("output_features", f"feature name {shown(name)} is used more than once; feature names must be "
-                                             "unique (as in Ludwig).", "rename the input or the output feature")
+        yield ConfigIssue("output_features", f"feature name {shown(name)} is used more than once; feature names "
+                                             "must be unique (as in Ludwig).", "rename the input or the output feature")
 
 
 @rule("output_features")
@@ -462,7 +462,8 @@ def split_probabilities_sum(config: Config, registry: Registry) -> Iterator[Conf
 def split_names_its_column(config: Config, registry: Registry) -> Iterator[ConfigIssue]:
     split = config["preprocessing"]["split"]
     if split["type"] in ("stratify", "hash", "datetime") and not split.get("column"):
-        yield ConfigIssue("preprocessing.split.column", f"split type {shown(split['type'])} splits on a column; name it.",
+        yield ConfigIssue("preprocessing.split.column",
+                          f"split type {shown(split['type'])} splits on a column; name it.",
                           "e.g. column: label (stratify), id (hash), date (datetime)")
     if split["type"] == "stratify":
         for feature in config["input_features"] + config["output_features"]:
@@ -582,8 +583,8 @@ def _trainer_property(key: str) -> dict:
 def trainer_type_supported(config: Config, registry: Registry) -> Iterator[ConfigIssue]:
     kind = config["trainer"]["type"]
     if kind in ALIGNMENT_TRAINERS:
-        yield ConfigIssue("trainer.type", f"{shown(kind)} (Ludwig's preference-alignment trainer) is not supported by fw "
-                                          "yet.", "use finetune (supervised fine-tuning) or none (no training)")
+        yield ConfigIssue("trainer.type", f"{shown(kind)} (Ludwig's preference-alignment trainer) is not supported "
+                                          "by fw yet.", "use finetune (supervised fine-tuning) or none (no training)")
 
 
 @rule("trainer")
@@ -687,8 +688,8 @@ def optimizer_parameters_fit(config: Config, registry: Registry) -> Iterator[Con
     params = _trainer_property("optimizer")["x-fw-optimizer-params"][kind]
     for key in optimizer:
         if key != "type" and key not in params:
-            yield ConfigIssue(f"trainer.optimizer.{key}", f"is not a parameter of optimizer {shown(kind)}. Its parameters: "
-                                                          f"{', '.join(params) or 'none'}.")
+            yield ConfigIssue(f"trainer.optimizer.{key}", f"is not a parameter of optimizer {shown(kind)}. Its "
+                                                          f"parameters: {', '.join(params) or 'none'}.")
     yield from _optimizer_package_installed(kind)
 
 
@@ -700,16 +701,16 @@ def _optimizer_package_installed(kind: str) -> Iterator[ConfigIssue]:
 
     module, _, package = OPTIMIZERS[kind]
     if importlib.util.find_spec(module.split(".")[0]) is None:
-        yield ConfigWarning("trainer.optimizer.type", f"{shown(kind)} needs the {package} package, which is not installed "
-                                                      f"here (pip install {package}).")
+        yield ConfigWarning("trainer.optimizer.type", f"{shown(kind)} needs the {package} package, which is not "
+                                                      f"installed here (pip install {package}).")
 
 
 @rule("backend")
 def backend_is_local(config: Config, registry: Registry) -> Iterator[ConfigIssue]:
     kind = config["backend"].get("type")
     if kind != "local":
-        yield ConfigIssue("backend.type", f"{shown(kind)} is not supported: fw runs on this machine (one process, one GPU "
-                                          "or CPU) and has no distributed backend yet.", "use type: local")
+        yield ConfigIssue("backend.type", f"{shown(kind)} is not supported: fw runs on this machine (one process, "
+                                          "one GPU or CPU) and has no distributed backend yet.", "use type: local")
 
 
 @rule("output_features")
@@ -720,8 +721,8 @@ def decoder_fallback_is_the_preprocessing_one(config: Config, registry: Registry
         wanted = (feature.get("preprocessing") or {}).get("fallback_label")
         if decoder_value not in (None, "", wanted):
             yield ConfigIssue(f"output_features[{index}].decoder.fallback_label",
-                              f"{shown(decoder_value)} differs from output_features[{index}].preprocessing.fallback_label "
-                              f"({shown(wanted)}), the one used (as in Ludwig).",
+                              f"{shown(decoder_value)} differs from output_features[{index}].preprocessing."
+                              f"fallback_label ({shown(wanted)}), the one used (as in Ludwig).",
                               f"set output_features[{index}].preprocessing.fallback_label: {decoder_value}")
 
 
@@ -732,6 +733,6 @@ def lowercase_targets_need_lowercase_labels(config: Config, registry: Registry) 
         return
     for label in feature["decoder"].get("match") or {}:
         if str(label) != str(label).lower():
-            yield ConfigIssue(f"output_features[0].decoder.match.{label}", "preprocessing.lowercase lower-cases the "
-                                                                           "targets, so this label would never match "
-                                                                           "one.", f"write it {shown(str(label).lower())}")
+            yield ConfigIssue(f"output_features[0].decoder.match.{label}",
+                              "preprocessing.lowercase lower-cases the targets, so this label would never match one.",
+                              f"write it {shown(str(label).lower())}")

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field, replace
 from fw.config import view
 from fw.config.sockets import ADAPTER
 from fw.errors import FwError, UsageError
+from fw.train import batch_size as batching
 
 GIB = 2**30
 USABLE_FRACTION = 0.9
@@ -334,7 +335,7 @@ def configured_workload(data: dict, model_config) -> Workload:
                       "give --dataset to measure the rows.")
     length, source = min(candidates)
     labelled = min(limits.output, length) if limits.output else length
-    batch = view.batch_size(data)
+    batch = batching.configured(data).batch_size
     if packing(data):
         budget = view.setting(data, "trainer", "max_tokens_per_batch") or batch * length
         return Workload(1, budget, min(budget, batch * labelled), f"packed: {budget} tokens ({source})")
@@ -362,7 +363,7 @@ def measured_workload(data: dict, dataset: str) -> Workload:
         tokens = sum(lengths[i] for i in batch)
         return Workload(1, tokens, sum(rows[i].trained_tokens for i in batch),
                         f"packed: {tokens} tokens, the largest pack of {dataset}")
-    batch = max(length_sorted_batches(lengths, view.batch_size(data)),
+    batch = max(length_sorted_batches(lengths, batching.configured(data, len(rows)).batch_size),
                 key=lambda group: len(group) * max(lengths[i] for i in group))
     longest = max(lengths[i] for i in batch)
     return Workload(len(batch), longest, sum(rows[i].trained_tokens for i in batch),
@@ -453,7 +454,7 @@ def single_changes(plan: Plan, data: dict, workload: Workload, estimate: Estimat
     for rows in range(workload.rows - 1, 0, -1):  # activations scale with the rows of the micro-batch
         memory = estimate.memory(data, workload, activation_scale=rows / workload.rows)
         if memory.peak * shared <= plan.target.usable or rows == 1:
-            steps = view.setting(data, "trainer", "gradient_accumulation_steps")
+            steps = batching.configured(data).accumulation
             accumulation = steps * math.ceil(workload.rows / rows)
             consider(f"trainer.batch_size: {rows}, gradient_accumulation_steps: {accumulation} (the same effective "
                      "batch)", memory)

@@ -60,7 +60,8 @@ def config(base, **changes) -> dict:
     data = {"base_model": str(base), "input_features": [{"name": "review", "type": "text"}],
             "output_features": [{"name": "label", "type": "text"}],
             "preprocessing": {"split": {"type": "random", "probabilities": [1.0, 0.0, 0.0]}},
-            "trainer": {"type": "finetune", "batch_size": 4, "epochs": 1, "precision": "fp32", "learning_rate": 1e-3}}
+            "trainer": {"type": "finetune", "batch_size": 4, "epochs": 1, "precision": "fp32", "learning_rate": 1e-3,
+                        "optimizer": {"type": "adamw"}}}
     for key, value in changes.items():
         if key == "trainer":
             data["trainer"] = {**data["trainer"], **value}
@@ -298,3 +299,14 @@ def test_qlora_weights_are_counted_at_4_bits_and_the_rest_in_float32(tiny_llama_
     adapter = plan.trainable_parameters
     assert plan.quantized_parameters == linear
     assert plan.memory.weights == pytest.approx(linear * (0.5 + 1 / 64 + 4 / (64 * 256)) + (others + adapter) * 4)
+
+
+def test_auto_batch_sizes_are_planned_by_the_cpu_rule(tmp_path, tiny_llama_dir):
+    """Without a model to probe, batch_size auto is planned as fw's CPU rule picks it, and effective_batch_size
+    gives the accumulation."""
+    from fw.config.load import load_config
+    from fw.train.batch_size import CPU_BATCH_SIZE, configured
+
+    data = load_config(config(tiny_llama_dir, trainer={"batch_size": "auto", "effective_batch_size": 32})).data
+    assert (configured(data).batch_size, configured(data).accumulation) == (CPU_BATCH_SIZE, 32 // CPU_BATCH_SIZE)
+    assert configured(data, rows=20).batch_size == 4  # at most 20 % of the rows

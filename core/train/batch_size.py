@@ -130,3 +130,13 @@ def forward_pass(model, rows: int, length: int) -> None:
     device = next(model.parameters()).device
     with torch.no_grad():
         model(input_ids=torch.zeros((rows, length), dtype=torch.long, device=device))
+
+
+def configured(data: dict, rows: int | None = None) -> Batching:
+    """The batching a config asks for without a model at hand (``fw plan``): ``auto`` by the CPU rule, over ``rows``
+    training rows (None: not known, so the 20 % cap does not apply)."""
+    from fw.config import view
+
+    keys = ("batch_size", "gradient_accumulation_steps", "effective_batch_size", "max_batch_size")
+    settings = {key: view.setting(data, "trainer", key) for key in keys}
+    return training_batching(settings, rows if rows is not None else settings["max_batch_size"], None)

@@ -1,6 +1,7 @@
 """What a run leaves on disk, and loading it back.
 
-``results/<experiment>_<run>/`` (a numbered suffix ``_1``, ``_2`` … when the name is taken, as Ludwig does)::
+``results/<experiment>_<run>/`` (a numbered suffix ``_1``, ``_2`` … when the name is taken, as Ludwig does; naming,
+locking, resuming and where predict / evaluate write: :mod:`fw.runs`)::
 
     model/                      save_pretrained layout: adapter_model.safetensors + adapter_config.json (or the
                                 full / merged weights), the tokenizer, generation_config.json, fw_config.yaml,
@@ -10,8 +11,9 @@
     training_statistics.json    per-step loss and lr, per-epoch train / validation loss and perplexity
     checkpoints/                resumable checkpoints (see fw.train.checkpoint)
     tensorboard/                TensorBoard event files
-    predictions.parquet|.csv    from fw predict / fw evaluate
-    test_statistics.json        from fw evaluate
+    .lock                       held by the process training in the run (fw.runs)
+    predictions/                from fw predict: predictions.parquet, predictions.csv (predictions_1/ … next time)
+    evaluation/                 from fw evaluate: the same and test_statistics.json (evaluation_1/ … next time)
 
 Every file here is written atomically (:mod:`fw.atomic`), ``model/`` into a temporary directory renamed into
 place, so a crash never leaves one half written. ``model/`` loads with transformers / peft alone; ``fw_config.yaml``
@@ -22,7 +24,6 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import yaml
@@ -39,47 +40,9 @@ TRAINING_STATISTICS = "training_statistics.json"
 TEST_STATISTICS = "test_statistics.json"
 
 
-# -- run directories ---------------------------------------------------------------------------------------------
-def run_name(experiment_name: str, model_name: str) -> str:
-    return f"{experiment_name}_{model_name}"
-
-
-def new_run_directory(output_directory: str | Path, experiment_name: str, model_name: str = "run") -> Path:
-    """``<output>/<experiment>_<run>``, or the first free ``…_1``, ``…_2``."""
-    base = Path(output_directory) / run_name(experiment_name, model_name)
-    candidate, number = base, 0
-    while candidate.exists():
-        number += 1
-        candidate = base.with_name(f"{base.name}_{number}")
-    candidate.mkdir(parents=True)
-    return candidate
-
-
-def existing_run_directories(output_directory: str | Path, experiment_name: str, model_name: str = "run") -> list[Path]:
-    base = run_name(experiment_name, model_name)
-    root = Path(output_directory)
-    if not root.is_dir():
-        return []
-    found = [path for path in root.iterdir() if path.is_dir()
-             and (path.name == base or (path.name.startswith(base + "_") and path.name[len(base) + 1:].isdigit()))]
-    return sorted(found, key=lambda path: int(path.name[len(base) + 1:] or 0) if path.name != base else 0)
-
-
-def run_directory_to_resume(output_directory, experiment_name: str, model_name: str = "run") -> Path:
-    """The newest run directory of this experiment that has a checkpoint."""
-    from fw.train.checkpoint import latest_checkpoint
-
-    for candidate in reversed(existing_run_directories(output_directory, experiment_name, model_name)):
-        if latest_checkpoint(candidate / "checkpoints") is not None:
-            return candidate
-    raise FwError(f"--resume: no run of experiment '{experiment_name}' with a checkpoint under "
-                  f"{output_directory}/ (looked for {run_name(experiment_name, model_name)}*/checkpoints). "
-                  "Run without --resume to start training.")
-
-
 # -- small files -------------------------------------------------------------------------------------------------
-def write_json(path: Path, data) -> None:
-    write_json_atomic(Path(path), json_safe(data))
+def write_json(path: Path, data, replace: bool = True) -> None:
+    write_json_atomic(Path(path), json_safe(data), replace=replace)
 
 
 def json_safe(value):
@@ -126,13 +89,15 @@ def data_hash(*frames) -> str:
 
 
 def write_manifest(run_dir: Path, data: dict, dataset_hash: str, extra: dict | None = None) -> None:
+    """The run's manifest; a resumed run keeps its ``created`` time and adds the time to ``resumed``."""
     import platform
 
+    previous = read_manifest(run_dir)
+    now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     manifest = {"versions": versions(), "python": platform.python_version(), "data_hash": dataset_hash,
                 "seed": view.seed(data), "base_model": view.base_model(data),
-                "adapter": (view.adapter(data) or {}).get("type"),
-                "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                **(extra or {})}
+                "adapter": (view.adapter(data) or {}).get("type"), "created": previous.get("created", now),
+                **({"resumed": [*previous.get("resumed", []), now]} if previous else {}), **(extra or {})}
     write_json(Path(run_dir) / MANIFEST, manifest)
 
 
@@ -195,6 +160,11 @@ def check_mergeable(section: dict | None) -> None:
 def find_model_dir(model_path: str | Path) -> Path:
     """``model_path`` as given (the ``model/`` folder) or a run directory holding ``model/``."""
     path = Path(model_path).expanduser()
+    unsaved = unsaved_run(path)
+    if unsaved is not None:
+        raise FwError(f"--model_path: {unsaved} holds no {MODEL_DIR}/: its training stopped before the model was "
+                      "saved. Finish it with the fw train command that started it plus --resume (it continues from "
+                      "the last checkpoint and saves model/).")
     if not path.exists():
         raise FwError(f"--model_path: '{model_path}' does not exist (expected results/<experiment>_<run>/model).")
     from fw.model.multi_adapter import is_multi_adapter_dir
@@ -209,6 +179,14 @@ def find_model_dir(model_path: str | Path) -> Path:
     return path
 
 
+def unsaved_run(path: Path) -> Path | None:
+    """The run directory ``path`` names (itself, or as ``<run>/model``) when it has checkpoints but no model/."""
+    run_dir = path.parent if path.name == MODEL_DIR else path
+    if (run_dir / "checkpoints").is_dir() and not (run_dir / MODEL_DIR).exists():
+        return run_dir
+    return None
+
+
 def saved_config(model_dir: Path) -> dict:
     """The fw config saved with a model (``model/fw_config.yaml``, else the run's ``config.yaml``)."""
     for candidate in (model_dir / MODEL_CONFIG_FILE, model_dir.parent / CONFIG_FILE):
@@ -221,10 +199,12 @@ def saved_config(model_dir: Path) -> dict:
 
 
 def load_trained(model_path: str | Path, config: dict | None = None, adapter: str | None = None,
-                 prepare_base=None):
+                 prepare_base=None, base_model: str | None = None):
     """(config, model, tokenizer) of a model saved by ``fw train`` (adapter on its base, or full weights).
     Several named adapters (``adapters:``) are all loaded, ``adapter`` (or the configured one) active.
-    ``prepare_base(model)`` runs on the loaded weights before any adapter goes on (fw export dequantizes there)."""
+    An adapter goes on the base model it was trained on; ``base_model`` (``--base_model``) puts it on another one
+    (:func:`base_model_for`). ``prepare_base(model)`` runs on the loaded weights before any adapter goes on
+    (fw export dequantizes there)."""
     from fw.model import multi_adapter
     from fw.model.loading import load_base_model, load_pretrained_adapter
 
@@ -232,27 +212,85 @@ def load_trained(model_path: str | Path, config: dict | None = None, adapter: st
     data = config or saved_config(model_dir)
     multi_adapter.check_requested(data, adapter)
     prepare = prepare_base or (lambda loaded: loaded)
-    saved_tokenizer = str(model_dir)
+    if not multi_adapter.saved_adapter_dirs(model_dir):
+        model, tokenizer = load_full_weights(model_dir, data, base_model, config)
+        return data, prepare(model).eval(), tokenizer
+    base, tokenizer = load_base_model({**data, "base_model": base_model_for(model_dir, config, base_model)},
+                                      for_training=False, tokenizer_from=str(model_dir))
     if view.named_adapters(data) or multi_adapter.is_multi_adapter_dir(model_dir):
-        base, tokenizer = load_base_model({**data, "base_model": multi_adapter.saved_base_model(model_dir, data)},
-                                          for_training=False, tokenizer_from=saved_tokenizer)
         model = multi_adapter.load_saved(prepare(base), model_dir, data, adapter)
-    elif (model_dir / "adapter_config.json").is_file():
-        base, tokenizer = load_base_model({**data, "base_model": adapter_base(model_dir, data)}, for_training=False,
-                                          tokenizer_from=saved_tokenizer)
-        model = load_pretrained_adapter(prepare(base), str(model_dir), trainable=False)
     else:
-        # full or merged weights saved quantized (torchao QAT / merge, bitsandbytes) carry their own
-        # quantization_config in config.json: from_pretrained restores them, quantizing again would be wrong
-        model, tokenizer = load_base_model({**data, "base_model": str(model_dir.resolve()), "quantization": None},
-                                           for_training=False, tokenizer_from=saved_tokenizer)
-        model = prepare(model)
+        model = load_pretrained_adapter(prepare(base), str(model_dir), trainable=False, key="--model_path")
     model.eval()
     return data, model, tokenizer
 
 
-def adapter_base(model_dir: Path, data: dict) -> str:
-    declared = json.loads((model_dir / "adapter_config.json").read_text()).get("base_model_name_or_path")
-    if declared and (Path(declared).is_dir() or not os.path.isabs(declared)):
-        return declared
-    return view.base_model(data)
+def load_full_weights(model_dir: Path, data: dict, base_model: str | None, config: dict | None):
+    """(model, tokenizer) of the full or merged weights in ``model_dir`` (a ``config`` naming another base model
+    is told that it is not used)."""
+    from fw import console
+    from fw.model.loading import load_base_model
+
+    if base_model is not None:
+        raise FwError(f"--base_model: {model_dir} holds a full model (its own weights, no adapter), so there is no "
+                      "base model to choose; drop --base_model.")
+    recorded = recorded_base_model(model_dir) if config is not None else None
+    if recorded and not same_model(view.base_model(config), recorded):
+        console.info(f"--config: base_model '{view.base_model(config)}' is not used: {model_dir} holds a full model "
+                     "(its own weights).")
+    # full or merged weights saved quantized (torchao QAT / merge, bitsandbytes) carry their own
+    # quantization_config in config.json: from_pretrained restores them, quantizing again would be wrong
+    return load_base_model({**data, "base_model": str(model_dir.resolve()), "quantization": None},
+                           for_training=False, tokenizer_from=str(model_dir))
+
+
+def base_model_for(model_dir: Path, config: dict | None, base_model: str | None) -> str:
+    """The base model the adapter(s) in ``model_dir`` go on: the one they were trained on, or ``base_model`` when
+    given (said). A ``config`` naming another base is refused: a different base is used only when asked for."""
+    from fw import console
+
+    recorded = recorded_base_model(model_dir)
+    if base_model is not None:
+        console.info(f"--base_model: the adapter of {model_dir} goes on '{base_model}' "
+                     f"(it was trained on '{recorded or 'an unrecorded base'}')")
+        return base_model
+    configured = view.base_model(config) if config is not None else None
+    if recorded is None:
+        return configured or view.base_model(saved_config(model_dir))
+    if configured is not None and not same_model(configured, recorded):
+        raise FwError(f"--config: base_model '{configured}' is not the base model the adapter in {model_dir} was "
+                      f"trained on ('{recorded}'). To put the adapter on another base model, ask for it with "
+                      f"--base_model {configured}; else set base_model to '{recorded}'.")
+    from fw.plugin.models import looks_like_path
+
+    if looks_like_path(recorded) and not Path(recorded).expanduser().exists():
+        raise FwError(f"--model_path: the adapter in {model_dir} was trained on base model '{recorded}', which is "
+                      "not there any more. Give where that model is now with --base_model PATH (or its Hub id).")
+    return recorded
+
+
+def recorded_base_model(model_dir: Path) -> str | None:
+    """The base model a saved adapter was trained on: PEFT's ``base_model_name_or_path``, else the saved fw
+    config's ``base_model``."""
+    from fw.model.multi_adapter import saved_adapter_dirs
+
+    for directory in saved_adapter_dirs(model_dir).values():
+        try:
+            declared = json.loads((directory / "adapter_config.json").read_text()).get("base_model_name_or_path")
+        except (OSError, ValueError):
+            continue
+        if declared:
+            return declared
+    try:
+        return view.base_model(saved_config(model_dir))
+    except FwError:
+        return None
+
+
+def same_model(first: str, second: str) -> bool:
+    """Whether two ``base_model`` values name the same model (paths compared resolved)."""
+    from fw.plugin.models import looks_like_path
+
+    if looks_like_path(first) and looks_like_path(second):
+        return Path(first).expanduser().resolve() == Path(second).expanduser().resolve()
+    return first == second

@@ -61,6 +61,11 @@ class UsageError(FwError):
     """The command line was used wrongly (a missing file, a bad argument): exit code 2."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived (a scheduler, ``kill``): the CLI raises this so it is handled like Ctrl-C (training saves a
+    checkpoint at the last step, atomic writes clean up) and then exits with 143."""
+
+
 class ConfigWarning(ConfigIssue):
     """Something accepted but worth telling (an ignored key); never fails validation."""
 

@@ -11,12 +11,14 @@ Data flow: config -> splits (fw.data.tables) -> prompts (fw.data.prompt) -> toke
 """
 from __future__ import annotations
 
+import contextlib
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fw import artifacts, console, trace
+from fw import artifacts, console, runs, trace
+from fw.atomic import DiskFull, atomic_file
 from fw.config import view
 from fw.data import retrieval
 from fw.errors import FwError
@@ -132,50 +134,74 @@ def train(config, dataset=None, training_set=None, validation_set=None, test_set
           resume: bool = False, show_progress: bool = True, adapter: str | None = None) -> TrainResult:
     """Fine-tune per the config; write ``<output_directory>/<experiment>_<run>/`` and return where it is.
     ``adapter`` names the adapter of an ``adapters:`` section to train (default: ``adapters.active``).
-    The run directory is made only once the data, the model and its adapter are ready: a run that fails before
-    training leaves nothing behind."""
+    The run directory is made only once the data, the model and its adapter are ready, and removed again when
+    training fails before its first checkpoint: a run that fails before training leaves nothing behind. The run
+    is locked while this process trains in it; ``resume`` checks the config against the run's before anything
+    is written (:mod:`fw.runs`)."""
     from fw.model import multi_adapter
     from fw.model.loading import apply_adapter, load_base_model
     from fw.plugin.registry import get_registry
     from fw.train.trainer import Trainer
 
     trace.mark("imports")
+    runs.run_name(experiment_name, model_name)  # a name that would leave output_directory fails before any work
     get_registry()  # plugin discovery (once per process), apart from validation in the startup trace
     trace.mark("plugins")
     data = localize_base_model(resolve_config(config))
     trace.mark("config")
     check_trainable(data)
     trained = multi_adapter.trained_name(data, adapter)
-    splits = load_splits(data, dataset, training_set, validation_set, test_set)
-    retriever = retrieval.prepare(data, splits.train)
-    resumed = artifacts.run_directory_to_resume(output_directory, experiment_name, model_name) if resume else None
-    trace.mark("data")
-    seed_everything(view.seed(data))
-    model, tokenizer = load_base_model(data, for_training=True)
-    model = quantization.prepare_for_training(model, data)
-    trace.mark("model")
-    train_rows = encode_frame(splits.train, data, tokenizer, "train", retriever)
-    validation_rows = encode_frame(splits.validation, data, tokenizer, "validation", retriever)
-    test_rows = encode_frame(splits.test, data, tokenizer, "test", retriever)
-    trainer = Trainer(multi_adapter.training_view(data, trained) if trained else data, tokenizer, train_rows,
-                      validation_rows, test_rows=test_rows, show_progress=show_progress)
-    trace.mark("tokens")
-    model = apply_adapter(model, data, training_data(trainer, data, show_progress), adapter_name=trained)
-    trace.mark("adapter")
-    run_dir = prepare_run_directory(data, splits, output_directory, experiment_name, model_name, resumed)
-    trainer.setup(model, run_dir)
-    trace.mark("setup")
-    statistics = trainer.train(resume=resume)
+    with contextlib.ExitStack() as held:
+        resumed = held.enter_context(runs.resumed_run(output_directory, experiment_name, model_name, data,
+                                                      trained)) if resume else None
+        splits = load_splits(data, dataset, training_set, validation_set, test_set)
+        retriever = retrieval.prepare(data, splits.train)
+        trace.mark("data")
+        seed_everything(view.seed(data))
+        model, tokenizer = load_base_model(data, for_training=True)
+        model = quantization.prepare_for_training(model, data)
+        trace.mark("model")
+        train_rows = encode_frame(splits.train, data, tokenizer, "train", retriever)
+        validation_rows = encode_frame(splits.validation, data, tokenizer, "validation", retriever)
+        test_rows = encode_frame(splits.test, data, tokenizer, "test", retriever)
+        trainer = Trainer(multi_adapter.training_view(data, trained) if trained else data, tokenizer, train_rows,
+                          validation_rows, test_rows=test_rows, show_progress=show_progress)
+        trace.mark("tokens")
+        model = apply_adapter(model, data, training_data(trainer, data, show_progress), adapter_name=trained)
+        trace.mark("adapter")
+        run_dir = resumed or held.enter_context(runs.new_run(output_directory, experiment_name, model_name))
+        try:
+            record_run(run_dir, data, splits, trained)
+            trainer.setup(model, run_dir)
+            trace.mark("setup")
+            statistics = trainer.train(resume=resume)
+            try:
+                model_dir, model = save_results(trainer, model, tokenizer, data, run_dir, statistics,
+                                                test_rows, trained)
+            except KeyboardInterrupt:
+                console.warn(f"stopped after training, before {run_dir / artifacts.MODEL_DIR} was saved. "
+                             + runs.resume_hint(run_dir))
+                raise
+            retrieval.save_with_model(retriever, model_dir)
+        except DiskFull as exc:
+            raise exc.adding(runs.resume_hint(run_dir, "free space, then ")) from None
+    console.info(f"saved the model to {model_dir}")
+    return TrainResult(run_dir, model_dir, statistics, data, model, tokenizer)
+
+
+def save_results(trainer, model, tokenizer, data: dict, run_dir: Path, statistics: dict, test_rows,
+                 trained: str | None):
+    """After training: the test split's loss, the merge of named adapters, training_statistics.json and model/;
+    returns (model dir, saved model)."""
+    from fw.model import multi_adapter
+
     if test_rows:
         statistics["test"] = trainer.evaluate(test_rows)
     if trained:
         statistics["adapter"] = trained
         multi_adapter.finish_training(model, data)
     artifacts.write_json(run_dir / artifacts.TRAINING_STATISTICS, statistics)
-    model_dir, model = save_trained(model, tokenizer, data, run_dir)
-    retrieval.save_with_model(retriever, model_dir)
-    console.info(f"saved the model to {model_dir}")
-    return TrainResult(run_dir, model_dir, statistics, data, model, tokenizer)
+    return save_trained(model, tokenizer, data, run_dir)
 
 
 def check_trainable(data: dict) -> None:
@@ -187,21 +213,15 @@ def check_trainable(data: dict) -> None:
     quantization.check_runnable(data, for_training=True)
 
 
-def prepare_run_directory(data: dict, splits, output_directory, experiment_name: str, model_name: str,
-                          resumed: Path | None = None) -> Path:
-    """A new ``<experiment>_<run>`` directory (or ``resumed``, the run being resumed) holding the resolved config
-    and the manifest."""
+def record_run(run_dir: Path, data: dict, splits, trained: str | None = None) -> None:
+    """The resolved config and the manifest of the run (a resumed run warns when its data changed)."""
     dataset_hash = artifacts.data_hash(splits.train, splits.validation, splits.test)
-    if resumed is not None:
-        run_dir = resumed
-        previous = artifacts.read_manifest(run_dir).get("data_hash")
-        if previous and previous != dataset_hash:
-            console.warn(f"--resume: the data differs from the data {run_dir} was trained on so far.")
-    else:
-        run_dir = artifacts.new_run_directory(output_directory, experiment_name, model_name)
+    previous = artifacts.read_manifest(run_dir).get("data_hash")
+    if previous and previous != dataset_hash:
+        console.warn(f"--resume: the data differs from the data {run_dir} was trained on so far.")
     artifacts.write_config(run_dir, data)
-    artifacts.write_manifest(run_dir, data, dataset_hash, extra={"rows": splits.sizes()})
-    return run_dir
+    extra = {"rows": splits.sizes(), **({"trained_adapter": trained} if trained else {})}
+    artifacts.write_manifest(run_dir, data, dataset_hash, extra=extra)
 
 
 def training_data(trainer, data: dict, show_progress: bool):
@@ -222,18 +242,22 @@ def save_trained(model, tokenizer, data: dict, run_dir: Path):
 
 
 # -- predict / evaluate ------------------------------------------------------------------------------------------
-def model_for_inference(model_path=None, config=None, adapter: str | None = None):
+def model_for_inference(model_path=None, config=None, adapter: str | None = None, base_model: str | None = None):
     """(config, model, tokenizer): a trained model from ``model_path``, or the base model of ``config``
     (``trainer.type: none`` / in-context learning), with ``adapter.pretrained_adapter_weights`` if set.
-    ``adapter`` picks one of several named adapters (``--adapter``)."""
+    ``adapter`` picks one of several named adapters (``--adapter``); ``base_model`` puts a saved adapter on
+    another base model than the one it was trained on (``--base_model``)."""
     from fw.model import multi_adapter
     from fw.model.loading import load_base_model, load_pretrained_adapter
 
     if model_path is not None:
         return artifacts.load_trained(model_path, resolve_config(config) if config is not None else None,
-                                      adapter=adapter)
+                                      adapter=adapter, base_model=base_model)
     if config is None:
         raise FwError("give --model_path (a model saved by fw train) or --config (to use its base model directly).")
+    if base_model is not None:
+        raise FwError("--base_model goes with --model_path (an adapter to put on another base); with --config alone, "
+                      "set base_model in the config.")
     data = resolve_config(config)
     multi_adapter.check_requested(data, adapter)
     model, tokenizer = load_base_model(data, for_training=False)
@@ -263,16 +287,6 @@ def select_rows(data: dict, dataset, split: str, purpose: str = "predict"):
     if not len(frame):
         raise FwError(f"--split {split}: the dataset has no {split} rows.")
     return clean(frame, data, purpose)
-
-
-def output_directory_for(output_directory, model_path, experiment_name: str, model_name: str) -> Path:
-    if output_directory is not None:
-        path = Path(output_directory)
-        path.mkdir(parents=True, exist_ok=True)
-        return path
-    if model_path is not None:
-        return artifacts.find_model_dir(model_path).parent
-    return artifacts.new_run_directory("results", experiment_name, model_name)
 
 
 def generate_for(prompts: list[str], data: dict, model, tokenizer, show_progress: bool):
@@ -306,38 +320,61 @@ def predictions_frame(frame, data: dict, prompts, generations, outputs):
 
 
 def write_predictions(table, directory: Path) -> None:
-    table.to_parquet(directory / "predictions.parquet", index=False)
-    table.to_csv(directory / "predictions.csv", index=False)
+    """``predictions.parquet`` and ``predictions.csv`` in ``directory``, each written atomically, never over an
+    existing file."""
+    with atomic_file(directory / "predictions.parquet", replace=False) as temporary:
+        table.to_parquet(temporary, index=False)
+    with atomic_file(directory / "predictions.csv", replace=False) as temporary:
+        table.to_csv(temporary, index=False)
+
+
+@contextlib.contextmanager
+def writing_outputs(verb: str, directory: Path):
+    """Say what this call kept when one of its outputs cannot be written for lack of space."""
+    try:
+        yield
+    except DiskFull as exc:
+        kept = [name for name in runs.OUTPUT_FILES if (directory / name).is_file()]
+        what = f"Kept in {directory}: {', '.join(kept)}." if kept else "Nothing of this call was kept."
+        raise exc.adding(f"{what} Free space, then run fw {verb} again.") from None
+    except FileExistsError as exc:
+        raise FwError(f"{exc.filename2 or exc.filename} appeared while fw {verb} was writing it (another fw {verb} "
+                      "with the same --output_directory?); it was left as it is. Run again.") from None
 
 
 def predict(model_path=None, config=None, dataset=None, split: str = "full", output_directory=None,
             experiment_name: str = "experiment", model_name: str = "run", show_progress: bool = True,
-            adapter: str | None = None) -> PredictResult:
-    """Generate for every row; write ``predictions.parquet`` and ``predictions.csv``."""
-    data, model, tokenizer = model_for_inference(model_path, config, adapter)
+            adapter: str | None = None, base_model: str | None = None) -> PredictResult:
+    """Generate for every row; write ``predictions.parquet`` and ``predictions.csv`` into a directory of this
+    call's own (:func:`fw.runs.output_directory`)."""
+    runs.run_name(experiment_name, model_name)
+    data, model, tokenizer = model_for_inference(model_path, config, adapter, base_model)
     seed_everything(view.seed(data))
     frame = select_rows(data, dataset, split)
     retriever = retrieval.for_inference(data, model_path, dataset)
     prompts = prompts_of(frame, data, tokenizer, retriever)
     generations, outputs = generate_for(prompts, data, model, tokenizer, show_progress)
     table = predictions_frame(frame, data, prompts, generations, outputs)
-    directory = output_directory_for(output_directory, model_path, experiment_name, model_name)
-    write_predictions(table, directory)
+    directory = runs.output_directory("predict", output_directory, model_path, experiment_name, model_name)
+    with writing_outputs("predict", directory):
+        write_predictions(table, directory)
     console.info(f"wrote {len(table)} predictions to {directory / 'predictions.parquet'} (and .csv)")
     return PredictResult(table, directory, data)
 
 
 def evaluate(model_path=None, config=None, dataset=None, split: str = "full", output_directory=None,
              experiment_name: str = "experiment", model_name: str = "run", show_progress: bool = True,
-             adapter: str | None = None) -> EvaluateResult:
+             adapter: str | None = None, base_model: str | None = None) -> EvaluateResult:
     """Predict, then score against the output column: ``test_statistics.json`` (loss, perplexity, exact
     match, token F1, BLEU / ROUGE for text outputs; accuracy, macro-F1, per-class precision / recall, confusion
-    matrix and fallback rate for category outputs)."""
+    matrix and fallback rate for category outputs), with the predictions, into a directory of this call's own
+    (:func:`fw.runs.output_directory`)."""
     from fw.infer.metrics import output_metrics
     from fw.train.batch_size import inference_batch_size
     from fw.train.trainer import evaluate_loss
 
-    data, model, tokenizer = model_for_inference(model_path, config, adapter)
+    runs.run_name(experiment_name, model_name)
+    data, model, tokenizer = model_for_inference(model_path, config, adapter, base_model)
     seed_everything(view.seed(data))
     frame = select_rows(data, dataset, split, purpose="evaluate")
     retriever = retrieval.for_inference(data, model_path, dataset)
@@ -350,8 +387,9 @@ def evaluate(model_path=None, config=None, dataset=None, split: str = "full", ou
                                  outputs.timeouts))
     statistics = {view.output_name(data): scores, "combined": {"loss": scores.get("loss")}, "rows": len(frame)}
     table = predictions_frame(frame, data, prompts, generations, outputs)
-    directory = output_directory_for(output_directory, model_path, experiment_name, model_name)
-    write_predictions(table, directory)
-    artifacts.write_json(directory / artifacts.TEST_STATISTICS, statistics)
+    directory = runs.output_directory("evaluate", output_directory, model_path, experiment_name, model_name)
+    with writing_outputs("evaluate", directory):
+        write_predictions(table, directory)
+        artifacts.write_json(directory / artifacts.TEST_STATISTICS, statistics, replace=False)
     console.info(f"wrote {directory / artifacts.TEST_STATISTICS}")
     return EvaluateResult(statistics, table, directory)

@@ -71,14 +71,14 @@ def test_train_predict_evaluate_through_the_cli(files):
     assert resolved["trainer"]["optimizer"]["type"] == "adam"  # every default filled in (Ludwig's)
 
     assert main(["predict", "--model_path", str(run / "model"), "--dataset", str(dataset), "--no_progress"]) == 0
-    predictions = pd.read_parquet(run / "predictions.parquet")
+    predictions = pd.read_parquet(run / "predictions" / "predictions.parquet")
     assert len(predictions) == 20 and {"prompt", "raw_generation", "answer_predictions"} <= set(predictions.columns)
     assert predictions["prompt"][0] == "Q: what is 0 plus one\nA:"
-    assert len(pd.read_csv(run / "predictions.csv")) == 20
+    assert len(pd.read_csv(run / "predictions" / "predictions.csv")) == 20
 
     assert main(["evaluate", "--model_path", str(run), "--dataset", str(dataset), "--split", "test",
                  "--no_progress"]) == 0
-    statistics = json.loads((run / "test_statistics.json").read_text())["answer"]
+    statistics = json.loads((run / "evaluation" / "test_statistics.json").read_text())["answer"]
     assert {"loss", "perplexity", "exact_match", "token_f1", "bleu", "rougeL_f"} <= set(statistics)
 
 

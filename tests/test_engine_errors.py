@@ -187,7 +187,9 @@ def test_resume_after_changing_the_adapter_is_refused(workspace, capsys):
     flags = ["--dataset", dataset, "--output_directory", root / "out"]
     assert run(capsys, "train", "--config", write_config(), *flags)[0] == 0
     code, error = run(capsys, "train", "--config", write_config(adapter={"type": "ia3"}), *flags, "--resume")
-    assert code == 1 and "checkpoint does not match the model" in error and "Start a new run" in error
+    assert code == 1 and "--resume: the config differs from the one" in error
+    assert "adapter.type 'lora' -> 'ia3'" in error and "the checkpoint holds another model" in error
+    assert "train a new run without --resume" in error
 
 
 def test_merging_an_adapter_peft_cannot_merge_is_refused_before_training(workspace, capsys, monkeypatch):

@@ -87,7 +87,7 @@ def test_fw_train_adapter_trains_only_that_one_and_saves_all_side_by_side(tmp_pa
 
     assert main(["predict", "--model_path", str(model_dir), "--dataset", str(dataset), "--adapter", "task_b",
                  "--no_progress"]) == 0
-    assert len(pd.read_parquet(model_dir.parent / "predictions.parquet")) == 12
+    assert len(pd.read_parquet(model_dir.parent / "predictions" / "predictions.parquet")) == 12
 
 
 def test_predict_adapter_switches_between_the_saved_adapters(tmp_path, tiny_llama_dir):

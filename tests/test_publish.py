@@ -116,7 +116,7 @@ def test_the_card_shows_the_evaluation_once_fw_evaluate_ran(lora_run):
     from fw.publish.card import write_model_card
 
     result, _ = lora_run
-    statistics = json.loads((result.run_dir / "test_statistics.json").read_text())
+    statistics = json.loads((result.run_dir / "evaluation" / "test_statistics.json").read_text())
     write_model_card(result.model_dir, saved_config(result.model_dir))
     text = card_of(result.model_dir).text
     assert "`fw evaluate` on 2 rows" in text

@@ -232,7 +232,7 @@ def test_the_cli_trains_and_predicts_with_retrieval(tmp_path, tiny_llama_dir):
     new = tmp_path / "new.csv"
     pd.DataFrame({"question": ["a brand new question"]}).to_csv(new, index=False)
     assert main(["predict", "--model_path", str(model), "--dataset", str(new), "--no_progress"]) == 0
-    prompt = pd.read_parquet(model.parent / "predictions.parquet")["prompt"][0]
+    prompt = pd.read_parquet(model.parent / "predictions" / "predictions.parquet")["prompt"][0]
     assert contexts([prompt])[0][0]["answer"].startswith("train-")
 
 

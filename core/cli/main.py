@@ -2,17 +2,21 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 
 from fw.cli import plan, preview, publish, run
 from fw.console import plain_table, say
-from fw.errors import ConfigError, FwError, UsageError, did_you_mean, issue_lines
+from fw.errors import ConfigError, FwError, Terminated, UsageError, did_you_mean, issue_lines
 from fw.plugin.descriptors import KINDS
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
+EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143  # 128 + SIGINT, 128 + SIGTERM, as shells report them
 KIND_ALIASES = {"adapters": "adapter", "initializers": "initializer", "quantizers": "quantizer",
                 "quantization": "quantizer", "matchers": "matcher", "merge": "merge_strategy",
                 "merges": "merge_strategy", "merge_strategies": "merge_strategy", "retrievers": "retriever",
@@ -123,23 +127,45 @@ def _version() -> str:
     return __version__
 
 
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """While a verb runs, SIGTERM (schedulers, ``kill``) raises :class:`Terminated`, a KeyboardInterrupt: it is
+    handled as Ctrl-C is (training saves a checkpoint, atomic writes clean up) instead of ending the process on
+    the spot."""
+    if threading.current_thread() is not threading.main_thread():  # signal handlers live in the main thread
+        yield
+        return
+
+    def terminate(signum, frame):
+        raise Terminated(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.handler(args)
+        with sigterm_as_interrupt():
+            return args.handler(args)
     except UsageError as exc:
         say(f"error: {exc}", "red")
         return EXIT_USAGE
     except FwError as exc:
         say(f"error: {exc}", "red")
         return EXIT_INVALID
+    except Terminated:
+        say(f"fw {args.verb}: stopped by SIGTERM.", "yellow")
+        return EXIT_TERMINATED
     except KeyboardInterrupt:
-        return 130
-    except OSError as exc:  # disk full, permission denied...: the environment, not a bug; no traceback
+        return EXIT_INTERRUPTED
+    except OSError as exc:  # permission denied, a vanished file...: the environment, not a bug; no traceback
         where = f" ({exc.filename})" if exc.filename else ""
-        say(f"error: {exc.strerror or exc}{where}. Nothing half-written was left behind; free space or fix "
-            "the permissions, then run again (fw train --resume continues from the last checkpoint).", "red")
+        say(f"error: {exc.strerror or exc}{where}. Fix that, then run again.", "red")
         return EXIT_INVALID
 
 

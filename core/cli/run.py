@@ -2,8 +2,8 @@
 
     fw train --config config.yaml --dataset data.csv [--output_directory results] [--experiment_name exp]
     fw train --config config.yaml --dataset data.csv --resume      # continue the latest run of that experiment
-    fw predict --model_path results/experiment_run/model --dataset new.csv
-    fw evaluate --model_path results/experiment_run/model --dataset data.csv --split test
+    fw predict --model_path results/experiment_run/model --dataset new.csv    # -> results/experiment_run/predictions/
+    fw evaluate --model_path results/experiment_run/model --dataset data.csv --split test   # -> .../evaluation/
     fw evaluate --config icl.yaml --dataset data.csv                 # trainer.type none: the base model directly
     fw train --config multi.yaml --dataset a.csv --adapter task_a     # several named adapters: train one
     fw predict --model_path results/experiment_run/model --dataset new.csv --adapter merged
@@ -24,9 +24,11 @@ def _data_flags(parser: argparse.ArgumentParser, sets: bool) -> None:
         parser.add_argument("--validation_set", help="validation rows")
         parser.add_argument("--test_set", help="test rows")
     parser.add_argument("--output_directory", default=None,
-                        help="where results go (train: parent of <experiment>_<run>/, default results)")
-    parser.add_argument("--experiment_name", default="experiment", help="experiment name (default experiment)")
-    parser.add_argument("--model_name", default="run", help="run name (default run)")
+                        help="where results go (train: parent of <experiment>_<run>/, default results; predict / "
+                             "evaluate: this directory, or O_1, O_2 ... when it holds earlier outputs)")
+    parser.add_argument("--experiment_name", default="experiment",
+                        help="experiment name, a plain name without '/' (default experiment)")
+    parser.add_argument("--model_name", default="run", help="run name, a plain name without '/' (default run)")
     parser.add_argument("--no_progress", action="store_true", help="no progress bars")
     parser.add_argument("--adapter", default=None, metavar="NAME",
                         help="with several named adapters (adapters:): the one to train / to predict with "
@@ -58,7 +60,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     result = pipeline.predict(model_path=args.model_path, config=args.config, dataset=args.dataset, split=args.split,
                               output_directory=args.output_directory, experiment_name=args.experiment_name,
                               model_name=args.model_name, show_progress=not args.no_progress,
-                              adapter=args.adapter)
+                              adapter=args.adapter, base_model=args.base_model)
     console.success(f"{len(result.predictions)} predictions in {result.directory}")
     return 0
 
@@ -70,7 +72,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     result = pipeline.evaluate(model_path=args.model_path, config=args.config, dataset=args.dataset,
                                split=args.split, output_directory=args.output_directory,
                                experiment_name=args.experiment_name, model_name=args.model_name,
-                               show_progress=not args.no_progress, adapter=args.adapter)
+                               show_progress=not args.no_progress, adapter=args.adapter,
+                               base_model=args.base_model)
     _print_statistics(result.statistics)
     console.success(f"test_statistics.json and predictions in {result.directory}")
     return 0
@@ -106,7 +109,8 @@ def register(verbs) -> None:
     train.add_argument("--config", required=True, help="path to the YAML config")
     _data_flags(train, sets=True)
     train.add_argument("--resume", action="store_true",
-                       help="continue the latest run of --experiment_name from its last checkpoint")
+                       help="continue the latest run of --experiment_name from its last checkpoint (with the same "
+                            "config; settings that only change speed or checkpointing may differ)")
 
     for name, handler, text in (("predict", cmd_predict, "Generate outputs for a dataset; writes predictions.*"),
                                 ("evaluate", cmd_evaluate, "Predict and score; writes test_statistics.json")):
@@ -115,6 +119,9 @@ def register(verbs) -> None:
         sub.add_argument("--model_path", help="a model saved by fw train (results/<experiment>_<run>/model)")
         sub.add_argument("--config", help="config to use the base model directly (trainer.type none), or to "
                                           "override the one saved with --model_path")
+        sub.add_argument("--base_model", default=None, metavar="MODEL",
+                         help="put the adapter of --model_path on this base model (a local directory or Hub id) "
+                              "instead of the one it was trained on")
         sub.add_argument("--split", default="full", choices=["full", "train", "validation", "test"],
                          help="which rows of --dataset (default full: every row)")
         _data_flags(sub, sets=False)

@@ -189,20 +189,55 @@ def apply_adapter(model, config, training=None, adapter_name: str | None = None)
     return wrap_with_initializer(model, with_planned_steps(section, training), training)
 
 
-def load_pretrained_adapter(model, source: str, trainable: bool):
-    """``PeftModel.from_pretrained`` for a local adapter dir or hub id, with one-line errors."""
+def load_pretrained_adapter(model, source: str, trainable: bool, key: str = "adapter.pretrained_adapter_weights"):
+    """``PeftModel.from_pretrained`` for a local adapter dir or hub id, with one-line errors (``key``: the config
+    key or flag that named it)."""
     from peft import PeftModel
 
     location = source
     if looks_like_path(source):
         path = Path(source).expanduser()
         if not (path / "adapter_config.json").is_file():
-            raise FwError(f"adapter.pretrained_adapter_weights: '{source}' is not an adapter directory (no "
-                          "adapter_config.json in it). Give the model/ folder of an fw run or a PEFT adapter.")
+            raise FwError(f"{key}: '{source}' is not an adapter directory (no adapter_config.json in it). Give the "
+                          "model/ folder of an fw run or a PEFT adapter.")
         location = str(path.resolve())
     try:
         return PeftModel.from_pretrained(model, location, is_trainable=trainable, token=hub_token())
     except FwError:
         raise
     except Exception as exc:
-        raise FwError(hub_error_message(source, exc, key="adapter.pretrained_adapter_weights")) from None
+        raise adapter_load_error(exc, model, source, key) from None
+
+
+def adapter_load_error(exc: BaseException, model, source: str, key: str) -> FwError:
+    """One line for PEFT failing to put the adapter ``source`` on ``model``: what does not fit, naming both."""
+    problem = adapter_misfit(str(exc))
+    if problem is None:
+        return FwError(hub_error_message(source, exc, key=key))
+    base = getattr(getattr(model, "config", None), "_name_or_path", None) or "the base model"
+    trained_on = trained_base_of(source)
+    also = f" (it was trained on '{trained_on}')" if trained_on and trained_on != base else ""
+    return FwError(f"{key}: the adapter '{source}' does not fit base model '{base}'{also}: {problem}.")
+
+
+def adapter_misfit(message: str) -> str | None:
+    """What does not fit, from PEFT's / torch's error text (a tensor shape, target modules), or None."""
+    import re
+
+    size = re.search(r"size mismatch for (\S+): copying a param with shape torch\.Size\((\[[^\]]*\])\) from "
+                     r"checkpoint, the shape in current model is torch\.Size\((\[[^\]]*\])\)", message)
+    if size:
+        name = size.group(1).removeprefix("base_model.model.")
+        return f"{name} is {size.group(2)} in the adapter but {size.group(3)} on this base model"
+    modules = re.search(r"Target modules (.{1,200}?) not found in the base model", message)
+    if modules:
+        return f"its target modules {modules.group(1)} are not in this base model"
+    return None
+
+
+def trained_base_of(source: str) -> str | None:
+    config_file = Path(source).expanduser() / "adapter_config.json"
+    try:
+        return json.loads(config_file.read_text()).get("base_model_name_or_path")
+    except (OSError, ValueError):
+        return None

@@ -236,28 +236,20 @@ def for_inference(model, data: dict, requested: str | None = None):
 def saved_adapter_dirs(model_dir: Path) -> dict[str, Path]:
     """name -> directory of every adapter ``save_pretrained`` wrote: ``<name>/``, and ``default`` at the top."""
     model_dir = Path(model_dir)
-    found = {path.name: path for path in sorted(model_dir.iterdir())
-             if path.is_dir() and (path / "adapter_config.json").is_file()}
+    found = {path.name: path for path in sorted(model_dir.iterdir()) if is_adapter_dir(path)}
     if (model_dir / "adapter_config.json").is_file():
         found = {PEFT_DEFAULT_NAME: model_dir, **found}
     return found
 
 
+def is_adapter_dir(path: Path) -> bool:
+    """A saved adapter's directory; hidden ones (``.model.tmp-…``: a write a killed process left) never are."""
+    return not path.name.startswith(".") and path.is_dir() and (path / "adapter_config.json").is_file()
+
+
 def is_multi_adapter_dir(model_dir: Path) -> bool:
     path = Path(model_dir)
-    return path.is_dir() and not (path / "config.json").is_file() and any(
-        child.is_dir() and (child / "adapter_config.json").is_file() for child in path.iterdir())
-
-
-def saved_base_model(model_dir: Path, data: dict) -> str:
-    import json
-    import os
-
-    for directory in saved_adapter_dirs(model_dir).values():
-        declared = json.loads((directory / "adapter_config.json").read_text()).get("base_model_name_or_path")
-        if declared and (Path(declared).is_dir() or not os.path.isabs(declared)):
-            return declared
-    return data["base_model"]
+    return path.is_dir() and not (path / "config.json").is_file() and any(map(is_adapter_dir, path.iterdir()))
 
 
 def load_saved(base_model, model_dir: Path, data: dict, requested: str | None = None):
@@ -271,9 +263,14 @@ def load_saved(base_model, model_dir: Path, data: dict, requested: str | None = 
         raise FwError(f"--adapter: '{requested}' is not saved in {model_dir}. Saved adapters: "
                       f"{', '.join(directories)}.")
     (first, first_dir), *rest = directories.items()
-    model = PeftModel.from_pretrained(base_model, str(first_dir), adapter_name=first, is_trainable=False)
-    for name, directory in rest:
-        model.load_adapter(str(directory), adapter_name=name, is_trainable=False)
+    try:
+        model = PeftModel.from_pretrained(base_model, str(first_dir), adapter_name=first, is_trainable=False)
+        for name, directory in rest:
+            model.load_adapter(str(directory), adapter_name=name, is_trainable=False)
+    except (RuntimeError, ValueError) as exc:
+        from fw.model.loading import adapter_load_error
+
+        raise adapter_load_error(exc, base_model, str(model_dir), "--model_path") from None
     configured = inference_adapter(data) if section_of(data) else first
     activate(model, requested or (configured if configured in directories else first))
     return model.eval()

@@ -22,7 +22,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fw import artifacts
+from fw import artifacts, runs
 from fw.errors import FwError
 from fw.plugin import get_registry, resolve
 
@@ -304,7 +304,7 @@ def generation_settings(saved: SavedModel) -> dict:
 
 
 def evaluation_section(run_dir: Path) -> str:
-    statistics = read_json(run_dir / artifacts.TEST_STATISTICS)
+    statistics = read_json(runs.test_statistics_of(run_dir))
     rows = [(output, metric, value) for output, metrics in statistics.items() if isinstance(metrics, dict)
             and output != "combined" for metric, value in metrics.items() if isinstance(value, (int, float))]
     if not rows:

@@ -25,14 +25,12 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from fw import artifacts, console
+from fw import artifacts, console, runs
 from fw.errors import FwError
 from fw.plugin import get_registry, resolve
 
 DTYPES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 DEFAULT_MAX_SHARD_SIZE = "5GB"
-#: the run's records the model card reads
-RUN_FILES = (artifacts.MANIFEST, artifacts.TRAINING_STATISTICS, artifacts.TEST_STATISTICS)
 
 
 def export(model_path, output, merge: bool = False, dtype: str | None = None, adapter: str | None = None,
@@ -236,7 +234,7 @@ def finish(directory: Path, model_dir: Path, data: dict, tokenizer, location: Pa
     if (model_dir / MODEL_SUBDIR).is_dir():
         shutil.copytree(model_dir / MODEL_SUBDIR, directory / MODEL_SUBDIR)
     run_dir = run_directory_of(model_dir)
-    for name in RUN_FILES:  # what the card reports, kept with the export (fw upload refreshes the card from them)
-        if (run_dir / name).is_file():
-            shutil.copy2(run_dir / name, directory / name)
+    for name, source in runs.run_records(run_dir).items():  # what the card reports, kept with the export (fw
+        if source.is_file():                                  # upload refreshes the card from them)
+            shutil.copy2(source, directory / name)
     write_model_card(directory, data, run_dir=directory, location=location, active=merged_name)

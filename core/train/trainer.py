@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 
 from fw import console, trace
+from fw.atomic import DiskFull
 from fw.config.view import neftune_noise_alpha
 from fw.errors import FwError, shown
 from fw.model.adapters import after_step_callbacks
@@ -433,9 +434,10 @@ class Trainer:
         self.reporter = self.make_reporter()
         try:
             self.run_epochs()
-        except BaseException:
+        except BaseException as exc:
             self.reporter.close()
-            self.save_interrupted()
+            if not isinstance(exc, DiskFull):  # a full disk would fail this checkpoint too; the last one is kept
+                self.save_interrupted()
             raise
         finally:
             self.reporter.close()
@@ -598,7 +600,7 @@ class Trainer:
                                     position or self.position.as_dict(), self.history.as_dict())
 
     def save_interrupted(self) -> None:
-        """Ctrl-C, out of memory, a crash: keep the work done so far as a checkpoint at the last optimizer step
+        """Ctrl-C, SIGTERM, out of memory, a crash: keep the work done so far as a checkpoint at the last optimizer step
         (the weights and optimizer are exactly there; a half-accumulated gradient is simply redone on resume)."""
         if self.position.step == 0:
             return

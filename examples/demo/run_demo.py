@@ -67,7 +67,7 @@ def main() -> int:
     model = WORK / "runs" / "demo_run" / "model"
     fw("evaluate", "--model_path", model, "--dataset", DATASET, "--split", "test")
 
-    base, tuned = statistics(WORK / "base_eval"), statistics(model.parent)
+    base, tuned = statistics(WORK / "base_eval"), statistics(model.parent / "evaluation")
     table = Table(title="held-out test rows (60 word triples never seen in training)")
     table.add_column("metric")
     table.add_column("base model", justify="right")
@@ -75,7 +75,7 @@ def main() -> int:
     for key, label, shown in METRICS:
         table.add_row(label, shown.format(base[key]), shown.format(tuned[key]))
     console.print(table)
-    predictions = __import__("pandas").read_parquet(model.parent / "predictions.parquet").head(5)
+    predictions = __import__("pandas").read_parquet(model.parent / "evaluation" / "predictions.parquet").head(5)
     examples = Table(title="a few fine-tuned predictions")
     for column in ("words", "category", "category_predictions"):
         examples.add_column(column)

@@ -176,12 +176,14 @@ def resume_hint(run_dir: Path, first: str = "") -> str:
 # -- resume ------------------------------------------------------------------------------------------------------
 def check_resumable(run_dir: Path, data: dict, trained_adapter: str | None = None) -> None:
     """Refuse (one line naming the keys) a ``--resume`` whose config differs from the run's ``config.yaml`` in
-    anything but :data:`RESUMABLE_CHANGES`, or that trains another of its named adapters."""
+    anything but :data:`RESUMABLE_CHANGES`, or that trains another of its named adapters. A key the run's config
+    lacks (written by an fw version without it) counts as unchanged when the new value is the schema default."""
     saved_file = Path(run_dir) / artifacts.CONFIG_FILE
     if not saved_file.is_file():
         return
     saved = yaml.safe_load(saved_file.read_text(encoding="utf-8")) or {}
-    changes = [change for change in changed_settings(saved, data) if not resumable_change(change[0])]
+    changes = [(".".join(map(str, path)), before, after) for path, before, after in changed_settings(saved, data)
+               if not resumable_change(path) and not new_default(path, before, after)]
     recorded = artifacts.read_manifest(run_dir).get("trained_adapter")
     if recorded and trained_adapter and recorded != trained_adapter:
         changes.append(("--adapter", recorded, trained_adapter))
@@ -199,24 +201,47 @@ def check_resumable(run_dir: Path, data: dict, trained_adapter: str | None = Non
                   f"Put those values back to resume it, or train a new run without --resume{restart}.")
 
 
-def changed_settings(before: Any, after: Any, path: str = "") -> list[tuple[str, Any, Any]]:
-    """(dotted path, before, after) of every leaf that differs; lists of equal length are compared item by item."""
+class Missing:
+    """A key one of two configs does not have."""
+
+    def __repr__(self) -> str:
+        return "(absent)"
+
+
+MISSING = Missing()
+
+
+def changed_settings(before: Any, after: Any, path: tuple = ()) -> list[tuple[tuple, Any, Any]]:
+    """(path, before, after) of every leaf that differs; lists of equal length are compared item by item."""
     if isinstance(before, dict) and isinstance(after, dict):
         keys = dict.fromkeys([*before, *after])
         return [change for key in keys
-                for change in changed_settings(before.get(key), after.get(key), f"{path}.{key}" if path else str(key))]
+                for change in changed_settings(before.get(key, MISSING), after.get(key, MISSING), (*path, key))]
     if isinstance(before, list) and isinstance(after, list) and len(before) == len(after):
         return [change for index, (old, new) in enumerate(zip(before, after))
-                for change in changed_settings(old, new, f"{path}.{index}")]
+                for change in changed_settings(old, new, (*path, index))]
     return [] if before == after else [(path, before, after)]
 
 
-def resumable_change(path: str) -> bool:
-    return any(path == allowed or path.startswith(allowed + ".") for allowed in RESUMABLE_CHANGES)
+def resumable_change(path: tuple) -> bool:
+    dotted = ".".join(map(str, path))
+    return any(dotted == allowed or dotted.startswith(allowed + ".") for allowed in RESUMABLE_CHANGES)
+
+
+def new_default(path: tuple, before: Any, after: Any) -> bool:
+    """Whether ``after`` is the core schema's default for a key that ``before`` did not have."""
+    if before is not MISSING:
+        return False
+    from fw.config.view import schema_default
+
+    try:
+        return schema_default(*path) == after
+    except (KeyError, TypeError):
+        return False
 
 
 def shorten(value: Any, limit: int = 40) -> str:
-    text = repr(value) if isinstance(value, str) else str(value)
+    text = repr(value) if isinstance(value, (str, Missing)) else str(value)
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 

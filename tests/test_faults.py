@@ -239,6 +239,7 @@ def test_a_resume_may_change_speed_settings_and_records_what_ran(project, capsys
 
 def test_resume_compares_every_setting_but_speed_ones_and_the_trained_adapter(tmp_path):
     from fw import artifacts
+    from fw.config import view
 
     saved = {"base_model": "m", "adapter": {"type": "lora", "r": 4, "postprocessor": {"merge_adapter_into_base_model":
              False}}, "trainer": {"learning_rate": 0.01, "eval_batch_size": 2, "compile": False},
@@ -257,9 +258,14 @@ def test_resume_compares_every_setting_but_speed_ones_and_the_trained_adapter(tm
         runs.check_resumable(tmp_path, saved, "task_b")
     many = {**saved, "trainer": {"learning_rate": 1, "eval_batch_size": 2, "compile": False, "a": 1, "b": 2, "c": 3,
                                  "d": 4}}
-    with pytest.raises(FwError, match=r"trainer.learning_rate 0.01 -> 1, trainer.a None -> 1, trainer.b None -> 2, "
-                                      r"trainer.c None -> 3 and 1 more;"):
+    with pytest.raises(FwError, match=r"trainer.learning_rate 0.01 -> 1, trainer.a \(absent\) -> 1, trainer.b "
+                                      r"\(absent\) -> 2, trainer.c \(absent\) -> 3 and 1 more;"):
         runs.check_resumable(tmp_path, many, "task_a")
+    # a run written by an fw without trainer.seed resumes when the new config has the default there
+    upgraded = {**saved, "trainer": {**saved["trainer"], "seed": view.schema_default("trainer", "seed")}}
+    runs.check_resumable(tmp_path, upgraded, "task_a")
+    with pytest.raises(FwError, match=r"trainer.seed \(absent\) -> 12345;"):
+        runs.check_resumable(tmp_path, {**saved, "trainer": {**saved["trainer"], "seed": 12345}}, "task_a")
 
 
 # -- SIGTERM -------------------------------------------------------------------------------------------------------

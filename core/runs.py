@@ -31,7 +31,7 @@ from typing import Any
 import yaml
 
 from fw import artifacts, atomic, console
-from fw.errors import FwError, UsageError
+from fw.errors import FwError, UsageError, shown
 
 LOCK_FILE = ".lock"
 #: what fw predict / fw evaluate write; a directory holding any of them is never written into again
@@ -53,9 +53,8 @@ def check_name(flag: str, value: str) -> str:
     ``--output_directory`` (``..``, an absolute path, a separator)."""
     if value and value not in (".", "..") and not any(sep in value for sep in ("/", "\\", "\0")):
         return value
-    shown = value if len(value) <= 60 else value[:57] + "..."
-    raise UsageError(f"{flag}: '{shown}' is not a plain name (no '/', '\\', '.' or '..'): a run goes to "
-                     "<output_directory>/<experiment_name>_<model_name>/. To group runs, give "
+    raise UsageError(f"{flag}: {shown(value)} is not a plain name (one without '/' or '\\', not '.' or '..'): "
+                     "a run goes to <output_directory>/<experiment_name>_<model_name>/. To group runs, give "
                      "--output_directory results/<group> instead.")
 
 
@@ -189,7 +188,7 @@ def check_resumable(run_dir: Path, data: dict, trained_adapter: str | None = Non
         changes.append(("--adapter", recorded, trained_adapter))
     if not changes:
         return
-    listed = ", ".join(f"{path} {shorten(before)} -> {shorten(after)}" for path, before, after in changes[:4])
+    listed = ", ".join(f"{path} {shown(before, 40)} -> {shown(after, 40)}" for path, before, after in changes[:4])
     more = f" and {len(changes) - 4} more" if len(changes) > 4 else ""
     held = any(path.split(".")[0] in MODEL_SECTIONS or path == "--adapter" for path, _, _ in changes)
     why = ("the checkpoint holds another model" if held else
@@ -238,11 +237,6 @@ def new_default(path: tuple, before: Any, after: Any) -> bool:
         return schema_default(*path) == after
     except (KeyError, TypeError):
         return False
-
-
-def shorten(value: Any, limit: int = 40) -> str:
-    text = repr(value) if isinstance(value, (str, Missing)) else str(value)
-    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 # -- predict / evaluate outputs ----------------------------------------------------------------------------------

@@ -130,10 +130,10 @@ def test_run_names_cannot_leave_the_output_directory(tmp_path, project, capsys, 
     escaped = output / (f"{name}_run" if flag == "--experiment_name" else f"experiment_{name}")
     code, error = fw(capsys, *train_flags(config, dataset, output), flag, name)
     assert code == 2
-    assert f"error: {flag}: '{name}' is not a plain name" in error and "--output_directory results/<group>" in error
+    assert f"error: {flag}: {name!r} is not a plain name" in error and "--output_directory results/<group>" in error
     assert not output.exists() and not escaped.resolve().exists()
     code, error = fw(capsys, "predict", "--config", config, "--dataset", dataset, flag, name)
-    assert code == 2 and f"{flag}: '{name}' is not a plain name" in error
+    assert code == 2 and f"{flag}: {name!r} is not a plain name" in error
 
 
 def test_a_run_that_fails_before_its_first_checkpoint_leaves_no_run_directory(project, capsys, monkeypatch):

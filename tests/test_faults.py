@@ -559,14 +559,16 @@ def test_an_adapter_on_another_base_model_only_when_asked_and_it_must_fit(model_
     predict = ["predict", "--model_path", model_dir, "--dataset", dataset, "--no_progress"]
     code, error = fw(capsys, *predict, "--base_model", tiny_gpt2_dir)
     assert code == 1
-    assert (f"error: --model_path: the adapter '{model_dir}' does not fit base model '{tiny_gpt2_dir}' (it was "
-            f"trained on '{tiny_llama_dir}'): its target modules") in error and "are not in this base model" in error
+    assert f"error: --model_path: cannot load '{model_dir}': Target modules" in error
+    assert (f"not found in the base model. Please check the target modules and try again. The base model is "
+            f"'{tiny_gpt2_dir}'; the adapter was trained on '{tiny_llama_dir}'.") in error
 
     narrow = build_tiny_llama(tmp_path / "narrow_llama", hidden_size=32, intermediate_size=64)
     code, error = fw(capsys, *predict, "--base_model", narrow)
     assert code == 1
-    assert f"does not fit base model '{narrow}' (it was trained on '{tiny_llama_dir}'):" in error
-    assert "lora_A.default.weight is [4, 64] in the adapter but [4, 32] on this base model" in error
+    assert ("the saved weights do not fit the model: base_model.model.model.layers.0.self_attn.q_proj.lora_A.default"
+            ".weight has shape [4, 64] in the saved weights but [4, 32] in the model") in error
+    assert f"The base model is '{narrow}'; the adapter was trained on '{tiny_llama_dir}'." in error
 
     same_weights = shutil.copytree(tiny_llama_dir, tmp_path / "moved_llama")
     code, error = fw(capsys, *predict, "--base_model", same_weights)

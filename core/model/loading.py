@@ -210,29 +210,16 @@ def load_pretrained_adapter(model, source: str, trainable: bool, key: str = "ada
 
 
 def adapter_load_error(exc: BaseException, model, source: str, key: str) -> FwError:
-    """One line for PEFT failing to put the adapter ``source`` on ``model``: what does not fit, naming both."""
-    problem = adapter_misfit(str(exc))
-    if problem is None:
-        return FwError(hub_error_message(source, exc, key=key))
-    base = getattr(getattr(model, "config", None), "_name_or_path", None) or "the base model"
-    trained_on = trained_base_of(source)
-    also = f" (it was trained on '{trained_on}')" if trained_on and trained_on != base else ""
-    return FwError(f"{key}: the adapter '{source}' does not fit base model '{base}'{also}: {problem}.")
-
-
-def adapter_misfit(message: str) -> str | None:
-    """What does not fit, from PEFT's / torch's error text (a tensor shape, target modules), or None."""
-    import re
-
-    size = re.search(r"size mismatch for (\S+): copying a param with shape torch\.Size\((\[[^\]]*\])\) from "
-                     r"checkpoint, the shape in current model is torch\.Size\((\[[^\]]*\])\)", message)
-    if size:
-        name = size.group(1).removeprefix("base_model.model.")
-        return f"{name} is {size.group(2)} in the adapter but {size.group(3)} on this base model"
-    modules = re.search(r"Target modules (.{1,200}?) not found in the base model", message)
-    if modules:
-        return f"its target modules {modules.group(1)} are not in this base model"
-    return None
+    """One line for PEFT failing to put the adapter ``source`` on ``model``; when the adapter does not fit the
+    model (tensor shapes, target modules) and was trained on another base model, the line names both."""
+    message = hub_error_message(source, exc, key=key)
+    text = str(exc)
+    if "in loading state_dict" in text or "not found in the base model" in text:
+        base = getattr(getattr(model, "config", None), "_name_or_path", None)
+        trained_on = trained_base_of(source)
+        if base and trained_on and base != trained_on:
+            message += f" The base model is '{base}'; the adapter was trained on '{trained_on}'."
+    return FwError(message)
 
 
 def trained_base_of(source: str) -> str | None:

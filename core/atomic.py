@@ -123,6 +123,7 @@ def atomic_directory(final: Path, replace: bool = True) -> Iterator[Path]:
     with _translated_disk_full(final, existed):
         final.parent.mkdir(parents=True, exist_ok=True)
         temporary = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+        temporary.chmod(0o777 & ~current_umask())  # mkdtemp makes it 0700; the result is a normal directory
         try:
             yield temporary
             fsync_tree(temporary)
@@ -141,6 +142,12 @@ def atomic_directory(final: Path, replace: bool = True) -> Iterator[Path]:
         except BaseException:
             shutil.rmtree(temporary, ignore_errors=True)
             raise
+
+
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _rename_unless_present(temporary: Path, final: Path) -> None:

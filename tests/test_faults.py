@@ -592,3 +592,18 @@ def test_an_adapter_whose_base_model_is_gone_asks_for_base_model(tmp_path, tiny_
             "not there any more. Give where that model is now with --base_model PATH") in error
     assert fw(capsys, "predict", "--model_path", result.model_dir, "--dataset", dataset, "--no_progress",
               "--base_model", tmp_path / "moved")[0] == 0
+
+
+def test_a_directory_written_atomically_has_the_permissions_of_any_new_directory(tmp_path):
+    """mkdtemp makes its directory 0700; a saved model or export must be readable as the umask allows."""
+    import os
+
+    from fw.atomic import atomic_directory
+
+    previous = os.umask(0o022)
+    try:
+        with atomic_directory(tmp_path / "model") as staging:
+            (staging / "weights").write_text("w")
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "model").stat().st_mode & 0o777 == 0o755

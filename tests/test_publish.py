@@ -171,8 +171,8 @@ def described_adapter(directory: Path, section: dict):
     ({"type": "lora", "r": 4, "use_dora": True}, "A LoRA adapter (PEFT)",
      "vLLM serves LoRA adapters without DoRA's magnitude vectors, and this one has them (use_dora: true): merge it "
      "into the base model with `fw export --merge` (when PEFT can merge it) and serve the result."),
-    ({"type": "adalora", "r": 4}, "A AdaLoRA adapter (PEFT)", "vLLM serves LoRA adapters only, not AdaLoRA ones: "),
-    ({"type": "ia3"}, "A IA³ adapter (PEFT)", "vLLM serves LoRA adapters only, not IA³ ones: "),
+    ({"type": "adalora", "r": 4}, "An AdaLoRA adapter (PEFT)", "vLLM serves LoRA adapters only, not AdaLoRA ones: "),
+    ({"type": "ia3"}, "An IA³ adapter (PEFT)", "vLLM serves LoRA adapters only, not IA³ ones: "),
     ({"type": "not_installed_here", "r": 4}, "A not_installed_here adapter (PEFT)",
      "vLLM serves LoRA adapters only, not not_installed_here ones: "),
 ])

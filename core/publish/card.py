@@ -170,8 +170,13 @@ def method_summary(saved: SavedModel) -> str:
     section = sections.get(saved.active) or next(iter(sections.values()))
     if saved.kind == "merged":
         merged = f" `{saved.active}`" if saved.active else ""
-        return f"A {method_name(section)} adapter{merged} merged into the base model's weights"
-    return f"A {method_name(section)} adapter (PEFT)"
+        return f"{with_article(method_name(section))} adapter{merged} merged into the base model's weights"
+    return f"{with_article(method_name(section))} adapter (PEFT)"
+
+
+def with_article(name: str) -> str:
+    """``An AdaLoRA``, ``An IA³``, ``A LoRA``: the article as the name is spoken (initial vowel sound)."""
+    return f"{'An' if name[:1].upper() in 'AEIOU' else 'A'} {name}"
 
 
 def method_name(section: dict) -> str:

@@ -11,7 +11,7 @@ rejects ``loftq_config``, so only ``default`` is offered for it: any other strin
 and silently give AdaLoRA's own initialization.
 """
 from fw.plugin import (FwError, InitializerPlugin, hookimpl, inference_mode, is_kbit_model, keep_initial_adapter,
-                       model_device)
+                       model_device, with_defaults)
 
 
 def _schema(name: str) -> str:
@@ -110,7 +110,7 @@ def check_loftq(section: dict, config: dict) -> list[tuple[str, str]]:
                                       f"(PEFT replace_lora_weights_loftq), got backend {backend!r} with bits {bits}. "
                                       "Use quantization: {backend: bitsandbytes, bits: 4}, or remove quantization "
                                       "(LoftQ then quantizes the weights itself)")]
-    loftq_bits = (section.get("loftq_config") or {}).get("loftq_bits", 4)
+    loftq_bits = with_defaults(section.get("loftq_config") or {}, _schema("loftq"))["loftq_bits"]
     if loftq_bits != 4:
         return [("loftq_config.loftq_bits", f"must be 4 to match the 4-bit quantized model, got {loftq_bits}")]
     return []
@@ -142,9 +142,9 @@ def prepare_eva(model, section: dict, calibration, wrap):
     redistributed across layers, ``rho``)."""
     from peft import initialize_lora_eva_weights
 
-    options = section.get("eva_config") or {}
+    options = with_defaults(section.get("eva_config") or {}, _schema("eva"))
     wrapped = wrap(model)
-    batches = calibration.batches(options.get("n_samples", 128), model_device(wrapped))
+    batches = calibration.batches(options["n_samples"], model_device(wrapped))
     limit = EVA_MAX_PASSES * len(batches)
     with calibration.progress("EVA calibration", limit) as advance:
         calls = 0
@@ -163,7 +163,7 @@ def prepare_eva(model, section: dict, calibration, wrap):
 
 
 def _eva_not_converged(section: dict, options: dict, count: int) -> str:
-    components = round(section.get("r", 8) * options.get("rho", 2.0))
+    components = round(section["r"] * options["rho"])
     return (f"adapter.eva_config: EVA's SVD did not converge within {EVA_MAX_PASSES} passes over {count} "
             f"calibration batch(es). Every batch must hold at least r * rho = {components} counted tokens (response "
             "tokens only while use_label_mask is true). Raise eva_config.n_samples or trainer.batch_size, set "
@@ -175,9 +175,9 @@ def prepare_corda(model, section: dict, calibration, wrap):
     ``corda_config.n_samples`` training rows on the base model, then wrap (PEFT decomposes W @ C)."""
     from peft.tuners.lora.corda import preprocess_corda
 
-    options = section.get("corda_config") or {}
+    options = with_defaults(section.get("corda_config") or {}, _schema("corda"))
     # PEFT's covariance hook takes one sequence per forward pass (it squeezes the batch dimension)
-    batches = calibration.batches(options.get("n_samples", 128), model_device(model), batch_size=1)
+    batches = calibration.batches(options["n_samples"], model_device(model), batch_size=1)
 
     def run_model():
         with calibration.progress("CorDA calibration", len(batches)) as advance, inference_mode(model):

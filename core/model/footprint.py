@@ -314,22 +314,11 @@ def chunked_head_loss(model, batch: dict, labelled: int):
     which fake tensors cannot compute."""
     import torch
 
-    from fw.train.loss import CHUNK_ELEMENTS, head_cross_entropy, transformers_model
+    from fw.train.loss import chunked_cross_entropy, transformers_model
 
     base = transformers_model(model)
     hidden = base.get_decoder()(**batch, use_cache=False).last_hidden_state
     flat = hidden[:, :-1].reshape(-1, hidden.shape[-1])
     labelled = max(1, min(labelled, flat.shape[0]))
     states = flat.index_select(0, torch.zeros(labelled, dtype=torch.long))
-    targets = torch.zeros(labelled, dtype=torch.long)
-    head = base.get_output_embeddings()
-    chunk = max(1, CHUNK_ELEMENTS // head.weight.shape[0])
-    total = None
-    for start in range(0, labelled, chunk):
-        part = (states[start:start + chunk], targets[start:start + chunk])
-        if labelled > chunk:
-            value = torch.utils.checkpoint.checkpoint(head_cross_entropy, head, *part, use_reentrant=False)
-        else:
-            value = head_cross_entropy(head, *part)
-        total = value if total is None else total + value
-    return total
+    return chunked_cross_entropy(base.get_output_embeddings(), states, torch.zeros(labelled, dtype=torch.long))

@@ -50,8 +50,6 @@ def chunked_loss_sum(model, batch: dict):
 def head_loss_sum(base, hidden, labels):
     """(sum of the token losses, token count) of the output head + cross-entropy at the positions of the
     decoder's ``hidden`` states that predict a labelled token."""
-    import torch
-
     shifted = labels[:, 1:]
     mask = shifted != IGNORE_INDEX
     states, targets = hidden[:, :-1][mask], shifted[mask]
@@ -61,6 +59,15 @@ def head_loss_sum(base, hidden, labels):
     fused = liger_loss(head, states)
     if fused is not None:
         return fused(head.weight, states, targets, head.bias), int(targets.numel())
+    return chunked_cross_entropy(head, states, targets), int(targets.numel())
+
+
+def chunked_cross_entropy(head, states, targets):
+    """Sum of the cross-entropies of ``head(states)`` against ``targets``, ``CHUNK_ELEMENTS`` logits at a time;
+    each chunk under activation checkpointing when there is more than one (its logits are recomputed in backward
+    instead of kept)."""
+    import torch
+
     chunk = max(1, CHUNK_ELEMENTS // head.weight.shape[0])
     total = None
     for start in range(0, targets.numel(), chunk):
@@ -70,7 +77,7 @@ def head_loss_sum(base, hidden, labels):
         else:
             value = head_cross_entropy(head, *part)
         total = value if total is None else total + value
-    return total, int(targets.numel())
+    return total
 
 
 def head_cross_entropy(head, states, targets):

@@ -5,7 +5,7 @@ locking, resuming and where predict / evaluate write: :mod:`fw.runs`)::
 
     model/                      save_pretrained layout: adapter_model.safetensors + adapter_config.json (or the
                                 full / merged weights), the tokenizer, generation_config.json, fw_config.yaml,
-                                README.md (the model card, fw.publish.card)
+                                README.md (the model card); written by fw.publish.save
     config.yaml                 the resolved config (every default filled in)
     manifest.json               fw / torch / transformers / peft versions, data hash and rows per split, seed, time
     training_statistics.json    per-step loss and lr, per-epoch train / validation loss and perplexity
@@ -16,8 +16,12 @@ locking, resuming and where predict / evaluate write: :mod:`fw.runs`)::
     evaluation/                 from fw evaluate: the same and test_statistics.json (evaluation_1/ … next time)
 
 Every file here is written atomically (:mod:`fw.atomic`), ``model/`` into a temporary directory renamed into
-place, so a crash never leaves one half written. ``model/`` loads with transformers / peft alone; ``fw_config.yaml``
-lets ``fw predict --model_path`` reuse the prompt, tokenizer settings and generation section.
+place (:func:`fw.publish.save.save_model`), so a crash never leaves one half written. ``model/`` loads with
+transformers / peft alone; ``fw_config.yaml`` lets ``fw predict --model_path`` reuse the prompt, tokenizer
+settings and generation section.
+
+The CLI imports this module to build its parser, so fw.model and the config loader are imported only when a model
+or a config is read.
 """
 from __future__ import annotations
 
@@ -28,9 +32,12 @@ from pathlib import Path
 
 import yaml
 
-from fw.atomic import atomic_directory, write_json_atomic, write_text_atomic
+from fw import console
+from fw.atomic import write_json_atomic, write_text_atomic
 from fw.config import view
 from fw.errors import FwError
+from fw.plugin.models import looks_like_path
+from fw.plugin.registry import get_registry
 
 MODEL_DIR = "model"
 CONFIG_FILE = "config.yaml"
@@ -115,27 +122,6 @@ def is_peft_model(model) -> bool:
     return isinstance(model, PeftModel)
 
 
-def save_model(model, tokenizer, data: dict, model_dir: Path) -> Path:
-    """Write ``model_dir`` atomically in save_pretrained layout (+ tokenizer with fw's prompt as its chat template,
-    generation config, fw config, model card)."""
-    from fw.infer.generation import generation_config
-
-    with atomic_directory(Path(model_dir)) as directory:
-        from fw.model.initialization import save_kwargs
-
-        model.save_pretrained(str(directory), safe_serialization=True, **save_kwargs(model))
-        from fw.publish.chat_template import use_prompt_as_chat_template
-
-        use_prompt_as_chat_template(tokenizer, data)  # served as trained: chat clients send fw's prompt
-        tokenizer.save_pretrained(str(directory))
-        generation_config(data, tokenizer).save_pretrained(str(directory))
-        (directory / MODEL_CONFIG_FILE).write_text(config_yaml(data), encoding="utf-8")
-        from fw.publish.card import write_model_card
-
-        write_model_card(directory, data, location=Path(model_dir))
-    return Path(model_dir)
-
-
 def merge_adapter(model, section: dict):
     """The base model with the adapter merged in (``postprocessor.merge_adapter_into_base_model``)."""
     check_mergeable(section)
@@ -147,8 +133,6 @@ def check_mergeable(section: dict | None) -> None:
     """Refuse early (before training) when the adapter asks for a merge PEFT cannot do."""
     if not section or not (section.get("postprocessor") or {}).get("merge_adapter_into_base_model"):
         return
-    from fw.plugin.registry import get_registry
-
     descriptor = get_registry().get("adapter", section["type"])
     if not descriptor.mergeable:
         raise FwError(f"adapter.postprocessor.merge_adapter_into_base_model: PEFT cannot merge '{section['type']}' "
@@ -228,7 +212,6 @@ def load_trained(model_path: str | Path, config: dict | None = None, adapter: st
 def load_full_weights(model_dir: Path, data: dict, base_model: str | None, config: dict | None):
     """(model, tokenizer) of the full or merged weights in ``model_dir`` (a ``config`` naming another base model
     is told that it is not used)."""
-    from fw import console
     from fw.model.loading import load_base_model
 
     if base_model is not None:
@@ -247,8 +230,6 @@ def load_full_weights(model_dir: Path, data: dict, base_model: str | None, confi
 def base_model_for(model_dir: Path, config: dict | None, base_model: str | None) -> str:
     """The base model the adapter(s) in ``model_dir`` go on: the one they were trained on, or ``base_model`` when
     given (said). A ``config`` naming another base is refused: a different base is used only when asked for."""
-    from fw import console
-
     recorded = recorded_base_model(model_dir)
     if base_model is not None:
         console.info(f"--base_model: the adapter of {model_dir} goes on '{base_model}' "
@@ -261,8 +242,6 @@ def base_model_for(model_dir: Path, config: dict | None, base_model: str | None)
         raise FwError(f"--config: base_model '{configured}' is not the base model the adapter in {model_dir} was "
                       f"trained on ('{recorded}'). To put the adapter on another base model, ask for it with "
                       f"--base_model {configured}; else set base_model to '{recorded}'.")
-    from fw.plugin.models import looks_like_path
-
     if looks_like_path(recorded) and not Path(recorded).expanduser().exists():
         raise FwError(f"--model_path: the adapter in {model_dir} was trained on base model '{recorded}', which is "
                       "not there any more. Give where that model is now with --base_model PATH (or its Hub id).")
@@ -289,8 +268,6 @@ def recorded_base_model(model_dir: Path) -> str | None:
 
 def same_model(first: str, second: str) -> bool:
     """Whether two ``base_model`` values name the same model (paths compared resolved)."""
-    from fw.plugin.models import looks_like_path
-
     if looks_like_path(first) and looks_like_path(second):
         return Path(first).expanduser().resolve() == Path(second).expanduser().resolve()
     return first == second

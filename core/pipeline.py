@@ -23,6 +23,7 @@ from fw.config import view
 from fw.data import retrieval
 from fw.errors import FwError
 from fw.model import quantization
+from fw.publish.save import save_model
 
 SPLITS = ("full", "train", "validation", "test")
 
@@ -238,7 +239,7 @@ def save_trained(model, tokenizer, data: dict, run_dir: Path):
     if artifacts.is_peft_model(model) and (section.get("postprocessor") or {}).get("merge_adapter_into_base_model"):
         model = artifacts.merge_adapter(model, section)
     model = quantization.finish_training(model, data)
-    return artifacts.save_model(model, tokenizer, data, run_dir / artifacts.MODEL_DIR), model
+    return save_model(model, tokenizer, data, run_dir / artifacts.MODEL_DIR), model
 
 
 # -- predict / evaluate ------------------------------------------------------------------------------------------
@@ -351,7 +352,7 @@ def predict(model_path=None, config=None, dataset=None, split: str = "full", out
     data, model, tokenizer = model_for_inference(model_path, config, adapter, base_model)
     seed_everything(view.seed(data))
     frame = select_rows(data, dataset, split)
-    retriever = retrieval.for_inference(data, model_path, dataset)
+    retriever = retrieval.for_inference(data, model_path and artifacts.find_model_dir(model_path), dataset)
     prompts = prompts_of(frame, data, tokenizer, retriever)
     generations, outputs = generate_for(prompts, data, model, tokenizer, show_progress)
     table = predictions_frame(frame, data, prompts, generations, outputs)
@@ -377,7 +378,7 @@ def evaluate(model_path=None, config=None, dataset=None, split: str = "full", ou
     data, model, tokenizer = model_for_inference(model_path, config, adapter, base_model)
     seed_everything(view.seed(data))
     frame = select_rows(data, dataset, split, purpose="evaluate")
-    retriever = retrieval.for_inference(data, model_path, dataset)
+    retriever = retrieval.for_inference(data, model_path and artifacts.find_model_dir(model_path), dataset)
     prompts = prompts_of(frame, data, tokenizer, retriever)  # rendered once: generation and loss share them
     generations, outputs = generate_for(prompts, data, model, tokenizer, show_progress)
     targets = targets_of(frame, data)

@@ -115,7 +115,7 @@ def test_parameter_counts_are_those_of_the_loaded_model(model, adapter, tiny_lla
 def test_a_llama_3_1_8b_config_has_its_published_parameter_count():
     import torch
 
-    from fw.model import footprint
+    from fw.plan import footprint
 
     model_config = footprint.base_model_config({"base_model": str(EXAMPLES / "llama-3.1-8b")})
     counted = footprint.inventory(footprint.meta_model(model_config, torch.bfloat16))
@@ -286,7 +286,7 @@ def test_qlora_weights_are_counted_at_4_bits_and_the_rest_in_float32(tiny_llama_
     but the head; every other parameter float32 (PEFT's k-bit preparation). Counted, not run: no GPU needed."""
     import torch
 
-    from fw.model import footprint
+    from fw.plan import footprint
 
     data = config(tiny_llama_dir, adapter={"type": "lora", "r": 8}, quantization={"bits": 4},
                   preprocessing={"global_max_sequence_length": 32})

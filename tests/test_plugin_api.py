@@ -5,7 +5,6 @@ from __future__ import annotations
 import ast
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -34,7 +33,7 @@ ALLOWED_IN_CORE = {
     ("config/sockets.py", "lora"): "the config language's default adapter.type (the spec's)",
     ("config/sockets.py", "bitsandbytes"): "the config language's default quantization.backend (the spec's)",
     ("plugin/models.py", "torchao"): "a logger name: transformers imports torchao itself",
-    ("train/optim.py", "bitsandbytes"): "the package of Ludwig's 8-bit and paged optimizers, not the quantizer",
+    ("config/optimizers.py", "bitsandbytes"): "the package of Ludwig's 8-bit and paged optimizers, not the quantizer",
 }
 
 
@@ -78,14 +77,6 @@ def test_plugins_import_only_the_public_plugin_api(path):
 
 def test_every_exported_name_exists():
     assert [name for name in fw.plugin.__all__ if not hasattr(fw.plugin, name)] == []
-
-
-def test_importing_the_plugin_api_imports_no_heavy_library():
-    code = ("import sys, fw.plugin\n"
-            "print(sorted(m for m in ('torch', 'transformers', 'peft', 'numpy') if m in sys.modules))")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "[]"
 
 
 def _code_strings(path: Path) -> list[tuple[int, str]]:

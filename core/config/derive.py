@@ -19,8 +19,9 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from fw.config.store import core_schema
-from fw.config.walk import deref, fill_defaults
+from fw.config.rules import RuleFailure
+from fw.config.store import core_schema, trainer_schema
+from fw.config.walk import fill_defaults
 
 #: the metric each output type is validated on when trainer.validation_metric is not set (Ludwig's)
 DEFAULT_VALIDATION_METRIC = {"text": "loss", "category": "accuracy"}
@@ -33,17 +34,10 @@ def _written(raw: Any, *keys: str) -> dict:
     return raw if isinstance(raw, dict) else {}
 
 
-def trainer_schema() -> dict[str, Any]:
-    core = core_schema()
-    return deref(core["$defs"]["trainer"], core)
-
-
 def derive(config: dict[str, Any], raw: dict[str, Any], reported: bool = False) -> None:
     """Fill, in place, the defaults of ``config`` (defaults filled) that depend on other values. ``reported``:
     whether a problem was found already; a step that crashes then stops quietly (it met a value the schema
     reported), otherwise the crash is a bug in fw and fails loudly."""
-    from fw.config.rules import RuleFailure
-
     for step in (trainer_defaults, optimizer_parameters, nulls_mean_defaults, validation_target, retrieval_k,
                  base_model_preset, max_new_tokens):
         try:

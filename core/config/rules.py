@@ -14,8 +14,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from fw.config import view
+from fw.config.optimizers import OPTIMIZERS
 from fw.config.sockets import MERGE
-from fw.errors import ConfigIssue, ConfigWarning, shown
+from fw.config.store import trainer_schema
+from fw.errors import ConfigIssue, ConfigWarning, did_you_mean, shown
+from fw.plugin.lazy import resolve
 from fw.plugin.registry import Registry
 
 Config = dict[str, Any]
@@ -228,7 +231,6 @@ def adapters_names_exist(config: Config, registry: Registry) -> Iterator[ConfigI
     available = names + ([merge.get("name")] if merge and merge.get("name") else [])
     active = adapters.get("active")
     if active is not None and active not in available:
-        from fw.errors import did_you_mean
         yield ConfigIssue("adapters.active", f"names no adapter: {shown(active)}. Adapters: {', '.join(available)}."
                           + did_you_mean(active, available))
     if not merge:
@@ -335,8 +337,6 @@ def _initializers_fit(sections: dict, registry: Registry) -> Iterator[ConfigIssu
 def _merge_sources_fit(sections: dict, merge: dict, registry: Registry) -> Iterator[ConfigIssue]:
     """add_weighted_adapter's own constraints beyond equal ranks: each source adapter plugin's
     ``check_merge_source``, and one form of target_modules."""
-    from fw.plugin.lazy import resolve
-
     sources = {name: sections[name] for name in merge.get("sources") or [] if name in sections}
     for position, (name, section) in enumerate(sources.items()):
         kind = section.get("type")
@@ -395,8 +395,6 @@ def quantizer_mode_and_qat(config: Config, registry: Registry) -> Iterator[Confi
 @rule("adapter", "adapters", "quantization")
 def initializer_fits_config(config: Config, registry: Registry) -> Iterator[ConfigIssue]:
     """The initializer plugin's own check against its adapter section and the rest of the config."""
-    from fw.plugin.lazy import resolve
-
     for path, section in view.adapter_sections(config).items():
         name = "default" if section.get("init_lora_weights") is True else section.get("init_lora_weights")
         if not isinstance(name, str) or not registry.has("initializer", name):
@@ -574,8 +572,6 @@ COMBINED = "combined"
 
 
 def _trainer_property(key: str) -> dict:
-    from fw.config.derive import trainer_schema
-
     return trainer_schema()["properties"][key]
 
 
@@ -593,8 +589,6 @@ def finetune_keys_need_finetune(config: Config, registry: Registry) -> Iterator[
     trainer = config["trainer"]
     if trainer["type"] != "none":
         return
-    from fw.config.derive import trainer_schema
-
     keys = [key for key, prop in trainer_schema()["properties"].items()
             if prop.get("x-fw-finetune-only") and key in trainer]
     if keys:
@@ -668,8 +662,6 @@ def validation_target_exists(config: Config, registry: Registry) -> Iterator[Con
     metrics = _trainer_property("validation_metric")["x-fw-validation-metrics"].get(output["type"], {})
     metric = trainer["validation_metric"]
     if metric not in metrics:
-        from fw.errors import did_you_mean
-
         yield ConfigIssue("trainer.validation_metric", f"{shown(metric)} is not a metric of a {output['type']} output. "
                                                        f"Metrics: {', '.join(metrics)}.{did_you_mean(metric, metrics)}")
 
@@ -696,8 +688,6 @@ def optimizer_parameters_fit(config: Config, registry: Registry) -> Iterator[Con
 def _optimizer_package_installed(kind: str) -> Iterator[ConfigIssue]:
     """A warning only: the config may be meant for another machine; training refuses with the same words."""
     import importlib.util
-
-    from fw.train.optim import OPTIMIZERS
 
     module, _, package = OPTIMIZERS[kind]
     if importlib.util.find_spec(module.split(".")[0]) is None:

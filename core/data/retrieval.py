@@ -35,8 +35,10 @@ from fw import console
 from fw.atomic import atomic_directory
 from fw.config import view
 from fw.data.prompt import PromptRenderer, as_text, sample_json
+from fw.data.tokens import Limits
 from fw.errors import FwError
 from fw.plugin import get_registry, resolve
+from fw.plugin.discovery import cache_dir
 
 INDEX_VERSION = 1
 EXAMPLES_FILE = "examples.json"
@@ -123,8 +125,6 @@ def index_key(params: dict, examples: Sequence[str], texts: Sequence[str]) -> st
 
 def index_directory(params: dict, examples: Sequence[str], texts: Sequence[str], cache: Path | None = None) -> Path:
     """``<cache>/retrieval/<index_name or type>-<key>``; ``cache``: ``backend.cache_dir``, else fw's cache."""
-    from fw.plugin.discovery import cache_dir
-
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", params.get("index_name") or params["type"]).strip("._") or "index"
     return (cache or cache_dir()) / "retrieval" / f"{name}-{index_key(params, examples, texts)[:16]}"
 
@@ -165,18 +165,16 @@ def save_with_model(retriever: Retriever | None, model_dir: Path) -> None:
     shutil.copytree(retriever.directory, target)
 
 
-def for_inference(data: dict, model_path=None, dataset=None) -> Retriever | None:
-    """The retriever for ``fw predict`` / ``fw evaluate``: the one saved with the model at ``model_path``, else
+def for_inference(data: dict, model_dir: Path | None = None, dataset=None) -> Retriever | None:
+    """The retriever for ``fw predict`` / ``fw evaluate``: the one saved with the model in ``model_dir``, else
     one over the training split of ``dataset`` (in-context learning with ``--config``)."""
     if view.retrieval(data) is None:
         return None
-    if model_path is not None:
-        from fw import artifacts
-
-        saved = artifacts.find_model_dir(model_path) / MODEL_SUBDIR
+    if model_dir is not None:
+        saved = Path(model_dir) / MODEL_SUBDIR
         if (saved / META_FILE).is_file():
             return load(saved, data)
-        console.warn(f"prompt.retrieval: the model at {model_path} was saved without its retrieval index "
+        console.warn(f"prompt.retrieval: the model at {model_dir} was saved without its retrieval index "
                      f"(no {MODEL_SUBDIR}/ folder); the examples come from the training split of the given dataset.")
     return prepare(data, training_split(data, dataset))
 
@@ -247,8 +245,6 @@ def prompt_tokens(prompt: str, tokenizer) -> int:
 def input_budget(data: dict, tokenizer) -> tuple[int | None, str]:
     """(tokens a prompt may take, the config key that sets it): the input feature's max_sequence_length,
     else the global limit minus the output's, else the tokenizer's context. (None, "") without a limit."""
-    from fw.data.tokens import Limits
-
     if tokenizer is None:
         return None, ""
     limits = Limits.from_config(data, tokenizer)

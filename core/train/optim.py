@@ -1,40 +1,16 @@
 """The optimizer and the learning-rate schedule of ``trainer.type: finetune``, as Ludwig defines them.
 
-Every optimizer is a maintained implementation, picked by Ludwig's name (:data:`OPTIMIZERS`): torch.optim,
-bitsandbytes for the 8-bit and paged variants and lamb / lars / lion, transformers' Adafactor, schedulefree.
+Every optimizer is a maintained implementation, picked by Ludwig's name (:data:`fw.config.optimizers.OPTIMIZERS`).
 The schedule is built from torch's schedulers: linear warmup from 0 over ``max(warmup_fraction x steps,
 warmup_evaluations x steps between evaluations)`` steps, then the decay (:func:`build_scheduler`), and on top of
 it Ludwig's capped reduce-on-plateau (:class:`PlateauReducer`).
-
-Importing this module imports no torch: the config rules read :data:`OPTIMIZERS` to name missing packages.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 
-#: Ludwig's optimizer name -> (module, class, pip package)
-OPTIMIZERS = {
-    "sgd": ("torch.optim", "SGD", "torch"), "adam": ("torch.optim", "Adam", "torch"),
-    "adamw": ("torch.optim", "AdamW", "torch"), "adadelta": ("torch.optim", "Adadelta", "torch"),
-    "adagrad": ("torch.optim", "Adagrad", "torch"), "adamax": ("torch.optim", "Adamax", "torch"),
-    "nadam": ("torch.optim", "NAdam", "torch"), "rmsprop": ("torch.optim", "RMSprop", "torch"),
-    "radam": ("torch.optim", "RAdam", "torch"),
-    "adafactor": ("transformers.optimization", "Adafactor", "transformers"),
-    "schedule_free_adamw": ("schedulefree", "AdamWScheduleFree", "schedulefree"),
-    **{name: ("bitsandbytes.optim", cls, "bitsandbytes") for name, cls in (
-        ("sgd_8bit", "SGD8bit"), ("adam_8bit", "Adam8bit"), ("paged_adam", "PagedAdam"),
-        ("paged_adam_8bit", "PagedAdam8bit"), ("adamw_8bit", "AdamW8bit"), ("paged_adamw", "PagedAdamW"),
-        ("paged_adamw_8bit", "PagedAdamW8bit"), ("adagrad_8bit", "Adagrad8bit"), ("rmsprop_8bit", "RMSprop8bit"),
-        ("lamb", "LAMB"), ("lamb_8bit", "LAMB8bit"), ("lars", "LARS"), ("lars_8bit", "LARS8bit"),
-        ("lion", "Lion"), ("lion_8bit", "Lion8bit"), ("paged_lion", "PagedLion"),
-        ("paged_lion_8bit", "PagedLion8bit"))},
-}
-
-
-def optimizer_package(kind: str) -> str | None:
-    """The pip package an optimizer comes from (None: not one fw runs)."""
-    return OPTIMIZERS[kind][2] if kind in OPTIMIZERS else None
+from fw.config.optimizers import OPTIMIZERS
 
 
 def optimizer_class(kind: str):

@@ -1,6 +1,6 @@
 """``fw plan``: the memory a training run needs per device, worked out before anything is launched.
 
-The model is built from its config on the meta device with the configured adapter (:mod:`fw.model.footprint`):
+The model is built from its config on the meta device with the configured adapter (:mod:`fw.plan.footprint`):
 the parameter counts are exact and no weight is read. Per device, under the chosen strategy:
 
 - weights: every parameter at the training dtype (``trainer.precision``; ``auto`` is bf16 on a CUDA GPU, fp32 on
@@ -26,10 +26,19 @@ import math
 import os
 from dataclasses import dataclass, field, replace
 
+from fw import pipeline
 from fw.config import view
+from fw.config.load import load_config
 from fw.config.sockets import ADAPTER
+from fw.data import retrieval
+from fw.data.tokens import Limits, length_sorted_batches
 from fw.errors import FwError, UsageError
+from fw.model.loading import choose_dtype, load_tokenizer
+from fw.model.quantization import quantizer_of, section_for_loading
+from fw.plan import footprint
+from fw.plugin import quiet_libraries, resolve
 from fw.train import batch_size as batching
+from fw.train.packing import packed_batches
 
 GIB = 2**30
 USABLE_FRACTION = 0.9
@@ -148,13 +157,9 @@ class Request:
 
 # -- the plan ----------------------------------------------------------------------------------------------------
 def make_plan(request: Request) -> Plan:
-    from fw.model import footprint
-    from fw.pipeline import localize_base_model, resolve_config
-    from fw.plugin.models import quiet_libraries
-
     quiet_libraries()
-    written = resolve_config(request.config)
-    data = localize_base_model(written)
+    written = pipeline.resolve_config(request.config)
+    data = pipeline.localize_base_model(written)
     if view.trainer_type(data) == "none":
         raise FwError("trainer.type is none: nothing is trained, so there is no training memory to plan.")
     strategy = check_strategy(request)
@@ -198,16 +203,12 @@ class Estimator:
         self.cache: dict = {}
 
     def model(self, data: dict):
-        """(the meta model with the adapter of ``data``, :class:`fw.model.footprint.BaseModel` of its base)"""
-        from fw.model import footprint
-
+        """(the meta model with the adapter of ``data``, :class:`footprint.BaseModel` of its base)"""
         base = footprint.meta_model(self.model_config, self.dtype)
         before = footprint.BaseModel.of(base)
         return footprint.with_adapter(base, data), before
 
     def inventory(self, data: dict):
-        from fw.model import footprint
-
         key = ("inventory", adapter_key(data), str(view.quantization(data)))
         if key not in self.cache:
             model, base = self.model(data)
@@ -215,8 +216,6 @@ class Estimator:
         return self.cache[key]
 
     def step(self, data: dict, workload: Workload):
-        from fw.model import footprint
-
         key = ("step", adapter_key(data), workload.rows, workload.length, workload.labelled,
                view.gradient_checkpointing(data), chunked_loss(data))
         if key not in self.cache:
@@ -297,8 +296,6 @@ def training_dtype(data: dict, target: Target):
     """The dtype the weights train in on ``target``: fw.model.loading.choose_dtype's rule."""
     import torch
 
-    from fw.model.loading import choose_dtype
-
     precision = view.precision(data)
     this_device = "cuda" if torch.cuda.is_available() else "cpu"
     if precision != "auto" or (target.this_machine and target.kind == this_device):
@@ -320,8 +317,6 @@ def workload_of(data: dict, model_config, dataset: str | None) -> Workload:
 
 def configured_workload(data: dict, model_config) -> Workload:
     """The longest rows the config allows: prompt + response limits, the global limit, else the model's context."""
-    from fw.data.tokens import Limits
-
     context = getattr(model_config, "max_position_embeddings", None)
     limits = Limits.from_config(data, context_length=context)
     pair = limits.input + limits.output if limits.input and limits.output else None
@@ -344,11 +339,6 @@ def configured_workload(data: dict, model_config) -> Workload:
 
 def measured_workload(data: dict, dataset: str) -> Workload:
     """The largest micro-batch of the training split of ``dataset``, tokenized and batched as fw train does."""
-    from fw import pipeline
-    from fw.data import retrieval
-    from fw.data.tokens import length_sorted_batches
-    from fw.model.loading import load_tokenizer
-
     splits = pipeline.load_splits(data, dataset=dataset)
     tokenizer = load_tokenizer(view.base_model(data))
     retriever = retrieval.prepare(data, splits.train)
@@ -357,8 +347,6 @@ def measured_workload(data: dict, dataset: str) -> Workload:
         raise FwError(f"--dataset {dataset}: the training split is empty.")
     lengths = [len(row) for row in rows]
     if packing(data):
-        from fw.train.packing import packed_batches
-
         batch = max(packed_batches(rows, view.trainer(data)), key=lambda group: sum(lengths[i] for i in group))
         tokens = sum(lengths[i] for i in batch)
         return Workload(1, tokens, sum(rows[i].trained_tokens for i in batch),
@@ -481,8 +469,6 @@ def with_trainer(data: dict, **changes) -> dict:
 
 def with_default_adapter(data: dict) -> dict:
     """``data`` with the config language's default adapter (LoRA), the schema's defaults filled in."""
-    from fw.config.load import load_config
-
     return {**data, "adapter": load_config({**data, "adapter": {"type": ADAPTER.default}}).data["adapter"]}
 
 
@@ -495,9 +481,6 @@ def quantized_bytes(data: dict):
     """``bytes_of(shape, element_size, replaced)`` of the configured quantizer plugin (its ``training_bytes``, for
     the section as it is loaded for training), or None."""
     from functools import partial
-
-    from fw.model.quantization import quantizer_of, section_for_loading
-    from fw.plugin import resolve
 
     section = section_for_loading(view.quantization(data), for_training=True)
     if not section:

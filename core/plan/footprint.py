@@ -1,4 +1,4 @@
-"""What a model occupies while it trains, found without reading a single weight.
+"""What a model occupies while it trains, found without reading a single weight (for ``fw plan``).
 
 - :func:`meta_model`: the base model built from its ``config.json`` alone on the meta device (shapes and dtypes,
   no storage); :func:`with_adapter` applies the configured adapter through fw's own
@@ -21,15 +21,15 @@ from dataclasses import dataclass, field
 
 from fw.config import view
 from fw.errors import FwError
+from fw.model.loading import apply_adapter, refuse_remote_code, resolve_location
+from fw.plugin.models import hub_error_message, hub_token
+from fw.train.loss import chunked_cross_entropy, transformers_model
 
 
 # -- the model, from its config -----------------------------------------------------------------------------------
 def base_model_config(data: dict):
     """The base model's ``transformers`` config (a local directory or a hub id); no weights are read."""
     from transformers import AutoConfig
-
-    from fw.model.loading import refuse_remote_code, resolve_location
-    from fw.plugin.models import hub_error_message, hub_token
 
     name = view.base_model(data)
     location = resolve_location(name)
@@ -57,8 +57,6 @@ def with_adapter(model, data: dict):
     """The meta ``model`` wrapped with the config's adapter (or every parameter trainable: a full fine-tune)
     exactly as ``fw train`` wraps it (:func:`fw.model.loading.apply_adapter`)."""
     import torch
-
-    from fw.model.loading import apply_adapter
 
     with torch.device("meta"):
         return apply_adapter(model, without_data_initializers(data))
@@ -313,8 +311,6 @@ def chunked_head_loss(model, batch: dict, labelled: int):
     more than one). The positions are taken with ``index_select``: fw's boolean mask has a data-dependent size,
     which fake tensors cannot compute."""
     import torch
-
-    from fw.train.loss import chunked_cross_entropy, transformers_model
 
     base = transformers_model(model)
     hidden = base.get_decoder()(**batch, use_cache=False).last_hidden_state

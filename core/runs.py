@@ -31,6 +31,7 @@ from typing import Any
 import yaml
 
 from fw import artifacts, atomic, console
+from fw.config.view import schema_default
 from fw.errors import FwError, UsageError, shown
 
 LOCK_FILE = ".lock"
@@ -231,8 +232,6 @@ def new_default(path: tuple, before: Any, after: Any) -> bool:
     """Whether ``after`` is the core schema's default for a key that ``before`` did not have."""
     if before is not MISSING:
         return False
-    from fw.config.view import schema_default
-
     try:
         return schema_default(*path) == after
     except (KeyError, TypeError):

@@ -6,7 +6,8 @@ built for a model: ``target_modules: null`` resolved (:mod:`fw.plugin.targets`),
 ``check_model(params, model)`` problems turned into one :class:`~fw.errors.ConfigError`, the config built
 (``build_peft_config`` or the declared ``peft_config_class``), and ``fan_in_fan_out`` set for GPT-2-style ``Conv1D``
 layers. Prompt-learning methods (no ``target_modules`` in their schema) skip the layer steps. ``check_params`` is
-the validator's job (it runs before, with the keys the user wrote).
+the validator's job (it runs before, with the keys the user wrote). PEFT failing to build or load an adapter on a
+model becomes one line (:func:`peft_failure_message`, :func:`adapter_load_error`).
 
 The trainer asks through :func:`optimizer_parameter_groups` and :func:`after_step_callbacks`; :func:`with_planned_steps`
 completes a section with what depends on the run's length. Each delegates to the descriptor, naming no method.
@@ -14,14 +15,16 @@ completes a section with what depends on the run's length. Each delegates to the
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 from fw.config import view
 from fw.errors import ConfigError, ConfigIssue, FwError
 from fw.plugin import resolve
 from fw.plugin.descriptors import AdapterPlugin
-from fw.plugin.models import library_message
+from fw.plugin.models import hub_error_message, library_message
 from fw.plugin.peft import adapter_peft_config, targets_modules
 from fw.plugin.targets import (adapter_descriptor, is_conv1d, layer_label, model_type, peft_module_mapping,
                                resolve_target_modules, targeted_modules)
@@ -93,6 +96,27 @@ def peft_failure_message(descriptor: AdapterPlugin, config, model, exc: Exceptio
                 f"({library_message(exc)}). Choose another adapter type, or a model whose projections are "
                 "torch.nn.Linear.")
     return f"{config_path}: PEFT could not apply adapter '{descriptor.name}' to the model: {library_message(exc)}"
+
+
+def adapter_load_error(exc: BaseException, model, source: str, key: str) -> FwError:
+    """One line for PEFT failing to put the adapter ``source`` on ``model``; when the adapter does not fit the
+    model (tensor shapes, target modules) and was trained on another base model, the line names both."""
+    message = hub_error_message(source, exc, key=key)
+    text = str(exc)
+    if "in loading state_dict" in text or "not found in the base model" in text:
+        base = getattr(getattr(model, "config", None), "_name_or_path", None)
+        trained_on = trained_base_of(source)
+        if base and trained_on and base != trained_on:
+            message += f" The base model is '{base}'; the adapter was trained on '{trained_on}'."
+    return FwError(message)
+
+
+def trained_base_of(source: str) -> str | None:
+    config_file = Path(source).expanduser() / "adapter_config.json"
+    try:
+        return json.loads(config_file.read_text()).get("base_model_name_or_path")
+    except (OSError, ValueError):
+        return None
 
 
 # -- what training asks of the adapter -----------------------------------------------------------------------

@@ -20,7 +20,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from fw.console import ProgressBar
+from fw.data.tokens import collate, length_sorted_batches
 from fw.errors import FwError
+from fw.model.adapters import peft_config_for, wrap_model
 from fw.plugin import get_registry, resolve
 from fw.plugin.peft import INITIAL_ADAPTER_ATTRIBUTE
 
@@ -38,8 +41,6 @@ class TrainingData:
 
     def batches(self, n_samples: int, device, batch_size: int | None = None) -> list[dict]:
         """The first ``n_samples`` rows as padded batches (input_ids, attention_mask, labels) on ``device``."""
-        from fw.data.tokens import collate, length_sorted_batches
-
         rows = self.rows[:n_samples]
         batches = length_sorted_batches([len(row.input_ids) for row in rows], batch_size or self.batch_size)
         return [{key: value.to(device) for key, value in collate([rows[i] for i in indices],
@@ -49,8 +50,6 @@ class TrainingData:
     @contextmanager
     def progress(self, description: str, total: int) -> Iterator[Callable[[], None]]:
         """A progress bar over ``total`` calibration batches; yields ``advance()``."""
-        from fw.console import ProgressBar
-
         with ProgressBar(description, total, self.show_progress, transient=True) as bar:
             yield bar.advance
 
@@ -79,13 +78,9 @@ class Wrapping:
         self.section, self.config_path = section, config_path
 
     def __call__(self, model, **changes):
-        from fw.model.adapters import wrap_model
-
         return wrap_model(model, {**self.section, **changes}, config_path=self.config_path)
 
     def peft_config(self, model, **changes):
-        from fw.model.adapters import peft_config_for
-
         return peft_config_for(model, {**self.section, **changes}, self.config_path)
 
 

@@ -19,10 +19,15 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
 
+from fw import console
 from fw.config import view
 from fw.errors import FwError
+from fw.model import multi_adapter
+from fw.model.adapters import adapter_load_error, with_planned_steps
+from fw.model.initialization import wrap_with_initializer
+from fw.model.quantization import quantization_kwargs
+from fw.model.rope import rope_kwargs
 from fw.plugin.models import (REMOTE_CODE_MESSAGE, device, ensure_pad_token, hub_error_message, hub_token,
                               looks_like_path, quiet_libraries)
 
@@ -92,21 +97,6 @@ def load_tokenizer(location: str, name: str | None = None):
     return tokenizer
 
 
-def quantization_kwargs(data: dict, for_training: bool = False) -> tuple[dict, Any, dict | None]:
-    """(from_pretrained kwargs, transform or None) of the configured quantizer plugin; the transform is called
-    as ``transform(model, section)`` with the section this returns as third item."""
-    from fw.model.quantization import quantizer_of, section_for_loading
-    from fw.plugin import resolve
-
-    section = section_for_loading(view.quantization(data), for_training)
-    if not section:
-        return {}, None, section
-    descriptor = quantizer_of(section)
-    kwargs = resolve(descriptor.load_kwargs)(section, device()) if descriptor.load_kwargs else {}
-    transform = resolve(descriptor.transform) if descriptor.transform else None
-    return kwargs, transform, section
-
-
 def load_model_weights(location: str, name: str, dtype, extra: dict):
     """``AutoModelForCausalLM.from_pretrained`` with SDPA attention (eager when unsupported)."""
     from transformers import AutoModelForCausalLM
@@ -137,14 +127,10 @@ def load_base_model(config, for_training: bool = False, tokenizer_from: str | No
     if os.path.isdir(location):
         refuse_remote_code(location, name)
     else:
-        from fw import console
-
         console.info(f"base_model: loading '{name}' from the Hugging Face Hub (or its local cache)")
     tokenizer = load_tokenizer(tokenizer_from) if tokenizer_from else load_tokenizer(location, name)
     quant_kwargs, transform, quant_section = quantization_kwargs(data, for_training)
     dtype = choose_dtype(view.precision(data))
-    from fw.model.rope import rope_kwargs
-
     extra = {**rope_kwargs(location, data, hub_token()), **quant_kwargs}
     model = load_model_weights(location, name, dtype, extra)
     if transform is not None:
@@ -174,18 +160,13 @@ def apply_adapter(model, config, training=None, adapter_name: str | None = None)
     else ``adapters.active``) trains: see :mod:`fw.model.multi_adapter`."""
     data = view.data_of(config)
     if view.named_adapters(data):
-        from fw.model.multi_adapter import prepare_for_training
-
-        return prepare_for_training(model, data, adapter_name)[0]
+        return multi_adapter.prepare_for_training(model, data, adapter_name)[0]
     section = view.adapter(data)
     if not section:
         model.requires_grad_(True)
         return model
     if section.get("pretrained_adapter_weights"):
         return load_pretrained_adapter(model, section["pretrained_adapter_weights"], trainable=True)
-    from fw.model.adapters import with_planned_steps
-    from fw.model.initialization import wrap_with_initializer
-
     return wrap_with_initializer(model, with_planned_steps(section, training), training)
 
 
@@ -207,24 +188,3 @@ def load_pretrained_adapter(model, source: str, trainable: bool, key: str = "ada
         raise
     except Exception as exc:
         raise adapter_load_error(exc, model, source, key) from None
-
-
-def adapter_load_error(exc: BaseException, model, source: str, key: str) -> FwError:
-    """One line for PEFT failing to put the adapter ``source`` on ``model``; when the adapter does not fit the
-    model (tensor shapes, target modules) and was trained on another base model, the line names both."""
-    message = hub_error_message(source, exc, key=key)
-    text = str(exc)
-    if "in loading state_dict" in text or "not found in the base model" in text:
-        base = getattr(getattr(model, "config", None), "_name_or_path", None)
-        trained_on = trained_base_of(source)
-        if base and trained_on and base != trained_on:
-            message += f" The base model is '{base}'; the adapter was trained on '{trained_on}'."
-    return FwError(message)
-
-
-def trained_base_of(source: str) -> str | None:
-    config_file = Path(source).expanduser() / "adapter_config.json"
-    try:
-        return json.loads(config_file.read_text()).get("base_model_name_or_path")
-    except (OSError, ValueError):
-        return None

@@ -25,7 +25,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fw.errors import FwError
+from fw import console
+from fw.errors import FwError, did_you_mean
+from fw.model.adapters import adapter_descriptor, adapter_load_error, peft_config_for
 from fw.plugin import get_registry, load_schema
 from fw.plugin.models import hub_error_message, hub_token, library_message, looks_like_path
 
@@ -59,8 +61,6 @@ def check_requested(data: dict, requested: str | None) -> None:
         raise FwError(f"--adapter {requested}: the config has no `adapters:` section (several named adapters); "
                       "drop --adapter, or describe the adapters under adapters.adapters.")
     if requested not in all_names(data):
-        from fw.errors import did_you_mean
-
         raise FwError(f"--adapter: '{requested}' names no adapter. Adapters: {', '.join(all_names(data))}."
                       + did_you_mean(requested, all_names(data)))
 
@@ -103,8 +103,6 @@ def path_of(name: str, key: str | None = None) -> str:
 # -- attaching the adapters ---------------------------------------------------------------------------------------
 def attach_adapters(model, data: dict, trained: str | None = None):
     """A PeftModel carrying every named adapter; ``trained`` (or none) is trainable, the rest frozen."""
-    from fw.model.adapters import adapter_descriptor, peft_config_for
-
     sections = section_of(data)["adapters"]
     configs = {name: peft_config_for(model, section, path_of(name)) for name, section in sections.items()
                if not section.get("pretrained_adapter_weights")}
@@ -205,8 +203,6 @@ def merge_kwargs(strategy, merge: dict) -> dict:
 # -- the pipeline's entry points ----------------------------------------------------------------------------------
 def prepare_for_training(model, data: dict, requested: str | None = None):
     """(PeftModel with every adapter, the name of the one to train)."""
-    from fw import console
-
     trained = training_adapter(data, requested)
     peft_model = attach_adapters(model, data, trained)
     others = [name for name in adapter_names(data) if name != trained]
@@ -268,8 +264,6 @@ def load_saved(base_model, model_dir: Path, data: dict, requested: str | None = 
         for name, directory in rest:
             model.load_adapter(str(directory), adapter_name=name, is_trainable=False)
     except (RuntimeError, ValueError) as exc:
-        from fw.model.loading import adapter_load_error
-
         raise adapter_load_error(exc, base_model, str(model_dir), "--model_path") from None
     configured = inference_adapter(data) if section_of(data) else first
     activate(model, requested or (configured if configured in directories else first))

@@ -3,6 +3,7 @@
 The quantizer plugins (``quantization.backend``) load and transform the model; this module holds the
 backend-independent steps the pipeline calls:
 
+- :func:`quantization_kwargs`: what the quantizer gives ``from_pretrained`` and the transform of the loaded model.
 - :func:`section_for_loading`: QAT only changes training. A model loaded for inference (``fw predict`` of an
   adapter trained with ``qat: true``) is quantized for real, with the same mode; while training, the quantizer's
   ``training_params`` may switch QAT on (a mode whose real kernels have no backward pass).
@@ -13,9 +14,11 @@ backend-independent steps the pipeline calls:
 """
 from __future__ import annotations
 
+from typing import Any
+
 from fw.config import view
 from fw.config.sockets import QUANTIZER
-from fw.plugin import get_registry, is_kbit_model, resolve
+from fw.plugin import device, get_registry, is_kbit_model, resolve
 
 
 def quantizer_of(section: dict):
@@ -31,6 +34,18 @@ def section_for_loading(section: dict | None, for_training: bool) -> dict | None
         return {**section, "qat": False} if section.get("qat") else section
     adjust = quantizer_of(section).training_params
     return resolve(adjust)(section) if adjust else section
+
+
+def quantization_kwargs(data: dict, for_training: bool = False) -> tuple[dict, Any, dict | None]:
+    """(from_pretrained kwargs, transform or None) of the configured quantizer plugin; the transform is called
+    as ``transform(model, section)`` with the section this returns as third item."""
+    section = section_for_loading(view.quantization(data), for_training)
+    if not section:
+        return {}, None, section
+    descriptor = quantizer_of(section)
+    kwargs = resolve(descriptor.load_kwargs)(section, device()) if descriptor.load_kwargs else {}
+    transform = resolve(descriptor.transform) if descriptor.transform else None
+    return kwargs, transform, section
 
 
 def prepare_for_training(model, data: dict):
@@ -58,6 +73,4 @@ def finish_training(model, data: dict):
 def check_runnable(data: dict, for_training: bool) -> None:
     """Fail before any work is done when this machine cannot run the configured quantization (the quantizer's
     ``load_kwargs`` raises the FwError: a missing package, no suitable GPU)."""
-    from fw.model.loading import quantization_kwargs
-
     quantization_kwargs(data, for_training)

@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from fw.config import view
+from fw.errors import FwError
 
 
 def rope_scaling_of(data: dict) -> dict | None:
@@ -40,8 +41,6 @@ def rope_kwargs(location: str, data: dict, token: str | None = None) -> dict[str
 
 def apply_rope_scaling(config, scaling: dict) -> None:
     """Merge ``scaling`` into ``config`` in the installed transformers' layout (see the module docstring)."""
-    from fw.errors import FwError
-
     if getattr(config, "rope_parameters", None) is not None or hasattr(type(config), "rope_parameters"):
         parameters = dict(config.rope_parameters or {})
         nested = config.nested_rope_parameter_keys(parameters) if hasattr(config, "nested_rope_parameter_keys") \

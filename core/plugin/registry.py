@@ -14,6 +14,7 @@ import pluggy
 
 from fw.errors import PluginConflictError, PluginNotFoundError, did_you_mean, shown
 from fw.plugin import hookspecs
+from fw.plugin.discovery import entry_points as installed_entry_points
 from fw.plugin.descriptors import DESCRIPTOR_TYPES, HOOK_FOR_KIND, KINDS, PluginDescriptor
 
 ENTRY_POINT_GROUP = "fw"
@@ -77,7 +78,6 @@ class Registry:
         """Load plugins from ``entry_points`` (importlib.metadata EntryPoints), by default every installed
         one of the ``fw`` group."""
         if entry_points is None:
-            from fw.plugin.discovery import entry_points as installed_entry_points
             entry_points = installed_entry_points(ENTRY_POINT_GROUP)
         for entry_point in entry_points:
             distribution = _distribution_of(entry_point)

@@ -13,16 +13,13 @@ from typing import Any
 from fw.plugin.descriptors import AdapterPlugin
 from fw.plugin.lazy import resolve
 from fw.plugin.peft import adapter_peft_config
+from fw.plugin.registry import get_registry
 
 TargetModules = list[str] | str
 
 
 def adapter_descriptor(adapter_type: str, registry=None) -> AdapterPlugin:
-    if registry is None:
-        from fw.plugin.registry import get_registry
-
-        registry = get_registry()
-    return registry.get("adapter", adapter_type)
+    return (registry or get_registry()).get("adapter", adapter_type)
 
 
 def resolve_target_modules(model, params: dict, descriptor: AdapterPlugin | None = None) -> TargetModules:

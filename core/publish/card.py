@@ -23,8 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fw import artifacts, runs
+from fw.config.rules import peft_rank
+from fw.data.prompt import PromptRenderer
 from fw.errors import FwError
-from fw.plugin import get_registry, resolve
+from fw.model import multi_adapter
+from fw.plugin import get_registry, looks_like_path, resolve
+from fw.publish.chat_template import prompt_pieces
 
 CARD_FILE = "README.md"
 PIPELINE_TAG = "text-generation"
@@ -69,8 +73,6 @@ class SavedModel:
 
 
 def describe(model_dir: Path, data: dict, active: str | None = None, location: Path | None = None) -> SavedModel:
-    from fw.model import multi_adapter
-
     model_dir = Path(model_dir)
     location = Path(location or model_dir).resolve()
     if multi_adapter.is_multi_adapter_dir(model_dir):
@@ -130,8 +132,6 @@ def card_metadata(saved: SavedModel):
 
 def hub_id(name: str) -> str | None:
     """``name`` when it is a Hugging Face Hub id, None for a local directory."""
-    from fw.model.loading import looks_like_path
-
     return None if looks_like_path(name) else name
 
 
@@ -193,8 +193,6 @@ def adapter_plugin(section: dict):
 
 def adapter_sections(data: dict) -> dict[str, dict]:
     """name -> adapter section: ``adapters.adapters`` or the single ``adapter`` (named ``default``)."""
-    from fw.model import multi_adapter
-
     if multi_adapter.section_of(data):
         return dict(multi_adapter.section_of(data).get("adapters") or {})
     return {multi_adapter.PEFT_DEFAULT_NAME: data["adapter"]} if data.get("adapter") else {}
@@ -268,9 +266,6 @@ def statistics_rows(run_dir: Path) -> list[tuple[str, str]]:
 
 
 def prompt_section(saved: SavedModel) -> str:
-    from fw.data.prompt import PromptRenderer
-    from fw.publish.chat_template import prompt_pieces
-
     renderer = PromptRenderer(saved.data)
     if renderer.mode == "column":
         how = (f"The model was trained on the `{renderer.input_column}` column as-is, with no template around it "
@@ -333,8 +328,6 @@ def usage_section(saved: SavedModel, repo_id: str | None) -> str:
 
 def example_prompt(data: dict) -> str:
     """The prompt of a row whose every column holds ``<column>``: the format, ready to fill in."""
-    from fw.data.prompt import PromptRenderer
-
     renderer = PromptRenderer(data)
     row = {column: f"<{column}>" for column in sorted(renderer.columns | {renderer.input_column})}
     try:
@@ -371,8 +364,6 @@ def transformers_snippet(saved: SavedModel, location: str, example: str) -> str:
 
 
 def vllm_snippet(saved: SavedModel, location: str, repo_id: str | None, example: str) -> str:
-    from fw.config.rules import peft_rank
-
     sampling = sampling_params(saved)
     if not saved.is_adapter:
         code = ["from vllm import LLM, SamplingParams", "", f"llm = LLM(model={location!r})",

@@ -16,6 +16,9 @@ from __future__ import annotations
 import json
 import string
 
+from fw.data.prompt import CONTEXT, SAMPLE, TASK, PromptRenderer
+from fw.data.tokens import _adds_bos
+
 USER_CONTENT = ("{%- set user_messages = messages | selectattr('role', 'equalto', 'user') | list -%}"
                 "{%- if not user_messages -%}{{ raise_exception('fw prompt template: give one user message') }}"
                 "{%- endif -%}")
@@ -23,8 +26,6 @@ USER_CONTENT = ("{%- set user_messages = messages | selectattr('role', 'equalto'
 
 def prompt_chat_template(data: dict, tokenizer) -> tuple[str | None, str | None]:
     """(Jinja chat template rendering fw's prompt, None) or (None, why it cannot)."""
-    from fw.data.tokens import _adds_bos
-
     pieces, reason = prompt_pieces(data)
     if reason:
         return None, reason
@@ -37,8 +38,6 @@ def prompt_chat_template(data: dict, tokenizer) -> tuple[str | None, str | None]
 def prompt_pieces(data: dict) -> tuple[list[tuple[str, str | None]], str | None]:
     """fw's prompt as ``("text", literal)`` and ``("field", column)`` pieces, or ([], why one chat message cannot
     fill it)."""
-    from fw.data.prompt import CONTEXT, SAMPLE, TASK, PromptRenderer
-
     renderer = PromptRenderer(data)
     if (data.get("prompt") or {}).get("retrieval"):
         return [], "the prompt holds few-shot examples retrieved per row ({__context__})"

@@ -19,6 +19,9 @@ original, unquantized weights, with a warning that its outputs then differ sligh
 stored quantized (a pre-quantized base checkpoint, a merged or QAT run saved quantized) are dequantized by the
 quantizer plugin of that method when it has a ``dequantize`` (torchao's tensors), else by transformers'
 ``dequantize`` (bitsandbytes); a method neither can dequantize is refused in one line.
+
+The CLI imports this module for the options of ``fw export``: what the export needs beyond the run directory
+(fw.model, the model card) is imported when it runs.
 """
 from __future__ import annotations
 
@@ -26,8 +29,9 @@ import shutil
 from pathlib import Path
 
 from fw import artifacts, console, runs
-from fw.errors import FwError
-from fw.plugin import get_registry, resolve
+from fw.atomic import atomic_directory
+from fw.errors import FwError, did_you_mean
+from fw.plugin import get_registry, quiet_libraries, resolve
 
 DTYPES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 DEFAULT_MAX_SHARD_SIZE = "5GB"
@@ -36,9 +40,7 @@ DEFAULT_MAX_SHARD_SIZE = "5GB"
 def export(model_path, output, merge: bool = False, dtype: str | None = None, adapter: str | None = None,
            max_shard_size: str = DEFAULT_MAX_SHARD_SIZE) -> Path:
     """Write the standalone model of ``model_path`` to ``output`` (a new or empty directory); returns it."""
-    from fw.atomic import atomic_directory
     from fw.model import multi_adapter
-    from fw.model.loading import quiet_libraries
     from fw.publish.card import describe
 
     quiet_libraries()
@@ -68,8 +70,6 @@ def export(model_path, output, merge: bool = False, dtype: str | None = None, ad
 
 def check_dtype(dtype: str | None) -> None:
     if dtype is not None and dtype not in DTYPES:
-        from fw.errors import did_you_mean
-
         raise FwError(f"--dtype: '{dtype}' is not one of {', '.join(DTYPES)}.{did_you_mean(dtype, DTYPES)}")
 
 

@@ -9,6 +9,8 @@ The token comes from ``HF_TOKEN`` / ``HUGGING_FACE_HUB_TOKEN`` or the saved ``hf
 Then, through ``huggingface_hub.HfApi``: the model card is refreshed (snippets naming the repository, the latest
 evaluation figures), the repository is created if needed (``create_repo(exist_ok=True)``), the ``--revision``
 branch too, and the directory goes up in one commit (``upload_folder``).
+
+The CLI imports this module for the options of ``fw upload``: the model card is imported when it runs.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from pathlib import Path
 
 from fw import artifacts, console
 from fw.errors import FwError
+from fw.plugin.models import library_message
 
 SERVICES = ("hf_hub",)
 REPO_TYPES = ("model", "dataset", "space")
@@ -122,6 +125,4 @@ def failure_message(exc: BaseException, repo_id: str) -> str:
                 f"'{repo_id.split('/')[0]}'. Use a token with write access to that namespace.")
     if status is None and not isinstance(exc, HfHubHTTPError) and "connect" in str(exc).lower():
         return "cannot reach the Hugging Face Hub (offline?): connect and run fw upload again."
-    from fw.plugin.models import library_message
-
     return f"uploading to '{repo_id}' failed: {library_message(exc)}"

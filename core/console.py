@@ -2,10 +2,15 @@
 
 - ``warn`` / ``info``: messages during a run, printed to stderr and kept in ``messages`` (tests and summaries read
   it). ``warn`` is for something the user should act on (rows dropped, values filled in); ``info`` for what fw
-  decided (how the dataset was split). Errors are not printed here: they are raised as :class:`fw.errors.FwError`.
+  decided (how the dataset was split). Errors are raised as :class:`fw.errors.FwError`, not printed on the way.
 - ``say`` / ``success`` / ``plain_table``: one-line colored output and aligned columns, without rich.
 - ``table`` / ``panel``: rich renderables, printed to stdout.
 - ``ProgressBar``: a rich progress bar on stderr, or nothing.
+- ``error``: why this process stops (the CLI prints the error it caught with it).
+
+In a job of several processes (:mod:`fw.distributed`) only the main process (rank 0) prints: messages, tables
+and progress bars are shown once. ``error`` is the exception: any process that fails says why, prefixed with its
+rank (``[rank 1] error: ...``), since the failure may be its alone.
 
 Importing this module imports no rich (``fw validate`` stays fast); rich is imported on first use.
 """
@@ -15,6 +20,8 @@ import os
 import re
 import sys
 from typing import TextIO
+
+from fw import distributed
 
 _CODES = {"red": "31", "green": "32", "yellow": "33", "bold": "1", "dim": "2"}
 
@@ -37,13 +44,16 @@ def paint(text: str, style: str, stream: TextIO) -> str:
 
 def say(text: str, style: str | None = None, *, err: bool = True) -> None:
     """One line to stderr (or stdout with ``err=False``), all of it in ``style``."""
+    if not distributed.is_main_process():
+        return
     stream = sys.stderr if err else sys.stdout
     print(paint(text, style, stream) if style else text, file=stream)
 
 
 def success(text: str) -> None:
     """``✓ text`` on stdout, the mark in green: what a verb produced."""
-    print(f"{paint('✓', 'green', sys.stdout)} {text}")
+    if distributed.is_main_process():
+        print(f"{paint('✓', 'green', sys.stdout)} {text}")
 
 
 def plain_table(header: list[str], rows: list[list[str]], styles: list[str | None] | None = None,
@@ -66,13 +76,22 @@ def warn(message: str) -> None:
     """Print ``warning: message`` (``warning:`` in yellow) to stderr and record it."""
     messages.append(message)
     warnings.append(message)
-    print(f"{paint('warning:', 'yellow', sys.stderr)} {message}", file=sys.stderr)
+    if distributed.is_main_process():
+        print(f"{paint('warning:', 'yellow', sys.stderr)} {message}", file=sys.stderr)
 
 
 def info(message: str) -> None:
     """Print ``message`` to stderr and record it."""
     messages.append(message)
-    print(message, file=sys.stderr)
+    if distributed.is_main_process():
+        print(message, file=sys.stderr)
+
+
+def error(text: str) -> None:
+    """``error: text`` in red on stderr, from whichever process fails; ``[rank N] error: text`` in a job of
+    several processes."""
+    where = f"[rank {distributed.rank()}] " if distributed.launched() else ""
+    print(paint(f"{where}error: {text}", "red", sys.stderr), file=sys.stderr)
 
 
 def clear() -> None:
@@ -84,6 +103,8 @@ def clear() -> None:
 # -- rich renderables ---------------------------------------------------------------------------------------------
 def show(*renderables) -> None:
     """Print rich renderables (tables, panels) to stdout."""
+    if not distributed.is_main_process():
+        return
     from rich.console import Console
 
     console = Console(highlight=False, soft_wrap=True)
@@ -114,7 +135,7 @@ def panel(text: str, title: str, border_style: str = "none"):
 # -- progress bars ------------------------------------------------------------------------------------------------
 class ProgressBar:
     """``with ProgressBar("generating", total, show) as bar: bar.advance(n)`` — a rich bar on stderr, or nothing
-    when ``show`` is false.
+    when ``show`` is false or this is not the main process of a job.
 
     ``status``: a line shown after the counts, with ``{name}`` fields set by :meth:`update` (``"loss {loss}"``);
     ``completed``: where the bar starts (a resumed run); ``transient``: the bar disappears when done (and shows
@@ -122,7 +143,7 @@ class ProgressBar:
 
     def __init__(self, description: str, total: int, show: bool = True, *, status: str | None = None,
                  completed: int = 0, transient: bool = False):
-        self.description, self.total, self.show = description, total, show
+        self.description, self.total, self.show = description, total, show and distributed.is_main_process()
         self.status, self.completed, self.transient = status, completed, transient
         self._progress = self._task = None
 

@@ -45,3 +45,36 @@ def test_tables_and_success_lines_go_to_stdout(capsys):
     out = capsys.readouterr().out
     assert "test statistics" in out and "answer" in out and "1.2345" in out
     assert out.rstrip().endswith("✓ 3 predictions in out/")
+
+
+# -- in a job of several processes --------------------------------------------------------------------------------
+def as_rank(monkeypatch, rank: int, world: int = 2) -> None:
+    monkeypatch.setenv("RANK", str(rank))
+    monkeypatch.setenv("WORLD_SIZE", str(world))
+
+
+def test_only_the_main_process_of_a_job_prints(monkeypatch, capsys):
+    console.clear()
+    as_rank(monkeypatch, 1)
+    console.warn("dropped 2 rows")
+    console.info("data: 8 training rows")
+    console.say("a line")
+    console.success("3 predictions in out/")
+    console.show(console.table("t", ["a"], [["1"]]))
+    with ProgressBar("generating", 3) as bar:
+        bar.advance(3)
+    assert capsys.readouterr() == ("", "")
+    assert console.messages == ["dropped 2 rows", "data: 8 training rows"]  # still recorded
+    as_rank(monkeypatch, 0)
+    console.info("data: 8 training rows")
+    console.success("3 predictions in out/")
+    assert capsys.readouterr() == ("✓ 3 predictions in out/\n", "data: 8 training rows\n")
+    console.clear()
+
+
+def test_a_failing_process_says_why_with_its_rank_in_a_job(monkeypatch, capsys):
+    console.error("no data given: pass --dataset.")
+    assert capsys.readouterr().err == "error: no data given: pass --dataset.\n"
+    as_rank(monkeypatch, 3, world=4)
+    console.error("no data given: pass --dataset.")
+    assert capsys.readouterr().err == "[rank 3] error: no data given: pass --dataset.\n"

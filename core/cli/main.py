@@ -10,7 +10,8 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 
-from fw.cli import plan, preview, publish, run
+from fw import console
+from fw.cli import launch, plan, preview, publish, run
 from fw.console import plain_table, say
 from fw.errors import ConfigError, FwError, Terminated, UsageError, did_you_mean, issue_lines
 from fw.plugin.descriptors import KINDS
@@ -151,12 +152,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         with sigterm_as_interrupt():
+            if launch.requested(args):  # --num_processes N: this command again, on N processes
+                return launch.run(args, sys.argv[1:] if argv is None else argv)
             return args.handler(args)
     except UsageError as exc:
-        say(f"error: {exc}", "red")
+        console.error(str(exc))
         return EXIT_USAGE
     except FwError as exc:
-        say(f"error: {exc}", "red")
+        console.error(str(exc))
         return EXIT_INVALID
     except Terminated:
         say(f"fw {args.verb}: stopped by SIGTERM.", "yellow")
@@ -165,7 +168,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     except OSError as exc:  # permission denied, a vanished file...: the environment, not a bug; no traceback
         where = f" ({exc.filename})" if exc.filename else ""
-        say(f"error: {exc.strerror or exc}{where}. Fix that, then run again.", "red")
+        console.error(f"{exc.strerror or exc}{where}. Fix that, then run again.")
+        return EXIT_INVALID
+    except Exception as exc:
+        lost = launch.peer_failure(exc)
+        if lost is None:
+            raise
+        console.error(lost)
         return EXIT_INVALID
 
 

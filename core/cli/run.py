@@ -7,6 +7,7 @@
     fw evaluate --config icl.yaml --dataset data.csv                 # trainer.type none: the base model directly
     fw train --config multi.yaml --dataset a.csv --adapter task_a     # several named adapters: train one
     fw predict --model_path results/experiment_run/model --dataset new.csv --adapter merged
+    fw predict --model_path results/experiment_run/model --dataset new.csv --num_processes 4   # 4 processes
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import argparse
 import os
 
 from fw import console
+from fw.cli import launch
 from fw.errors import UsageError
 
 
@@ -111,6 +113,7 @@ def register(verbs) -> None:
     train.add_argument("--resume", action="store_true",
                        help="continue the latest run of --experiment_name from its last checkpoint (with the same "
                             "config; settings that only change speed or checkpointing may differ)")
+    launch.add_flags(train)
 
     for name, handler, text in (("predict", cmd_predict, "Generate outputs for a dataset; writes predictions.*"),
                                 ("evaluate", cmd_evaluate, "Predict and score; writes test_statistics.json")):
@@ -125,3 +128,4 @@ def register(verbs) -> None:
         sub.add_argument("--split", default="full", choices=["full", "train", "validation", "test"],
                          help="which rows of --dataset (default full: every row)")
         _data_flags(sub, sets=False)
+        launch.add_flags(sub)

@@ -5,6 +5,11 @@
     result = pipeline.predict(model_path=run.model_dir, dataset="new.csv")
     stats = pipeline.evaluate(model_path=run.model_dir, dataset="data.csv", split="test")
 
+Under a launcher (``torchrun``, ``accelerate launch``, ``fw ... --num_processes N``; see :mod:`fw.distributed`),
+predict / evaluate split the rows across the processes: the main process renders every prompt (a retrieval index
+is built once) and chooses the output directory, each process generates for its contiguous share, and the main
+process writes one predictions file in input order; loss and metrics cover every row.
+
 Data flow: config -> splits (fw.data.tables) -> prompts (fw.data.prompt) -> tokens (fw.data.tokens) -> base model and adapter
 (fw.model.loading) -> trainer (fw.train.trainer) -> artifacts (fw.artifacts) -> generation (fw.infer.generation) -> metrics.
 ``trainer.type: none`` skips the training step: predict / evaluate run on the base model from ``config``.
@@ -17,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fw import artifacts, console, runs, trace
+from fw import artifacts, console, distributed, runs, trace
 from fw.atomic import DiskFull, atomic_file
 from fw.config import view
 from fw.data import retrieval
@@ -293,20 +298,62 @@ def select_rows(data: dict, dataset, split: str, purpose: str = "predict"):
 def generate_for(prompts: list[str], data: dict, model, tokenizer, show_progress: bool):
     """(generations, :class:`fw.plugin.DecodedOutputs`) for every rendered prompt: the decoder plugin turns the
     generations into output values; with ``decoder.label_scoring`` the labels are ranked by likelihood instead of
-    generated (no raw generation)."""
+    generated (no raw generation). In a job of several processes each generates for its share of the prompts and
+    every process gets all of them back, in order."""
     from fw.data.tokens import encode_prompts
-    from fw.infer.decoders import decode
+    from fw.infer.decoders import decode, joined
     from fw.infer.generation import Generation, generate
     from fw.infer.label_scoring import score_labels
 
     encoded, truncation = encode_prompts(prompts, tokenizer, data)
     if truncation.truncated_rows:
         console.info(f"predict: {truncation.summary()}")
+    share = distributed.split(encoded)
     if view.scores_labels(data):
-        outputs = score_labels(model, tokenizer, encoded, data, show_progress)
+        outputs = joined(distributed.gather(score_labels(model, tokenizer, share, data, show_progress)))
         return [Generation(raw="", text=label) for label in outputs.values], outputs
-    generations = generate(model, tokenizer, encoded, data, show_progress)
+    generations = concatenated(distributed.gather(generate(model, tokenizer, share, data, show_progress)))
     return generations, decode([g.text for g in generations], data)
+
+
+def concatenated(parts: list[list]) -> list:
+    return [item for part in parts for item in part]
+
+
+def from_main_process(compute):
+    """``compute()``, run by the main process only and its value shared with every process of the job (one
+    retrieval index, one output directory); simply ``compute()`` in a single process."""
+    return distributed.gather(compute() if distributed.is_main_process() else None)[0]
+
+
+def join_job() -> None:
+    """Under a launcher: join the job's process group now (on GPUs this also picks this process's GPU), before
+    any model is loaded."""
+    if distributed.launched():
+        distributed.state()
+
+
+def rendered_prompts(frame, data: dict, tokenizer, model_path, dataset) -> list[str]:
+    """The prompts of every row of ``frame``, rendered by the main process (the retriever of ``prompt.retrieval``
+    is built or loaded once) and shared."""
+    def render() -> list[str]:
+        return prompts_of(frame, data, tokenizer, retrieval.for_inference(data, model_path and artifacts.find_model_dir(model_path), dataset))
+
+    return from_main_process(render)
+
+
+def loss_scores(model, tokenizer, rows, data: dict) -> dict:
+    """Loss, perplexity, token and sequence accuracy over every row (response tokens only): each process scores
+    its share of the rows and the sums (not the averages) are added."""
+    from fw.data.tokens import length_sorted_batches
+    from fw.train import validation
+    from fw.train.batch_size import inference_batch_size
+
+    batch_size = inference_batch_size(data, model, [len(row.input_ids) for row in rows])
+    share = distributed.split(rows)
+    sums = validation.totals(model, tokenizer, share, length_sorted_batches([len(r.input_ids) for r in share],
+                                                                            batch_size))
+    return validation.metrics([sum(column) for column in zip(*distributed.gather(sums))])
 
 
 def predictions_frame(frame, data: dict, prompts, generations, outputs):
@@ -347,18 +394,21 @@ def predict(model_path=None, config=None, dataset=None, split: str = "full", out
             experiment_name: str = "experiment", model_name: str = "run", show_progress: bool = True,
             adapter: str | None = None, base_model: str | None = None) -> PredictResult:
     """Generate for every row; write ``predictions.parquet`` and ``predictions.csv`` into a directory of this
-    call's own (:func:`fw.runs.output_directory`)."""
+    call's own (:func:`fw.runs.output_directory`). Every process of a job returns the same result."""
     runs.run_name(experiment_name, model_name)
+    join_job()
     data, model, tokenizer = model_for_inference(model_path, config, adapter, base_model)
     seed_everything(view.seed(data))
     frame = select_rows(data, dataset, split)
-    retriever = retrieval.for_inference(data, model_path and artifacts.find_model_dir(model_path), dataset)
-    prompts = prompts_of(frame, data, tokenizer, retriever)
+    prompts = rendered_prompts(frame, data, tokenizer, model_path, dataset)
     generations, outputs = generate_for(prompts, data, model, tokenizer, show_progress)
     table = predictions_frame(frame, data, prompts, generations, outputs)
-    directory = runs.output_directory("predict", output_directory, model_path, experiment_name, model_name)
-    with writing_outputs("predict", directory):
-        write_predictions(table, directory)
+    directory = from_main_process(lambda: runs.output_directory("predict", output_directory, model_path,
+                                                                experiment_name, model_name))
+    if distributed.is_main_process():
+        with writing_outputs("predict", directory):
+            write_predictions(table, directory)
+    distributed.barrier()
     console.info(f"wrote {len(table)} predictions to {directory / 'predictions.parquet'} (and .csv)")
     return PredictResult(table, directory, data)
 
@@ -369,28 +419,28 @@ def evaluate(model_path=None, config=None, dataset=None, split: str = "full", ou
     """Predict, then score against the output column: ``test_statistics.json`` (loss, perplexity, exact
     match, token F1, BLEU / ROUGE for text outputs; accuracy, macro-F1, per-class precision / recall, confusion
     matrix and fallback rate for category outputs), with the predictions, into a directory of this call's own
-    (:func:`fw.runs.output_directory`)."""
+    (:func:`fw.runs.output_directory`). Every process of a job returns the same result."""
     from fw.infer.metrics import output_metrics
-    from fw.train.batch_size import inference_batch_size
-    from fw.train.trainer import evaluate_loss
 
     runs.run_name(experiment_name, model_name)
+    join_job()
     data, model, tokenizer = model_for_inference(model_path, config, adapter, base_model)
     seed_everything(view.seed(data))
     frame = select_rows(data, dataset, split, purpose="evaluate")
-    retriever = retrieval.for_inference(data, model_path and artifacts.find_model_dir(model_path), dataset)
-    prompts = prompts_of(frame, data, tokenizer, retriever)  # rendered once: generation and loss share them
+    prompts = rendered_prompts(frame, data, tokenizer, model_path, dataset)  # generation and loss share them
     generations, outputs = generate_for(prompts, data, model, tokenizer, show_progress)
     targets = targets_of(frame, data)
-    rows = encode_pairs(prompts, targets, tokenizer, data, "evaluate")
-    scores = evaluate_loss(model, tokenizer, rows, inference_batch_size(data, model, [len(r.input_ids) for r in rows]))
+    scores = loss_scores(model, tokenizer, encode_pairs(prompts, targets, tokenizer, data, "evaluate"), data)
     scores.update(output_metrics(outputs.values, targets, view.output_type(data), outputs.matched, view.labels(data),
                                  outputs.timeouts))
     statistics = {view.output_name(data): scores, "combined": {"loss": scores.get("loss")}, "rows": len(frame)}
     table = predictions_frame(frame, data, prompts, generations, outputs)
-    directory = runs.output_directory("evaluate", output_directory, model_path, experiment_name, model_name)
-    with writing_outputs("evaluate", directory):
-        write_predictions(table, directory)
-        artifacts.write_json(directory / artifacts.TEST_STATISTICS, statistics, replace=False)
+    directory = from_main_process(lambda: runs.output_directory("evaluate", output_directory, model_path,
+                                                                experiment_name, model_name))
+    if distributed.is_main_process():
+        with writing_outputs("evaluate", directory):
+            write_predictions(table, directory)
+            artifacts.write_json(directory / artifacts.TEST_STATISTICS, statistics, replace=False)
+    distributed.barrier()
     console.info(f"wrote {directory / artifacts.TEST_STATISTICS}")
     return EvaluateResult(statistics, table, directory)

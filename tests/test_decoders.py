@@ -9,7 +9,8 @@ import json
 import fw
 from fw.config.assembly import full_schema
 from fw.config.validate import validate
-from fw.infer.decoders import decode
+from fw.infer.decoders import decode, joined
+from fw.plugin import DecodedOutputs
 from fw.plugin.testing import registry_with
 
 SHOUT = '''
@@ -109,3 +110,12 @@ def test_the_full_schema_nests_matchers_in_the_category_decoder():
                    if branch["if"]["properties"]["type"]["const"] == "category_extractor"]
     matchers = category["properties"]["match"]["additionalProperties"]["properties"]["type"]["enum"]
     assert {"contains", "regex", "json_schema"} <= set(matchers)
+
+
+def test_the_outputs_of_consecutive_shares_join_in_order():
+    first = DecodedOutputs(values=["a", "b"], columns={"p": [0.1, 0.2]}, matched=[True, False], timeouts={"x": 1})
+    second = DecodedOutputs(values=["c"], columns={"p": [0.3]}, matched=[True], timeouts={"x": 2, "y": 1})
+    empty = DecodedOutputs(values=[], columns={"p": []}, matched=[], timeouts={})
+    assert joined([first, empty, second]) == DecodedOutputs(values=["a", "b", "c"], columns={"p": [0.1, 0.2, 0.3]},
+                                                            matched=[True, False, True], timeouts={"x": 3, "y": 1})
+    assert joined([DecodedOutputs(values=["a"]), DecodedOutputs(values=["b"])]).matched is None

@@ -132,3 +132,25 @@ def test_the_launch_imports_no_torch_in_the_fw_process():
             "launch.requested(args); launch.torchrun_arguments(args, []); print('torch' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
 
+
+# -- Ludwig's Ray backend ----------------------------------------------------------------------------------------
+def test_a_ray_backend_gets_the_command_that_runs_the_same_job():
+    import fw
+
+    base = {"base_model": "m", "input_features": [{"name": "q"}], "output_features": [{"name": "a"}]}
+    ray = {"type": "ray", "trainer": {"num_workers": 4, "use_gpu": True, "strategy": "ddp",
+                                      "resources_per_worker": {"GPU": 1}}, "processor": {"type": "dask"}}
+    report = fw.validate_config({**base, "backend": ray})
+    assert [str(issue) for issue in report.issues if issue.path.startswith("backend")] == [
+        "backend.type: 'ray' is not supported: fw runs several processes with torch.distributed, without Ray. The "
+        "same job (backend.trainer.num_workers: 4): fw train --num_processes 4 --config CONFIG --dataset DATA, or "
+        "torchrun --nproc_per_node 4 -m fw train ..., or accelerate launch --num_processes 4 -m fw train ...; "
+        "fw predict / fw evaluate the same way; several machines: README, Scale out. (set backend.type: local and "
+        "remove backend.processor, backend.trainer.num_workers, backend.trainer.use_gpu, "
+        "backend.trainer.resources_per_worker)"]
+    report = fw.validate_config({**base, "backend": {"type": "ray"}})
+    assert [str(issue) for issue in report.issues] == [
+        "backend.type: 'ray' is not supported: fw runs several processes with torch.distributed, without Ray. The "
+        "same job (N: one per GPU): fw train --num_processes N --config CONFIG --dataset DATA, or torchrun "
+        "--nproc_per_node N -m fw train ..., or accelerate launch --num_processes N -m fw train ...; fw predict / "
+        "fw evaluate the same way; several machines: README, Scale out. (set backend.type: local)"]

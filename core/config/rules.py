@@ -697,10 +697,37 @@ def _optimizer_package_installed(kind: str) -> Iterator[ConfigIssue]:
 
 @rule("backend")
 def backend_is_local(config: Config, registry: Registry) -> Iterator[ConfigIssue]:
-    kind = config["backend"].get("type")
-    if kind != "local":
-        yield ConfigIssue("backend.type", f"{shown(kind)} is not supported: fw runs on this machine (one process, "
-                                          "one GPU or CPU) and has no distributed backend yet.", "use type: local")
+    """fw runs several processes with torch.distributed, started by torchrun / accelerate launch, not on Ray: a
+    Ludwig Ray config gets the command that runs the same job."""
+    backend = config["backend"]
+    kind = backend.get("type")
+    if kind == "ray":
+        yield ConfigIssue("backend.type", ray_message(backend), ray_hint(backend))
+    elif kind != "local":
+        yield ConfigIssue("backend.type", f"{shown(kind)} is not supported: fw runs on this machine, or on several "
+                                          "processes started by torchrun / accelerate launch.", "use type: local")
+
+
+#: Ray-only keys of Ludwig's ``backend`` / ``backend.trainer``
+RAY_KEYS = {"backend": ("processor", "loader"), "backend.trainer": ("num_workers", "use_gpu", "resources_per_worker")}
+
+
+def ray_message(backend: dict) -> str:
+    trainer = backend.get("trainer") if isinstance(backend.get("trainer"), dict) else {}
+    workers = trainer.get("num_workers")
+    count = str(workers) if isinstance(workers, int) and workers > 0 else "N"
+    given = f" (backend.trainer.num_workers: {count})" if count != "N" else " (N: one per GPU)"
+    return (f"'ray' is not supported: fw runs several processes with torch.distributed, without Ray. The same "
+            f"job{given}: fw train --num_processes {count} --config CONFIG --dataset DATA, or torchrun "
+            f"--nproc_per_node {count} -m fw train ..., or accelerate launch --num_processes {count} -m fw train ...; "
+            "fw predict / fw evaluate the same way; several machines: README, Scale out.")
+
+
+def ray_hint(backend: dict) -> str:
+    trainer = backend.get("trainer") if isinstance(backend.get("trainer"), dict) else {}
+    sections = {"backend": backend, "backend.trainer": trainer}
+    ray_only = [f"{where}.{key}" for where, keys in RAY_KEYS.items() for key in keys if key in sections[where]]
+    return "set backend.type: local" + (f" and remove {', '.join(ray_only)}" if ray_only else "")
 
 
 @rule("output_features")

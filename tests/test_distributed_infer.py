@@ -1,6 +1,6 @@
 """fw predict / fw evaluate on two real processes (torchrun, gloo on CPU) and the tiny Llama: the rows are split
 across the processes and the job writes, once, the files a single process writes; messages come from rank 0
-only; a failure on one process ends the whole job with that process's error."""
+only; a failure on one process ends the whole job with that process's error. On two GPUs (nccl): the gpu test."""
 from __future__ import annotations
 
 import json
@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 import yaml
 
 from fw import pipeline
@@ -112,3 +113,15 @@ def test_a_failure_on_one_process_ends_the_job_with_its_error(files, tmp_path):
     assert "fw: rank 1 exited with code 1 (its error is above); torchrun stopped the other processes." in job.stderr
     assert "Traceback" not in job.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="a job on nccl needs two CUDA GPUs, one per process")
+def test_predict_on_two_gpus_writes_the_file_of_one(files, tmp_path):
+    config, _, dataset = files
+    data = yaml.safe_load(config.read_text())
+    config.write_text(yaml.safe_dump({**data, "trainer": {**data["trainer"], "precision": "fp32"}}))
+    argv = ["predict", "--config", str(config), "--dataset", str(dataset), "--no_progress"]
+    assert main([*argv, "--output_directory", str(tmp_path / "two"), "--num_processes", "2"]) == 0
+    pipeline.predict(config=str(config), dataset=str(dataset), output_directory=tmp_path / "one", show_progress=False)
+    assert_same_predictions(tmp_path / "one", tmp_path / "two")

@@ -87,6 +87,7 @@ def test_the_launch_flags_belong_to_the_pipeline_verbs_only(capsys):
     with pytest.raises(SystemExit):
         main(["validate", "c.yaml", "--num_processes", "2"])
     assert "unrecognized arguments: --num_processes 2" in capsys.readouterr().err
+    assert not launch.requested(parsed("plan", "c.yaml", "--num_processes", "8"))  # plan's own flag: no launch
 
 
 # -- a failed process ------------------------------------------------------------------------------------------

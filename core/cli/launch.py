@@ -33,8 +33,11 @@ FLAGS = ("num_processes", "nnodes", "node_rank", "rdzv_endpoint", "master_addr",
 
 
 def add_flags(parser: argparse.ArgumentParser) -> None:
+    """The launch flags, on a verb that can run on several processes (``fw plan`` has a --num_processes of its
+    own, which launches nothing)."""
     group = parser.add_argument_group("several processes (started with torchrun; see README: Scale out)")
     _launch_flags(group)
+    parser.set_defaults(launchable=True)
 
 
 def _launch_flags(parser) -> None:
@@ -55,7 +58,7 @@ def _launch_flags(parser) -> None:
 def requested(args: argparse.Namespace) -> bool:
     """Whether ``args`` ask for more than this one process (refusing impossible asks with a usage error)."""
     processes, nodes = getattr(args, "num_processes", None), getattr(args, "nnodes", None)
-    if processes is None and nodes is None and not _node_flags(args):
+    if not getattr(args, "launchable", False) or (processes is None and nodes is None and not _node_flags(args)):
         return False
     if processes is not None and processes < 1:
         raise UsageError(f"--num_processes: {processes} is less than 1; give the number of processes per machine "

@@ -337,7 +337,8 @@ def rendered_prompts(frame, data: dict, tokenizer, model_path, dataset) -> list[
     """The prompts of every row of ``frame``, rendered by the main process (the retriever of ``prompt.retrieval``
     is built or loaded once) and shared."""
     def render() -> list[str]:
-        return prompts_of(frame, data, tokenizer, retrieval.for_inference(data, model_path and artifacts.find_model_dir(model_path), dataset))
+        model_dir = artifacts.find_model_dir(model_path) if model_path else None
+        return prompts_of(frame, data, tokenizer, retrieval.for_inference(data, model_dir, dataset))
 
     return from_main_process(render)
 

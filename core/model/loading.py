@@ -4,7 +4,7 @@
 
 - ``base_model`` is a local directory when it exists (or looks like a path: ``./x``, ``/x``, ``~/x``,
   ``a/b/c``); otherwise a Hugging Face Hub id, downloaded with the token from ``HUGGING_FACE_HUB_TOKEN`` or
-  ``HF_TOKEN`` (never printed).
+  ``HF_TOKEN`` (never printed). A name ending in ``.gguf`` is one GGUF file, dequantized (:mod:`fw.model.gguf`).
 - Models that need ``trust_remote_code`` are refused (the spec: executing untrusted code is unsupported).
 - dtype: ``trainer.precision`` when set (fp32 / bf16 / fp16); ``auto`` = bfloat16 on a GPU that supports it,
   else float32 (CPU, or an older GPU: fp16 weights do not train stably without a loss scaler).
@@ -23,7 +23,7 @@ from pathlib import Path
 from fw import console
 from fw.config import view
 from fw.errors import FwError
-from fw.model import multi_adapter
+from fw.model import gguf, multi_adapter
 from fw.model.adapters import adapter_load_error, with_planned_steps
 from fw.model.initialization import wrap_with_initializer
 from fw.model.quantization import quantization_kwargs
@@ -50,7 +50,10 @@ def choose_dtype(precision: str = "auto"):
 
 # -- where the model lives ---------------------------------------------------------------------------------------
 def resolve_location(name: str) -> str:
-    """A local directory (checked) or a hub id (returned unchanged)."""
+    """A local directory (checked) or a hub id (returned unchanged); a local GGUF file as an absolute path."""
+    if gguf.is_gguf(name):
+        location, filename = gguf.split_location(name)
+        return str(Path(location) / filename) if os.path.isdir(location) else name
     if not looks_like_path(name):
         return name
     path = Path(name).expanduser()
@@ -81,11 +84,14 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model",
                    "spiece.model", "sentencepiece.bpe.model", "tekken.json")
 
 
-def load_tokenizer(location: str, name: str | None = None):
+def load_tokenizer(location: str, name: str | None = None, gguf_file: str | None = None):
     from transformers import AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(location, token=hub_token(), trust_remote_code=False)
+        if gguf_file:
+            tokenizer = gguf.load_tokenizer(location, gguf_file, hub_token())
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(location, token=hub_token(), trust_remote_code=False)
     except Exception as exc:  # any library failure becomes one line
         if os.path.isdir(location) and not any((Path(location) / file).is_file() for file in TOKENIZER_FILES):
             raise FwError(f"base_model: '{name or location}' has no tokenizer files (none of "
@@ -97,11 +103,17 @@ def load_tokenizer(location: str, name: str | None = None):
     return tokenizer
 
 
-def load_model_weights(location: str, name: str, dtype, extra: dict):
-    """``AutoModelForCausalLM.from_pretrained`` with SDPA attention (eager when unsupported)."""
+def load_model_weights(location: str, name: str, dtype, extra: dict, gguf_file: str | None = None):
+    """``AutoModelForCausalLM.from_pretrained`` with SDPA attention (eager when unsupported); ``gguf_file``: that
+    file of ``location``, dequantized to ``dtype``."""
     from transformers import AutoModelForCausalLM
 
     kwargs = {"dtype": dtype, "token": hub_token(), "trust_remote_code": False, **extra}
+    if gguf_file:
+        try:
+            return gguf.load_model(location, gguf_file, kwargs)
+        except Exception as exc:
+            raise FwError(hub_error_message(name, exc)) from None
     try:
         return AutoModelForCausalLM.from_pretrained(location, attn_implementation="sdpa", **kwargs)
     except ValueError as exc:
@@ -120,19 +132,27 @@ def load_model_weights(location: str, name: str, dtype, extra: dict):
 def load_base_model(config, for_training: bool = False, tokenizer_from: str | None = None):
     """(model, tokenizer) for ``config['base_model']``, on the best device, in eval mode unless training.
     ``tokenizer_from``: load the tokenizer from there instead (a saved run's ``model/``)."""
+    from fw import console
     quiet_libraries()
     data = view.data_of(config)
     name = view.base_model(data)
-    location = resolve_location(name)
-    if os.path.isdir(location):
+    location, gguf_file = resolve_location(name), None
+    if gguf.is_gguf(name):
+        gguf.require_gguf_package(name)
+        location, gguf_file = gguf.split_location(location)
+    elif os.path.isdir(location):
         refuse_remote_code(location, name)
     else:
         console.info(f"base_model: loading '{name}' from the Hugging Face Hub (or its local cache)")
-    tokenizer = load_tokenizer(tokenizer_from) if tokenizer_from else load_tokenizer(location, name)
+    tokenizer = load_tokenizer(tokenizer_from) if tokenizer_from else load_tokenizer(location, name, gguf_file)
     quant_kwargs, transform, quant_section = quantization_kwargs(data, for_training)
     dtype = choose_dtype(view.precision(data))
     extra = {**rope_kwargs(location, data, hub_token()), **quant_kwargs}
-    model = load_model_weights(location, name, dtype, extra)
+    model = load_model_weights(location, name, dtype, extra, gguf_file)
+    if gguf_file:
+        kind = gguf.quantization_type(location, gguf_file)
+        console.info(f"base_model: dequantized the GGUF file {gguf_file}{f' ({kind})' if kind else ''} to "
+                     f"{str(dtype).removeprefix('torch.')}; fw.model.gguf.convert saves it as a model directory once")
     if transform is not None:
         model = transform(model, quant_section)
     if not quant_kwargs:

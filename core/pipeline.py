@@ -25,7 +25,7 @@ from typing import Any
 from fw import artifacts, console, distributed, runs, trace
 from fw.atomic import DiskFull, atomic_file
 from fw.config import view
-from fw.data import retrieval
+from fw.data import chat, retrieval
 from fw.errors import FwError
 from fw.model import quantization
 from fw.publish.save import save_model
@@ -357,6 +357,11 @@ def loss_scores(model, tokenizer, rows, data: dict) -> dict:
     return validation.metrics([sum(column) for column in zip(*distributed.gather(sums))])
 
 
+def shown_prompts(prompts: list[str], data: dict, tokenizer) -> list[str]:
+    """The prompts as the model reads them: through the chat template when the config uses one."""
+    return chat.generation_prompts(prompts, tokenizer, data) if chat.uses_chat_template(data) else prompts
+
+
 def predictions_frame(frame, data: dict, prompts, generations, outputs):
     name = view.output_name(data)
     table = frame.reset_index(drop=True).copy()
@@ -403,7 +408,7 @@ def predict(model_path=None, config=None, dataset=None, split: str = "full", out
     frame = select_rows(data, dataset, split)
     prompts = rendered_prompts(frame, data, tokenizer, model_path, dataset)
     generations, outputs = generate_for(prompts, data, model, tokenizer, show_progress)
-    table = predictions_frame(frame, data, prompts, generations, outputs)
+    table = predictions_frame(frame, data, shown_prompts(prompts, data, tokenizer), generations, outputs)
     directory = from_main_process(lambda: runs.output_directory("predict", output_directory, model_path,
                                                                 experiment_name, model_name))
     if distributed.is_main_process():
@@ -435,7 +440,7 @@ def evaluate(model_path=None, config=None, dataset=None, split: str = "full", ou
     scores.update(output_metrics(outputs.values, targets, view.output_type(data), outputs.matched, view.labels(data),
                                  outputs.timeouts))
     statistics = {view.output_name(data): scores, "combined": {"loss": scores.get("loss")}, "rows": len(frame)}
-    table = predictions_frame(frame, data, prompts, generations, outputs)
+    table = predictions_frame(frame, data, shown_prompts(prompts, data, tokenizer), generations, outputs)
     directory = from_main_process(lambda: runs.output_directory("evaluate", output_directory, model_path,
                                                                 experiment_name, model_name))
     if distributed.is_main_process():

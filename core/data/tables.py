@@ -424,6 +424,7 @@ def clean(frame: pd.DataFrame, config, split_name: str) -> pd.DataFrame:
     (rows scored against their target: dropped without one, as in training)."""
     renderer = PromptRenderer(config)
     renderer.check_columns(frame.columns)
+    frame = conversation_targets(frame, renderer, config)
     if split_name in NEEDS_TARGET:
         require_target_column(frame, config, split_name)
     if frame.empty:
@@ -434,6 +435,45 @@ def clean(frame: pd.DataFrame, config, split_name: str) -> pd.DataFrame:
     if cleaned.empty:
         raise FwError(f"no {split_name} rows left: all {len(frame)} were dropped (see the warnings above).")
     return cleaned
+
+
+def conversation_targets(frame: pd.DataFrame, renderer: PromptRenderer, config) -> pd.DataFrame:
+    """An input column holding conversations (``prompt.chat_template``): a final assistant turn becomes the row's
+    target (the output column, created when the data has none) and the column keeps the conversation before it
+    as JSON text. Without a chat template such a column is passed as JSON text, and one line says so."""
+    from fw.data.chat import as_conversation, conversation_rows, split_final_turn, uses_chat_template
+
+    column = renderer.input_column
+    if renderer.mode != "column" or column not in frame.columns or frame.empty:
+        return frame
+    conversations, others = conversation_rows(list(frame[column]))
+    if not conversations:
+        return frame
+    if not uses_chat_template(config):
+        console.info(f"column '{column}' holds conversations; without prompt.chat_template they reach the model as "
+                     "JSON text (as in Ludwig). Set prompt.chat_template: true to train and prompt them as chats.")
+        return frame
+    if others:
+        raise FwError(f"column '{column}' holds conversations, but {row_numbers(frame.index[others])} hold(s) none "
+                      "(a list of role/content or from/value messages, or JSON text of one).")
+    target = view.output_column(config)
+    frame = frame.copy()
+    given = frame[target].map(lambda value: not is_missing(value)) if target in frame.columns else \
+        pd.Series(False, index=frame.index)
+    histories, finals = [], []
+    for index, value in frame[column].items():
+        messages = as_conversation(value) if not is_missing(value) else None
+        history, final = split_final_turn(messages) if messages else (messages, None)
+        if final is not None and given[index]:
+            raise FwError(f"row {index + 1}: the conversation in '{column}' ends with an assistant turn and column "
+                          f"'{target}' holds a response too; keep one of them (the final assistant turn is the "
+                          "target when the column is absent or empty).")
+        histories.append(json.dumps(history, ensure_ascii=False) if history is not None else value)
+        finals.append(final)
+    frame[column] = histories
+    answers = pd.Series(finals, index=frame.index, dtype=object)
+    frame[target] = frame[target].astype(object).where(given, answers) if target in frame.columns else answers
+    return frame
 
 
 def _drop_rows_without_input(frame: pd.DataFrame, renderer: PromptRenderer, split_name: str,

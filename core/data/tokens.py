@@ -16,6 +16,10 @@ The spec's three length limits, applied in this order (``null`` = no limit):
    this many tokens from the end, the response's tail first, then the prompt's end, always keeping at least
    one response token so that every row contributes to the loss.
 
+With ``prompt.chat_template`` rows go through the chat template instead (:mod:`fw.data.chat`): the template writes
+BOS and the end-of-turn token itself, the loss covers every assistant turn, and the limits drop whole earliest
+turns before cutting any text.
+
 Only :func:`collate` imports torch.
 """
 from __future__ import annotations
@@ -83,6 +87,9 @@ class TruncationReport:
     limits: Limits = field(default_factory=Limits)
     #: 0-based positions (in the order given to encode) of the rows cut by any limit
     truncated_rows: list[int] = field(default_factory=list)
+    #: conversations (chat template) that lost whole earliest exchanges, and how many exchanges in all
+    rows_with_turns_dropped: int = 0
+    turns_dropped: int = 0
 
     def summary(self) -> str:
         sides = [("input", self.input_truncated, self.limits.input, "max_sequence_length"),
@@ -90,7 +97,9 @@ class TruncationReport:
                  ("global", self.global_truncated, self.limits.total, "global_max_sequence_length")]
         parts = ", ".join(f"{side} {count} ({f'max {limit} tokens' if limit else 'no limit'})"
                           for side, count, limit, _ in sides)
-        return f"truncation: {len(self.truncated_rows)} of {self.rows} rows truncated; {parts}"
+        turns = (f"; earliest exchanges dropped in {self.rows_with_turns_dropped} conversation(s) "
+                 f"({self.turns_dropped} in all)" if self.turns_dropped else "")
+        return f"truncation: {len(self.truncated_rows)} of {self.rows} rows truncated; {parts}{turns}"
 
 
 def _token_ids(texts: Sequence[str], tokenizer, with_bos: bool) -> list[list[int]]:
@@ -125,8 +134,12 @@ def encode(prompts: Sequence[str], targets: Sequence[str], tokenizer, config,
     if len(prompts) != len(targets):
         raise ValueError(f"encode: {len(prompts)} prompts but {len(targets)} targets")
     limits = Limits.from_config(config, tokenizer, context_length)
-    eos = _eos_id(tokenizer)
     report = TruncationReport(rows=len(prompts), limits=limits)
+    from fw.data import chat
+
+    if chat.uses_chat_template(config):
+        return chat.encode(prompts, targets, tokenizer, config, limits, report), report
+    eos = _eos_id(tokenizer)
     rows = []
     prompt_ids, target_ids = _token_ids(prompts, tokenizer, True), _token_ids(targets, tokenizer, False)
     for position, (prompt, target) in enumerate(zip(prompt_ids, target_ids)):
@@ -157,6 +170,10 @@ def encode_prompts(prompts: Sequence[str], tokenizer, config) -> tuple[list[Enco
     """Inference rows: the prompt ids only (input limit applied; labels all -100), for generation."""
     limits = Limits(input=Limits.from_config(config).input)
     report = TruncationReport(rows=len(prompts), limits=limits)
+    from fw.data import chat
+
+    if chat.uses_chat_template(config):
+        return chat.encode(prompts, None, tokenizer, config, limits, report), report
     rows = []
     for position, ids in enumerate(_token_ids(prompts, tokenizer, True)):
         if limits.input is not None and len(ids) > limits.input:

@@ -92,8 +92,10 @@ class LabelTrieLogitsProcessor:
 
 def processor_factory(data: dict, tokenizer):
     """``prompt_width -> LabelTrieLogitsProcessor`` for ``data``'s labels, and the longest label in tokens."""
+    from fw.infer.settings import stop_token_ids
+
     trie = build_trie(tokenizer, view.labels(data))
-    eos = tokenizer.eos_token_id
+    eos = stop_token_ids(data, tokenizer)
     eos_ids = list(eos) if isinstance(eos, (list, tuple)) else [eos]
     return (lambda prompt_width: LabelTrieLogitsProcessor(trie, prompt_width, eos_ids, tokenizer.pad_token_id),
             trie.depth)

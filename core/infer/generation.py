@@ -13,7 +13,8 @@ from fw.config import view
 
 @dataclass(frozen=True)
 class Generation:
-    """One row's generation: ``raw`` keeps special tokens, ``text`` is the decoded, stripped output."""
+    """One row's generation: ``raw`` is what the model generated with its special tokens (up to its stop token, no
+    padding), ``text`` the decoded output without special tokens, stripped."""
 
     raw: str
     text: str
@@ -82,11 +83,19 @@ def generate(model, tokenizer, prompt_ids, data: dict, show_progress: bool = Fal
                                     **settings.generate_kwargs(ids.shape[1]))
             new_tokens = output[:, ids.shape[1]:]
             for row, index in enumerate(indices):
-                tokens = new_tokens[row].tolist()
+                tokens = generated_part(new_tokens[row].tolist(), settings.config.eos_token_id)
                 results[index] = Generation(raw=tokenizer.decode(tokens, skip_special_tokens=False),
                                             text=tokenizer.decode(tokens, skip_special_tokens=True).strip())
             bar.advance(len(indices))
     return results  # type: ignore[return-value]
+
+
+def generated_part(tokens: list[int], stop) -> list[int]:
+    """A row's new tokens up to and including its first stop token: what follows is padding, which
+    ``generate`` adds to rows that finish before the longest one of their batch."""
+    stops = set(stop) if isinstance(stop, (list, tuple)) else {stop}
+    end = next((position + 1 for position, token in enumerate(tokens) if token in stops), len(tokens))
+    return tokens[:end]
 
 
 def constrained_processors(data: dict, tokenizer) -> tuple[list, int]:

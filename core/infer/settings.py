@@ -106,9 +106,20 @@ def transformers_fields(data: dict, tokenizer, max_new_tokens: int) -> dict:
         section.pop("prompt_lookup_num_tokens", None)
     if "sequence_bias" in section:
         section["sequence_bias"] = sequence_bias(section["sequence_bias"])
-    for key in ("pad_token_id", "bos_token_id", "eos_token_id"):
+    for key in ("pad_token_id", "bos_token_id"):
         section.setdefault(key, getattr(tokenizer, key))
+    section.setdefault("eos_token_id", stop_token_ids(data, tokenizer))
     return section
+
+
+def stop_token_ids(data: dict, tokenizer):
+    """What ends a generation: the tokenizer's EOS; with ``prompt.chat_template`` also the template's end-of-turn
+    token (a list then)."""
+    from fw.data.chat import ChatFormat, uses_chat_template
+
+    if uses_chat_template(data):
+        return ChatFormat.of(data, tokenizer).stop_token_ids()
+    return tokenizer.eos_token_id
 
 
 def plan(data: dict, tokenizer, model=None, longest_prompt: int = 0, extra_processors=(),

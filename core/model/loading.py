@@ -158,8 +158,20 @@ def load_base_model(config, for_training: bool = False, tokenizer_from: str | No
     if not quant_kwargs:
         model.to(device())
     sync_special_tokens(model, tokenizer)
+    if not tokenizer_from:
+        note_unused_chat_template(tokenizer, data)
     model.train(for_training)
     return model, tokenizer
+
+
+def note_unused_chat_template(tokenizer, data: dict) -> None:
+    """One line when the base model has a chat template the config does not use (fw's default, as in Ludwig)."""
+    from fw import console
+    from fw.data.chat import uses_chat_template
+
+    if getattr(tokenizer, "chat_template", None) and not uses_chat_template(data):
+        console.info("prompt: the base model has a chat template, and fw sends it the prompt as plain text (the "
+                     "default, as in Ludwig); set prompt.chat_template: true to prompt it in its chat format.")
 
 
 def sync_special_tokens(model, tokenizer) -> None:

@@ -266,6 +266,8 @@ def statistics_rows(run_dir: Path) -> list[tuple[str, str]]:
 
 
 def prompt_section(saved: SavedModel) -> str:
+    if chat_messages(saved.data, "") is not None:
+        return chat_prompt_section(saved)
     renderer = PromptRenderer(saved.data)
     if renderer.mode == "column":
         how = (f"The model was trained on the `{renderer.input_column}` column as-is, with no template around it "
@@ -288,6 +290,34 @@ def prompt_section(saved: SavedModel) -> str:
             "Send formatted prompts to a completions endpoint.")
     return (f"## Prompt format\n\n{how}\n\n{chat} Tokenize the prompt with the tokenizer's default special tokens "
             "(a BOS token where the tokenizer adds one); the model answers after it and ends with the EOS token.")
+
+
+def chat_prompt_section(saved: SavedModel) -> str:
+    prompt = saved.data.get("prompt") or {}
+    renderer = PromptRenderer(saved.data)
+    if renderer.mode == "column":
+        user = (f"the `{renderer.input_column}` column as-is (or, when it holds a conversation, that conversation's "
+                "messages)")
+    else:
+        user = "the prompt rendered from this template:\n\n" + fenced(renderer.template) + "\n\n"
+    system = (f"after the system message _{prompt['system_message']}_" if prompt.get("system_message") else
+              "with no system message of its own (the template's default applies, if it has one)")
+    trained = ("every assistant turn" if prompt.get("train_on") != "last_assistant_turn" else
+               "the final assistant turn")
+    return ("## Prompt format\n\nThe model was trained through the tokenizer's chat template (saved with it): the "
+            f"user message is {user} {system}; the loss covered {trained} and its end-of-turn token. Send messages "
+            "to a chat endpoint (`apply_chat_template(messages, add_generation_prompt=True)`, vLLM's `llm.chat` or "
+            "`/v1/chat/completions`); generation ends at the end-of-turn token, which `generation_config.json` lists "
+            "among its `eos_token_id`s.")
+
+
+def chat_messages(data: dict, example: str) -> list[dict] | None:
+    """The chat messages of an example prompt when the model was trained through a chat template, else None."""
+    prompt = data.get("prompt") or {}
+    if not prompt.get("chat_template"):
+        return None
+    system = [{"role": "system", "content": prompt["system_message"]}] if prompt.get("system_message") else []
+    return system + [{"role": "user", "content": example}]
 
 
 def generation_section(saved: SavedModel) -> str:
@@ -357,20 +387,30 @@ def transformers_snippet(saved: SavedModel, location: str, example: str) -> str:
     else:
         lines += ["", f'model = AutoModelForCausalLM.from_pretrained({location!r}, dtype="auto")']
         generate = "model.generate(**inputs)  # generation_config.json holds the settings above"
-    lines += [f"tokenizer = AutoTokenizer.from_pretrained({location!r})", "",
-              f"prompt = {example!r}", 'inputs = tokenizer(prompt, return_tensors="pt")', f"output = {generate}",
+    messages = chat_messages(saved.data, example)
+    lines += [f"tokenizer = AutoTokenizer.from_pretrained({location!r})", ""]
+    if messages is None:
+        lines += [f"prompt = {example!r}", 'inputs = tokenizer(prompt, return_tensors="pt")']
+    else:
+        lines += [f"messages = {messages!r}", "inputs = tokenizer.apply_chat_template(messages, "
+                  'add_generation_prompt=True, return_tensors="pt", return_dict=True)']
+    lines += [f"output = {generate}",
               'print(tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))']
     return "\n".join(lines)
 
 
 def vllm_snippet(saved: SavedModel, location: str, repo_id: str | None, example: str) -> str:
     sampling = sampling_params(saved)
+    messages = chat_messages(saved.data, example)
+    call = f"llm.generate([{example!r}], params" if messages is None else f"llm.chat({messages!r}, params"
+    endpoint = ("the formatted prompt to the completions endpoint (`/v1/completions`)" if messages is None else
+                "the messages to the chat endpoint (`/v1/chat/completions`)")
     if not saved.is_adapter:
         code = ["from vllm import LLM, SamplingParams", "", f"llm = LLM(model={location!r})",
-                f"params = SamplingParams({sampling})", f"outputs = llm.generate([{example!r}], params)",
+                f"params = SamplingParams({sampling})", f"outputs = {call})",
                 "print(outputs[0].outputs[0].text)"]
-        return (fenced("\n".join(code), "python") + f"\n\nAs a server: `vllm serve {location}`, then send the "
-                "formatted prompt to the completions endpoint (`/v1/completions`).")
+        return (fenced("\n".join(code), "python") + f"\n\nAs a server: `vllm serve {location}`, then send "
+                f"{endpoint}.")
     sections = adapter_sections(saved.data)
     section = sections.get(saved.active) or next(iter(sections.values()))
     problem = vllm_problem(section)
@@ -386,12 +426,12 @@ def vllm_snippet(saved: SavedModel, location: str, repo_id: str | None, example:
             *(["from huggingface_hub import snapshot_download"] if repo_id else []), "", *fetch,
             f"llm = LLM(model={saved.base_model!r}, enable_lora=True, max_lora_rank={rank})",
             f"params = SamplingParams({sampling})",
-            f"outputs = llm.generate([{example!r}], params, lora_request=LoRARequest({name!r}, 1, {path}))",
+            f"outputs = {call}, lora_request=LoRARequest({name!r}, 1, {path}))",
             "print(outputs[0].outputs[0].text)"]
     served = f"{location}/{subfolder}" if subfolder else location
     return (fenced("\n".join(code), "python") + f"\n\nAs a server: `vllm serve {saved.base_model} --enable-lora "
-            f"--max-lora-rank {rank} --lora-modules {name}={served}` (a local directory), then send the formatted "
-            f"prompt to the completions endpoint with `\"model\": \"{name}\"`.")
+            f"--max-lora-rank {rank} --lora-modules {name}={served}` (a local directory), then send {endpoint} "
+            f"with `\"model\": \"{name}\"`.")
 
 
 def vllm_problem(section: dict) -> str | None:

@@ -7,6 +7,9 @@ under ``fw predict``. So the tokenizer saved with a model gets a chat template t
 last user message fills the one column the prompt reads, ``{__task__}`` is the configured task, and the BOS token
 leads when the tokenizer adds one (chat endpoints tokenize the template's text without special tokens).
 
+With ``prompt.chat_template`` the model was trained through a real chat template: the saved tokenizer keeps it (or
+gets the one the config gives as text), so chat clients send exactly the training format.
+
 Prompts that read several columns, the whole row (``{__sample__}``), few-shot examples (``{__context__}``) or use
 a format spec cannot come from one chat message: then the tokenizer keeps no chat template, so a chat request
 fails loudly instead of silently sending another format; the completions endpoint takes the formatted prompt.
@@ -67,7 +70,13 @@ def jinja_text(text: str) -> str:
 
 def use_prompt_as_chat_template(tokenizer, data: dict) -> str | None:
     """Give ``tokenizer`` the chat template of fw's prompt (before it is saved); when the prompt cannot come
-    from one chat message, remove its chat template. Returns why it could not, or None."""
+    from one chat message, remove its chat template. Returns why it could not, or None. A config that trained
+    through a chat template (``prompt.chat_template``) keeps that template."""
+    chosen = (data.get("prompt") or {}).get("chat_template")
+    if chosen:
+        if isinstance(chosen, str):
+            tokenizer.chat_template = chosen
+        return None
     template, reason = prompt_chat_template(data, tokenizer)
     tokenizer.chat_template = template
     return reason

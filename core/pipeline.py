@@ -426,7 +426,7 @@ def evaluate(model_path=None, config=None, dataset=None, split: str = "full", ou
     match, token F1, BLEU / ROUGE for text outputs; accuracy, macro-F1, per-class precision / recall, confusion
     matrix and fallback rate for category outputs), with the predictions, into a directory of this call's own
     (:func:`fw.runs.output_directory`). Every process of a job returns the same result."""
-    from fw.infer.metrics import output_metrics
+    from fw.infer.metrics import fallback_warning, output_metrics
 
     runs.run_name(experiment_name, model_name)
     join_job()
@@ -439,6 +439,9 @@ def evaluate(model_path=None, config=None, dataset=None, split: str = "full", ou
     scores = loss_scores(model, tokenizer, encode_pairs(prompts, targets, tokenizer, data, "evaluate"), data)
     scores.update(output_metrics(outputs.values, targets, view.output_type(data), outputs.matched, view.labels(data),
                                  outputs.timeouts))
+    warning = fallback_warning(scores, view.fallback_label(data))
+    if warning:
+        console.warn(warning)
     statistics = {view.output_name(data): scores, "combined": {"loss": scores.get("loss")}, "rows": len(frame)}
     table = predictions_frame(frame, data, shown_prompts(prompts, data, tokenizer), generations, outputs)
     directory = from_main_process(lambda: runs.output_directory("evaluate", output_directory, model_path,

@@ -18,7 +18,8 @@ from fw import pipeline
 from fw.cli.main import main as fw_main
 from fw.plugins.decoders.category_extractor import extract_labels
 from fw.config.load import load_config
-from fw.infer.label_scoring import label_ids, score_batch, score_labels
+from fw.infer.label_scoring import candidate_log_probs, candidates, score_labels, whole_sequence_log_probs, \
+    written_after
 from fw.infer.metrics import category_metrics
 
 from spec_location import SNIPPETS as SNIPPET_DIR
@@ -137,13 +138,43 @@ def test_label_scoring_gives_normalised_probabilities_and_is_batch_independent(t
 
 def test_label_scores_are_the_summed_token_log_likelihoods(tiny):
     model, tokenizer = tiny
-    prompt = tokenizer("Review: fine\nSentiment:").input_ids
-    label = label_ids(tokenizer, ["positive"])[0]
-    score = score_batch(model, [prompt], [label], tokenizer.pad_token_id)[0, 0]
+    prompts = [tokenizer("Review: fine\nSentiment:").input_ids,
+               tokenizer("Review: a film that was longer than it needed to be\nSentiment:").input_ids]
+    options = candidates(tokenizer, ["positive", "negative"])
+    assert any(len(option.ids) > 1 for option in options), "the continuation path is exercised"
     with torch.no_grad():
-        logits = model(torch.tensor([prompt + label])).logits.log_softmax(-1)[0]
-    expected = sum(logits[len(prompt) - 1 + i, token] for i, token in enumerate(label))
-    assert float(score) == pytest.approx(float(expected), abs=1e-4)
+        cached = candidate_log_probs(model, prompts, options, tokenizer.pad_token_id)
+        whole = whole_sequence_log_probs(model, prompts, options, tokenizer.pad_token_id)
+        for row, prompt in enumerate(prompts):
+            for column, option in enumerate(options):
+                logits = model(torch.tensor([prompt + list(option.ids)])).logits.log_softmax(-1)[0]
+                expected = sum(logits[len(prompt) - 1 + i, token] for i, token in enumerate(option.ids))
+                assert float(cached[row, column]) == pytest.approx(float(expected), abs=1e-4)
+                assert float(whole[row, column]) == pytest.approx(float(expected), abs=1e-4)
+
+
+def test_each_label_is_scored_as_written_and_after_a_space(tiny):
+    """After a prompt ending in a newline (a chat template's assistant header) a model writes "negative", after
+    "Answer:" it writes " negative": both tokenizations count, not a blind leading space."""
+    _, tokenizer = tiny
+    options = candidates(tokenizer, ["negative"])
+    assert [list(option.ids) for option in options] == [tokenizer.encode("negative", add_special_tokens=False),
+                                                        tokenizer.encode(" negative", add_special_tokens=False)]
+
+
+def test_a_tokenization_that_would_merge_with_the_prompt_is_left_out(tiny):
+    _, tokenizer = tiny
+    [the] = tokenizer.encode("The", add_special_tokens=False)  # one token in the tiny vocabulary
+    first, rest = tokenizer.encode("T", add_special_tokens=False), tokenizer.encode("he", add_special_tokens=False)
+    assert not written_after(tokenizer, first[-1], candidates_of(rest), {})
+    colon = tokenizer.encode(":", add_special_tokens=False)[-1]
+    assert written_after(tokenizer, colon, candidates_of(tokenizer.encode(" positive", add_special_tokens=False)), {})
+
+
+def candidates_of(ids):
+    from fw.infer.label_scoring import Candidate
+
+    return Candidate(0, tuple(ids))
 
 
 def test_label_scoring_predictions_have_probability_columns(tmp_path, tiny_llama_dir):
@@ -183,5 +214,36 @@ def test_spec_category_snippets_run_fw_evaluate_end_to_end(tmp_path, tiny_llama_
     stats = json.loads((tmp_path / "out" / "test_statistics.json").read_text())["label"]
     assert {"accuracy", "macro_f1", "per_class", "confusion_matrix", "fallback_rate", "loss"} <= set(stats)
     assert sum(map(sum, stats["confusion_matrix"]["matrix"])) == 8
+
+
+def test_evaluate_warns_when_most_generations_fall_back(tmp_path, tiny_llama_dir, capsys):
+    data = category_config(contains("positive", "negative"), fallback="unknown", base=tiny_llama_dir)
+    result = pipeline.evaluate(config=data, dataset=reviews(), output_directory=tmp_path, show_progress=False)
+    rate = result.statistics["label"]["fallback_rate"]
+    assert rate >= 0.2, "the random tiny model names no label"
+    assert (f"evaluate: {round(rate * 8)} of 8 generations ({rate:.0%}) named no label and got the fallback_label "
+            "'unknown'; look at raw_generation") in capsys.readouterr().err
+
+
+def test_no_fallback_warning_below_the_threshold():
+    from fw.infer.metrics import category_metrics, fallback_warning
+
+    scores = category_metrics(["a", "b", "a", "a", "b"], ["a", "b", "a", "b", "b"], matched=[True] * 4 + [False])
+    assert scores["fallback_rate"] == 0.2 and fallback_warning(scores, "b").startswith("evaluate: 1 of 5 generations")
+    scores = category_metrics(["a"] * 10, ["a"] * 10, matched=[True] * 9 + [False])
+    assert fallback_warning(scores, "a") is None
+
+
+def test_validate_notes_a_fallback_label_that_is_one_of_the_labels():
+    from fw.config.load import validate_config
+
+    raw = {"base_model": "x", "input_features": [{"name": "input"}], "trainer": {"type": "none"},
+           "output_features": [{"name": "label", "type": "category", "preprocessing": {"fallback_label": "neutral"},
+                                "decoder": {"type": "category_extractor", "match": contains("positive", "neutral")}}]}
+    warnings = [str(warning) for warning in validate_config(raw).warnings]
+    assert any(warning.startswith("output_features[0].preprocessing.fallback_label: 'neutral' is one of the labels,"
+                                  " so a generation that names no label counts as 'neutral'") for warning in warnings)
+    raw["output_features"][0]["preprocessing"]["fallback_label"] = "none of them"
+    assert not [w for w in validate_config(raw).warnings if "fallback_label" in str(w)]
     if raw["output_features"][0]["decoder"].get("constrain_to_vocabulary"):
         assert stats["fallback_rate"] == 0.0

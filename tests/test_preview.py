@@ -60,9 +60,53 @@ def test_preview_with_a_tokenizer_shows_token_counts_and_the_truncation_report(t
     config, dataset = files(tmp_path)
     assert main(["preview", config, "--dataset", dataset, "-n", "1", "--tokenizer", str(tokenizer_dir)]) == 0
     out = capsys.readouterr().out
-    assert "row 1 · prompt · " in out and " tokens" in out and "tokens with EOS" in out
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    prompt, target = (len(tokenizer(text)["input_ids"]) for text in ("Q: Why is the sky blue? A:", "Rayleigh scattering"))
+    assert f"── row 1 · {prompt + target + 1} tokens, {target + 1} carry the loss ──" in out
+    assert "Q: Why is the sky blue? A:Rayleigh scattering</s>" in out  # the exact token sequence, EOS included
+    assert 'loss on: "Rayleigh scattering</s>"' in out
     assert "truncation: 0 of 3 rows truncated; input 0 (no limit), output 0 (no limit), global 0 (max 256 " \
            "tokens)" in out
+
+
+def test_preview_never_cuts_or_wraps_long_lines_when_piped(tmp_path):
+    long_question = "why " * 60 + "is that so?"
+    config, dataset = files(tmp_path, data=f"question,answer\n{long_question},because\n")
+    done = subprocess.run([sys.executable, "-m", "fw.cli.main", "preview", config, "--dataset", dataset],
+                          capture_output=True, text=True, check=True)
+    assert f"Q: {long_question} A:" in done.stdout.splitlines()
+
+
+CHAT_TEMPLATE = ("{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }}</s>{% endfor %}"
+                 "{% if add_generation_prompt %}<s>assistant: {% endif %}")
+
+
+def test_preview_with_a_chat_template_shows_the_templated_text_and_each_trained_turn(tmp_path, capsys,
+                                                                                   tokenizer_dir):
+    import json
+
+    config, dataset = files(tmp_path, data="")
+    text = Path(config).read_text().replace('  template: "Q: {question} A:"', "  chat_template: " +
+                                            json.dumps(CHAT_TEMPLATE))
+    Path(config).write_text(text.replace("name: prompt,", "name: messages,"))
+    conversation = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
+                    {"role": "user", "content": "Bye"}, {"role": "assistant", "content": "Ciao"}]
+    Path(dataset).write_text(json.dumps({"messages": conversation}) + "\n")
+    Path(dataset).rename(Path(dataset).with_suffix(".jsonl"))
+    assert main(["preview", config, "--dataset", str(Path(dataset).with_suffix(".jsonl")),
+                 "--tokenizer", str(tokenizer_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "<s>user: Hi</s><s>assistant: Hello</s><s>user: Bye</s><s>assistant: Ciao</s>" in out
+    assert 'loss on: "Hello</s>" · "Ciao</s>"' in out
+
+
+def test_preview_of_a_chat_template_needs_a_tokenizer(tmp_path, capsys):
+    config, dataset = files(tmp_path)
+    Path(config).write_text(Path(config).read_text() + "  chat_template: true\n")
+    assert main(["preview", config, "--dataset", dataset]) == 1
+    assert "fw preview: prompt.chat_template renders through the tokenizer; give --tokenizer" in capsys.readouterr().err
 
 
 def test_preview_uses_a_local_base_model_as_tokenizer(tmp_path, capsys, tokenizer_dir):

@@ -7,7 +7,7 @@ import pytest
 
 from fw.config.load import load_config
 from fw.errors import FwError
-from fw.data.prompt import DEFAULT_FEW_SHOT_TEMPLATE, DEFAULT_TASK_TEMPLATE, PromptRenderer, as_text, target_text
+from fw.data.prompt import DEFAULT_TASK_TEMPLATE, few_shot_template, PromptRenderer, as_text, target_text
 
 
 def config(prompt=None, input_name="prompt", output=None, **extra) -> dict:
@@ -61,11 +61,18 @@ def test_task_without_template_uses_the_default_template():
 def test_task_with_retrieval_uses_the_few_shot_default_and_the_context():
     data = config({"task": "Classify", "retrieval": {"type": "random", "k": 2}})
     renderer = PromptRenderer(data)
-    assert renderer.template == DEFAULT_FEW_SHOT_TEMPLATE
+    assert renderer.template == few_shot_template("random")
     prompt = renderer.render({"text": "ok"}, context="text: fine -> positive")
+    assert "labeled samples chosen at random from the training data." in prompt
     assert prompt.startswith("Below is relevant context:\n\nCONTEXT: text: fine -> positive\n\n")
     assert prompt.endswith('SAMPLE INPUT: {"text": "ok"}\n\nUSER: Complete the following task: Classify\n\n'
                            "ASSISTANT:\n")
+
+
+def test_the_few_shot_default_says_how_the_examples_were_chosen():
+    assert "whose embeddings were similar to that of the sample input" in few_shot_template("semantic")
+    assert "chosen at random" not in few_shot_template("semantic")
+    assert "chosen by the bm25 retriever" in few_shot_template("bm25")
 
 
 def test_sample_is_the_whole_row_as_json_without_output_and_split_columns():

@@ -753,3 +753,20 @@ def lowercase_targets_need_lowercase_labels(config: Config, registry: Registry) 
             yield ConfigIssue(f"output_features[0].decoder.match.{label}",
                               "preprocessing.lowercase lower-cases the targets, so this label would never match one.",
                               f"write it {shown(str(label).lower())}")
+
+
+@rule("output_features")
+def fallback_label_is_a_class(config: Config, registry: Registry) -> Iterator[ConfigIssue]:
+    """A fallback_label that is one of the labels makes failed generations look like answers."""
+    feature = config["output_features"][0]
+    decoder = feature["decoder"]
+    fallback = (feature.get("preprocessing") or {}).get("fallback_label")
+    if feature["type"] != "category" or decoder.get("label_scoring") or decoder.get("constrain_to_vocabulary"):
+        return
+    if fallback is not None and str(fallback) in [str(label) for label in decoder.get("match") or {}]:
+        yield ConfigWarning("output_features[0].preprocessing.fallback_label",
+                            f"{shown(fallback)} is one of the labels, so a generation that names no label counts as "
+                            f"{shown(fallback)} and can look right: accuracy then hides failures (fw evaluate reports "
+                            "the fallback_rate).",
+                            "use a value that is no label, or decoder.label_scoring / constrain_to_vocabulary, "
+                            "which always give a label")

@@ -10,7 +10,7 @@ The spec's input modes, all handled by :class:`PromptRenderer`:
   (``prompt.task``) and ``{__context__}`` (few-shot examples from retrieval). Literal braces are written
   ``{{`` and ``}}``, as in Python's ``str.format``; a format spec such as ``{price:.2f}`` formats the value;
 - **task without template**: Ludwig's default zero-shot template :data:`DEFAULT_TASK_TEMPLATE` (or
-  :data:`DEFAULT_FEW_SHOT_TEMPLATE` when ``prompt.retrieval`` is set), so prompts match what Ludwig users know.
+  :func:`few_shot_template` when ``prompt.retrieval`` is set), so prompts match what Ludwig users know.
 
 Missing values (None, NaN) render as an empty string. This module imports nothing heavy.
 """
@@ -37,21 +37,31 @@ USER: Complete the following task: {__task__}
 ASSISTANT:
 """
 
-#: used when ``prompt.task`` and ``prompt.retrieval`` are set and ``prompt.template`` is not (Ludwig's default)
+#: used when ``prompt.task`` and ``prompt.retrieval`` are set and ``prompt.template`` is not (Ludwig's default, with
+#: ``{how}`` saying how the examples were chosen: :func:`few_shot_template`)
 DEFAULT_FEW_SHOT_TEMPLATE = """Below is relevant context:
 
-CONTEXT: {__context__}
+CONTEXT: {{__context__}}
 
-CONTEXT is comprised of labeled samples whose embeddings were similar to that of the sample input. The labels in
+CONTEXT is comprised of labeled samples {how}. The labels in
 these samples could aid you in your final prediction. Given this and no prior knowledge, follow the instructions
 below.
 
-SAMPLE INPUT: {__sample__}
+SAMPLE INPUT: {{__sample__}}
 
-USER: Complete the following task: {__task__}
+USER: Complete the following task: {{__task__}}
 
 ASSISTANT:
 """
+#: how each built-in retriever chooses its examples, as the default few-shot template says it
+CHOSEN = {"semantic": "whose embeddings were similar to that of the sample input",
+          "random": "chosen at random from the training data"}
+
+
+def few_shot_template(retriever: str) -> str:
+    """The default few-shot template, saying truthfully how ``retriever`` chose the examples (Ludwig's text says
+    "similar" whatever the retriever)."""
+    return DEFAULT_FEW_SHOT_TEMPLATE.format(how=CHOSEN.get(retriever, f"chosen by the {retriever} retriever"))
 
 
 # -- values ---------------------------------------------------------------------------------------
@@ -125,7 +135,7 @@ class PromptRenderer:
         if not prompt.get("task"):
             return None
         retrieval = (prompt.get("retrieval") or {}).get("type")
-        return DEFAULT_FEW_SHOT_TEMPLATE if retrieval else DEFAULT_TASK_TEMPLATE
+        return few_shot_template(retrieval) if retrieval else DEFAULT_TASK_TEMPLATE
 
     @staticmethod
     def _parse(template: str) -> list[tuple[str, str | None, str | None, str | None]]:

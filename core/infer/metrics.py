@@ -1,6 +1,7 @@
 """Evaluation metrics: loss / perplexity (teacher-forced, response tokens only), and on generated outputs
 exact match, token-level F1, BLEU (sacrebleu) and ROUGE (rouge_score) when those packages are importable;
 for category outputs accuracy, macro-F1, per-class precision / recall, a confusion matrix and the fallback rate.
+Every score is on one scale, 0 to 1 (BLEU too: sacrebleu's 0-100 score divided by 100).
 """
 from __future__ import annotations
 
@@ -44,7 +45,8 @@ def bleu(predictions, targets) -> float | None:
         import sacrebleu
     except ImportError:
         return None
-    return float(sacrebleu.corpus_bleu([normalize(p) for p in predictions], [[normalize(t) for t in targets]]).score)
+    score = sacrebleu.corpus_bleu([normalize(p) for p in predictions], [[normalize(t) for t in targets]]).score
+    return float(score) / 100
 
 
 def rouge(predictions, targets) -> dict | None:
@@ -94,6 +96,21 @@ def category_metrics(predictions, targets, matched=None, labels=None) -> dict:
     if matched is not None:
         result["fallback_rate"] = (sum(not m for m in matched) / len(matched)) if matched else float("nan")
     return result
+
+
+#: a fallback rate from which fw evaluate warns: the accuracy then mostly measures the fallback label
+HIGH_FALLBACK_RATE = 0.2
+
+
+def fallback_warning(scores: dict, fallback_label) -> str | None:
+    """One line when many generations named no label (``fallback_rate`` of at least :data:`HIGH_FALLBACK_RATE`)."""
+    rate, rows = scores.get("fallback_rate"), sum(scores.get("per_class", {}).get(label, {}).get("support", 0)
+                                                 for label in scores.get("per_class", {}))
+    if rate is None or rate != rate or rate < HIGH_FALLBACK_RATE:
+        return None
+    return (f"evaluate: {round(rate * rows)} of {rows} generations ({rate:.0%}) named no label and got the "
+            f"fallback_label {fallback_label!r}; look at raw_generation in the predictions, and consider "
+            "decoder.constrain_to_vocabulary or decoder.label_scoring (every prediction is then a label).")
 
 
 def class_scores(matrix: list[list[int]], k: int) -> dict:

@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.fw-installed
 TORCH  := torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: install test demo smollm2 bench gpu-check gpu-wheels clean
+.PHONY: install test demo demo-real smollm2 bench gpu-check gpu-wheels clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,11 @@ test: install
 
 demo: install
 	$(BIN)/python examples/demo/run_demo.py
+
+# A real instruct model learning (SmolLM2-135M-Instruct, LoRA through its chat template, real tweets): several
+# minutes on a CPU, so a target of its own
+demo-real: smollm2
+	$(BIN)/python examples/sentiment/run_demo.py
 
 # The two-task merge measurement and startup (bench/startup.py: fw train vs transformers.Trainer + PEFT to the first
 # step) run on any device; torch.compile with its real inductor backend is checked here (the suite compiles with

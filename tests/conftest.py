@@ -78,3 +78,11 @@ def pytest_sessionfinish(session, exitstatus):
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
+@pytest.fixture(scope="session")
+def smollm2_dir():
+    """SmolLM2-135M-Instruct in fw's cache (``make smollm2``, run by ``make test``), else the test is skipped."""
+    from fw.model import smollm2
+
+    if not smollm2.is_ready():
+        pytest.skip(smollm2.missing_reason())
+    return smollm2.model_dir()

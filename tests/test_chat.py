@@ -192,3 +192,115 @@ def as_json(messages) -> str:
     import json
 
     return json.dumps(messages)
+
+
+# -- end to end on the tiny model ------------------------------------------------------------------------------------
+TINY_TEMPLATE = ("{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }}</s>{% endfor %}"
+                 "{% if add_generation_prompt %}<s>assistant: {% endif %}")
+
+
+def chat_rows() -> list[dict]:
+    rows = []
+    for number in range(8):
+        short = number % 2 == 0
+        rows.append({"messages": [{"role": "system", "content": "Reply."},
+                                  {"role": "user", "content": f"{'short' if short else 'long'} {number}"},
+                                  {"role": "assistant", "content": "positive" if short else "the quick brown fox"}]})
+    return rows
+
+
+def test_generated_part_ends_at_the_first_stop_token():
+    from fw.infer.generation import generated_part
+
+    assert generated_part([5, 6, 2, 0, 0], [2, 7]) == [5, 6, 2]
+    assert generated_part([5, 6, 2, 2, 2], 2) == [5, 6, 2]  # pad = eos: the repeats are padding
+    assert generated_part([5, 6, 8], 2) == [5, 6, 8]
+
+
+def test_a_conversation_dataset_trains_saves_and_predicts_through_the_chat_template(tmp_path, tiny_llama_dir):
+    import json
+
+    import pandas as pd
+    from transformers import AutoTokenizer, GenerationConfig
+
+    from fw import pipeline
+
+    dataset = tmp_path / "chats.jsonl"
+    dataset.write_text("".join(json.dumps(row) + "\n" for row in chat_rows()))
+    config = {"base_model": str(tiny_llama_dir), "input_features": [{"name": "messages"}],
+              "output_features": [{"name": "reply"}], "prompt": {"chat_template": TINY_TEMPLATE},
+              "adapter": {"type": "lora", "r": 8}, "preprocessing": {"split": {"probabilities": [1.0, 0.0, 0.0]}},
+              "trainer": {"epochs": 3, "batch_size": 4, "learning_rate": 0.01, "seed": 1},
+              "generation": {"max_new_tokens": 8, "do_sample": False}}
+    run = pipeline.train(config, dataset=str(dataset), output_directory=tmp_path / "runs", show_progress=False)
+    losses = run.statistics["train_loss_per_step"]
+    assert losses[-1] < losses[0]
+    saved = AutoTokenizer.from_pretrained(run.model_dir)
+    assert saved.chat_template == TINY_TEMPLATE  # the template trained with, not fw's prompt template
+    assert saved.eos_token_id in GenerationConfig.from_pretrained(run.model_dir).eos_token_id
+    pipeline.predict(model_path=run.model_dir, dataset=str(dataset), output_directory=tmp_path / "out",
+                     show_progress=False)
+    table = pd.read_parquet(tmp_path / "out" / "predictions.parquet")
+    assert table["prompt"][0] == "<s>system: Reply.</s><s>user: short 0</s><s>assistant: "
+    assert all("<pad>" not in raw and raw.count("</s>") <= 1 for raw in table["raw_generation"])
+
+
+def test_packing_trains_on_conversations(tmp_path, tiny_llama_dir):
+    import json
+
+    from fw import pipeline
+
+    dataset = tmp_path / "chats.jsonl"
+    dataset.write_text("".join(json.dumps(row) + "\n" for row in chat_rows()))
+    config = {"base_model": str(tiny_llama_dir), "input_features": [{"name": "messages"}],
+              "output_features": [{"name": "reply"}], "prompt": {"chat_template": TINY_TEMPLATE},
+              "adapter": {"type": "lora", "r": 8}, "preprocessing": {"split": {"probabilities": [1.0, 0.0, 0.0]}},
+              "trainer": {"epochs": 2, "batch_size": 4, "learning_rate": 0.01, "packing": True, "seed": 1}}
+    run = pipeline.train(config, dataset=str(dataset), output_directory=tmp_path, show_progress=False)
+    losses = run.statistics["train_loss_per_step"]
+    assert losses and losses[-1] < losses[0]
+
+
+def test_a_conversation_column_gives_its_final_assistant_turn_as_the_target():
+    import json
+
+    import pandas as pd
+
+    from fw.data.tables import clean
+
+    frame = pd.DataFrame({"messages": [json.dumps(row["messages"]) for row in chat_rows()[:2]]})
+    data = load_config({"base_model": "x", "input_features": [{"name": "messages"}],
+                        "output_features": [{"name": "reply"}], "prompt": {"chat_template": True}}).data
+    cleaned = clean(frame, data, "train")
+    assert cleaned["reply"].tolist() == ["positive", "the quick brown fox"]
+    assert json.loads(cleaned["messages"][0]) == chat_rows()[0]["messages"][:2]
+
+
+def test_conversation_columns_one_line_errors_and_note(capsys):
+    import json
+
+    import pandas as pd
+
+    from fw.data.tables import clean
+
+    conversation = json.dumps(chat_rows()[0]["messages"])
+    chat = load_config({"base_model": "x", "input_features": [{"name": "messages"}],
+                        "output_features": [{"name": "reply"}], "prompt": {"chat_template": True}}).data
+    with pytest.raises(FwError, match=r"column 'messages' holds conversations, but row 2 hold\(s\) none"):
+        clean(pd.DataFrame({"messages": [conversation, "plain text"], "reply": ["a", "b"]}), chat, "train")
+    with pytest.raises(FwError, match=r"row 1: the conversation in 'messages' ends with an assistant turn and column "
+                                      r"'reply' holds a response too"):
+        clean(pd.DataFrame({"messages": [conversation], "reply": ["also"]}), chat, "train")
+    plain = load_config({"base_model": "x", "input_features": [{"name": "messages"}],
+                         "output_features": [{"name": "reply"}]}).data
+    clean(pd.DataFrame({"messages": [conversation], "reply": ["r"]}), plain, "train")
+    assert ("column 'messages' holds conversations; without prompt.chat_template they reach the model as JSON text"
+            in capsys.readouterr().err)
+
+
+def test_a_template_whose_markup_alone_exceeds_the_limit_is_one_line(tokenizer):
+    data = config(TEMPLATES["qwen-2.5"], system_message="A long system message that takes many tokens.")
+    data["preprocessing"]["global_max_sequence_length"] = 10
+    with pytest.raises(FwError, match=r"row 1: the chat template's own text \(system message, headers\) does not "
+                                      r"fit the length limits"):
+        encode(["Hi"], ["Hello"], tokenizer, data)

@@ -162,7 +162,8 @@ def test_resolved_config_has_every_default():
     assert resolved["adapter"]["postprocessor"] == {"merge_adapter_into_base_model": False, "progressbar": False}
     assert resolved["trainer"]["type"] == "finetune" and resolved["generation"]["max_new_tokens"] == 32
     assert resolved["output_features"][0]["decoder"]["type"] == "text_extractor"
-    assert resolved["prompt"] == {"template": None, "task": None, "retrieval": None}
+    assert resolved["prompt"] == {"template": None, "task": None, "retrieval": None, "chat_template": False,
+                                  "system_message": None, "train_on": "all_assistant_turns"}
 
 
 @pytest.mark.parametrize("sections", [

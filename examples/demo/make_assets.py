@@ -51,13 +51,14 @@ def write_dataset(path: Path, count: int = 480, test_fraction: float = 0.125) ->
 
 def build_base_model(path: Path, hidden: int = 128, layers: int = 4, heads: int = 4, seed: int = 0) -> Path:
     """A random-init Llama-style model whose tokenizer knows the demo's words as single tokens."""
+    from fw.model.loading import quiet_libraries
+
+    quiet_libraries()  # before transformers is imported: it imports torchao, whose import logs on a CPU-only torch
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from fw.model.loading import quiet_libraries
     from fw.model.tiny import DEFAULT_CORPUS, build_tokenizer
 
-    quiet_libraries()
     corpus = DEFAULT_CORPUS + ([" ".join(WORDS), "\n".join(WORDS + list(CATEGORIES)),
                                 "Which kind are most of these words: apple tiger lemon\nAnswer: fruit"] * 8)
     tokenizer = build_tokenizer(path, corpus)

@@ -304,3 +304,15 @@ def test_a_template_whose_markup_alone_exceeds_the_limit_is_one_line(tokenizer):
     with pytest.raises(FwError, match=r"row 1: the chat template's own text \(system message, headers\) does not "
                                       r"fit the length limits"):
         encode(["Hi"], ["Hello"], tokenizer, data)
+
+
+def test_chat_keys_without_a_chat_template_are_reported():
+    import fw
+
+    with pytest.raises(fw.ConfigError, match=r"prompt.system_message: is a chat message, but prompt.chat_template "
+                                             r"is off"):
+        config(False, system_message="Be brief.")
+    assert any(str(warning).startswith("prompt.train_on: applies to conversations")
+               for warning in load_config({"base_model": "x", "input_features": [{"name": "q"}],
+                                           "output_features": [{"name": "a"}],
+                                           "prompt": {"train_on": "last_assistant_turn"}}).warnings)

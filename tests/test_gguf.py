@@ -94,6 +94,7 @@ def test_a_gguf_file_loads_as_the_model_it_was_written_from(tiny_gguf, tiny_llam
     err = capsys.readouterr().err
     assert "dequantized the GGUF file tiny.gguf (F32) to float32" in err
     assert "Converting and de-quantizing" not in err  # transformers' tqdm bar is kept off the terminal
+    assert "the base model has a chat template, and fw sends it the prompt as plain text" in err  # not asked for
 
 
 def test_a_quantized_gguf_file_is_dequantized_and_saves_like_any_model(tiny_llama_dir, tmp_path, capsys):

@@ -17,6 +17,7 @@ pytestmark = [pytest.mark.realmodel, pytest.mark.slow]
 TWEETS = Path(__file__).resolve().parents[1] / "examples" / "sentiment" / "tweets.csv"
 QUESTION = "Is the sentiment of this tweet positive, negative or neutral? Answer with one word.\n\nTweet: {text}"
 LABELS = ("positive", "negative", "neutral")
+SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"  # the template's default
 
 
 def tweets(split: str, rows: int) -> pd.DataFrame:
@@ -30,7 +31,7 @@ def config(base, **changes) -> dict:
             "prompt": {"chat_template": True, "template": QUESTION},
             "adapter": {"type": "lora", "r": 8, "alpha": 16, "dropout": 0.0,
                         "target_modules": ["q_proj", "v_proj", "o_proj", "up_proj", "down_proj"]},
-            "trainer": {"epochs": 1, "batch_size": 8, "learning_rate": 0.001, "seed": 42},
+            "trainer": {"epochs": 1, "batch_size": 8, "learning_rate": 0.003, "seed": 42},
             "generation": {"max_new_tokens": 6, "do_sample": False}}
     data.update(changes)
     return data
@@ -48,19 +49,19 @@ def classify(base, chat: bool) -> dict:
 
 @pytest.fixture(scope="module")
 def trained(smollm2_dir, tmp_path_factory):
-    """A short LoRA run on 32 training tweets, with the loss on 16 held-out tweets before and after."""
+    """A short LoRA run (2 steps) on 16 training tweets, with the loss on 8 held-out tweets before and after."""
     from fw.data.tokens import encode
     from fw.model.loading import load_base_model
     from fw.train.trainer import evaluate_loss
 
     data = config(smollm2_dir)
-    held_out = tweets("test", 16)
+    held_out = tweets("test", 8)
     base, tokenizer = load_base_model(data)
     prompts = [QUESTION.format(text=text) for text in held_out["text"]]
     rows, _ = encode(prompts, held_out["sentiment"].tolist(), tokenizer, pipeline.resolve_config(data))
     before = evaluate_loss(base, tokenizer, rows, 8)["loss"]
     del base
-    run = pipeline.train(data, training_set=tweets("train", 32), test_set=held_out,
+    run = pipeline.train(data, training_set=tweets("train", 16), test_set=held_out,
                          output_directory=tmp_path_factory.mktemp("real-runs"), show_progress=False)
     return run, before
 
@@ -81,7 +82,7 @@ def test_the_chat_template_round_trip_matches_plain_transformers_and_peft(traine
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(smollm2_dir), run.model_dir).eval()
     for text, predicted, raw in zip(rows["text"], result.predictions["sentiment_predictions"],
                                     result.predictions["raw_generation"]):
-        messages = [{"role": "user", "content": QUESTION.format(text=text)}]
+        messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": QUESTION.format(text=text)}]
         inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
                                                return_dict=True)
         with torch.no_grad():
@@ -91,15 +92,17 @@ def test_the_chat_template_round_trip_matches_plain_transformers_and_peft(traine
         assert tokenizer.decode(new, skip_special_tokens=False) == raw  # the same stop: <|im_end|>, no padding
 
 
-def test_zero_shot_category_extraction_names_a_label_only_through_the_chat_template(smollm2_dir, tmp_path):
+def test_zero_shot_category_extraction_names_a_label_only_through_the_chat_template(smollm2_dir):
     rows = tweets("test", 8)
-    through_template = pipeline.evaluate(config=classify(smollm2_dir, True), dataset=rows.assign(split="test"),
-                                         split="test", output_directory=tmp_path / "chat", show_progress=False)
-    plain = pipeline.evaluate(config=classify(smollm2_dir, False), dataset=rows.assign(split="test"), split="test",
-                              output_directory=tmp_path / "plain", show_progress=False)
-    chat_rate = through_template.statistics["sentiment"]["fallback_rate"]
-    plain_rate = plain.statistics["sentiment"]["fallback_rate"]
-    assert chat_rate <= 0.25 < plain_rate, (chat_rate, plain_rate)
-    assert all(raw.endswith("<|im_end|>") for raw in through_template.predictions["raw_generation"]
-               if len(raw) < 40)  # short answers stop at the end-of-turn token
-    assert through_template.predictions["prompt"][0].startswith("<|im_start|>system\n")
+    _, model, tokenizer = pipeline.model_for_inference(config=classify(smollm2_dir, True))
+    fallback, raw, shown = {}, {}, {}
+    for chat in (True, False):
+        data = pipeline.resolve_config(classify(smollm2_dir, chat))
+        prompts = pipeline.prompts_of(rows, data, tokenizer)
+        generations, outputs = pipeline.generate_for(prompts, data, model, tokenizer, False)
+        fallback[chat] = sum(not matched for matched in outputs.matched) / len(rows)
+        raw[chat], shown[chat] = [g.raw for g in generations], pipeline.shown_prompts(prompts, data, tokenizer)
+    assert fallback[True] <= 0.25 < fallback[False], fallback
+    assert all(text.endswith("<|im_end|>") for text in raw[True] if len(text) < 40)  # short answers end the turn
+    assert shown[True][0].startswith(f"<|im_start|>system\n{SYSTEM}<|im_end|>\n<|im_start|>user\n")
+    assert shown[False][0] == QUESTION.format(text=rows["text"][0])

@@ -770,3 +770,17 @@ def fallback_label_is_a_class(config: Config, registry: Registry) -> Iterator[Co
                             "the fallback_rate).",
                             "use a value that is no label, or decoder.label_scoring / constrain_to_vocabulary, "
                             "which always give a label")
+
+
+@rule("prompt")
+def chat_keys_need_a_chat_template(config: Config, registry: Registry) -> Iterator[ConfigIssue]:
+    """prompt.system_message / train_on only act through a chat template (fw.data.chat)."""
+    prompt = config["prompt"]
+    if prompt.get("chat_template"):
+        return
+    if prompt.get("system_message") is not None:
+        yield ConfigIssue("prompt.system_message", "is a chat message, but prompt.chat_template is off.",
+                          "set prompt.chat_template: true (or a template), or put the text in prompt.template")
+    if prompt.get("train_on") == "last_assistant_turn":
+        yield ConfigWarning("prompt.train_on", "applies to conversations, which need prompt.chat_template; "
+                                               "without it the loss covers the target as always.")

@@ -24,9 +24,10 @@ their BOS themselves), so the tokens a model generates after a prompt are the to
 """
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from fw.errors import FwError
@@ -108,7 +109,6 @@ class ChatFormat:
     template: str | None = None   # None: the tokenizer's own
     system_message: str | None = None
     last_turn_only: bool = False
-    _end_of_turn: Any = field(default=..., repr=False)
 
     @classmethod
     def of(cls, config, tokenizer) -> ChatFormat:
@@ -151,17 +151,17 @@ class ChatFormat:
         return self.render(history, add_generation_prompt=True)
 
     # -- what carries loss --------------------------------------------------------------------------------------
-    @property
+    @functools.cached_property
     def end_of_turn(self) -> str | None:
-        """The text that closes an assistant turn (its end-of-turn special token), None when the template writes
-        none (fw then appends the EOS token to each trained turn)."""
-        if self._end_of_turn is ...:
-            probe = self.render([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": SENTINEL}])
-            after = probe[probe.index(SENTINEL) + len(SENTINEL):] if SENTINEL in probe else ""
-            found = [(after.find(token), -len(token)) for token in special_tokens(self.tokenizer) if token in after]
-            position, length = min(found) if found else (0, 0)
-            self._end_of_turn = after[:position - length] if found else None
-        return self._end_of_turn
+        """The text that closes an assistant turn, through its first special token (``<|im_end|>``), found by
+        rendering one; None when the template writes none (fw then appends EOS to each trained turn)."""
+        probe = self.render([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": SENTINEL}])
+        after = probe[probe.index(SENTINEL) + len(SENTINEL):] if SENTINEL in probe else ""
+        found = [(after.find(token), -len(token)) for token in special_tokens(self.tokenizer) if token in after]
+        if not found:
+            return None
+        position, minus_length = min(found)
+        return after[:position - minus_length]
 
     def stop_token_ids(self) -> list[int]:
         """Token ids that end a generated assistant turn: the end-of-turn token and the tokenizer's EOS."""

@@ -108,7 +108,8 @@ def test_without_a_system_message_the_templates_default_applies(tokenizer):
 
 
 def test_sharegpt_and_openai_conversations_are_the_same_conversation():
-    sharegpt = [{"from": "system", "value": "Be brief."}, {"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"}]
+    sharegpt = [{"from": "system", "value": "Be brief."}, {"from": "human", "value": "Hi"},
+                {"from": "gpt", "value": "Hello"}]
     assert as_conversation(sharegpt) == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
                                          {"role": "assistant", "content": "Hello"}]
     assert as_conversation(as_json(sharegpt)) == as_conversation(sharegpt)
@@ -175,7 +176,8 @@ def test_a_single_exchange_over_the_limit_cuts_the_response_tail_then_the_user_m
     data["input_features"][0]["preprocessing"]["max_sequence_length"] = 40
     prompts, report = encode_prompts([question], tokenizer, data)
     text = tokenizer.decode(prompts[0].input_ids)
-    assert len(prompts[0].input_ids) <= 40 and "word word" in text and text.endswith("<|im_end|>\n<|im_start|>assistant\n")
+    assert len(prompts[0].input_ids) <= 40 and "word word" in text
+    assert text.endswith("<|im_end|>\n<|im_start|>assistant\n")
     assert report.input_truncated == 1
 
 

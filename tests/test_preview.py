@@ -63,7 +63,8 @@ def test_preview_with_a_tokenizer_shows_token_counts_and_the_truncation_report(t
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    prompt, target = (len(tokenizer(text)["input_ids"]) for text in ("Q: Why is the sky blue? A:", "Rayleigh scattering"))
+    prompt, target = (len(tokenizer(text)["input_ids"])
+                      for text in ("Q: Why is the sky blue? A:", "Rayleigh scattering"))
     assert f"── row 1 · {prompt + target + 1} tokens, {target + 1} carry the loss ──" in out
     assert "Q: Why is the sky blue? A:Rayleigh scattering</s>" in out  # the exact token sequence, EOS included
     assert 'loss on: "Rayleigh scattering</s>"' in out

@@ -103,6 +103,7 @@ def test_zero_shot_category_extraction_names_a_label_only_through_the_chat_templ
         fallback[chat] = sum(not matched for matched in outputs.matched) / len(rows)
         raw[chat], shown[chat] = [g.raw for g in generations], pipeline.shown_prompts(prompts, data, tokenizer)
     assert fallback[True] <= 0.25 < fallback[False], fallback
-    assert all(text.endswith("<|im_end|>") for text in raw[True] if len(text) < 40)  # short answers end the turn
+    ended = [text for text in raw[True] if "<|im_end|>" in text]  # the others ran into max_new_tokens
+    assert ended and all(text.endswith("<|im_end|>") and text.count("<|im_end|>") == 1 for text in ended)
     assert shown[True][0].startswith(f"<|im_start|>system\n{SYSTEM}<|im_end|>\n<|im_start|>user\n")
     assert shown[False][0] == QUESTION.format(text=rows["text"][0])

@@ -10,8 +10,8 @@ tokenizer would not produce after the prompt's last token (the two would merge) 
 Only the label tokens' log-probabilities are computed: one forward pass over a batch of (left-padded) prompts keeps
 the last position's logits and the KV cache (``logits_to_keep=1``), then labels longer than one token continue from
 that cache (repeated per such label; the prompt batch shrinks accordingly, so memory stays that of generating),
-never a full-vocabulary log-softmax over every prompt position. The label with the highest probability is the prediction;
-normalised over the labels, the probabilities give ``<output>_probabilities`` and the winner's
+never a full-vocabulary log-softmax over every prompt position. The label with the highest probability is the
+prediction; normalised over the labels, the probabilities give ``<output>_probabilities`` and the winner's
 ``<output>_probability``. No sampling, no parsing, no fallback: deterministic.
 """
 from __future__ import annotations

@@ -30,8 +30,8 @@ def variant(base: dict, chat: bool, few_shot: str | None, decoder: str) -> dict:
     config = copy.deepcopy(base)
     config["prompt"]["chat_template"] = chat
     if few_shot == "default":  # Ludwig's default few-shot template (prompt.task, no template)
-        config["prompt"] = {**config["prompt"], "template": None, "retrieval": FEW_SHOT,
-                            "task": "Is the sentiment of the tweet positive, negative or neutral? Answer with one word."}
+        task = "Is the sentiment of the tweet positive, negative or neutral? Answer with one word."
+        config["prompt"] = {**config["prompt"], "template": None, "retrieval": FEW_SHOT, "task": task}
     elif few_shot == "custom":
         config["prompt"] = {**config["prompt"], "template": FEW_SHOT_TEMPLATE, "retrieval": FEW_SHOT}
     config["trainer"] = {"type": "none", "seed": 42, "batch_size": 8}
@@ -56,6 +56,12 @@ def score(config: dict, model, tokenizer, frame) -> tuple[float, float]:
     return accuracy, sum(not matched for matched in outputs.matched) / len(truth)
 
 
+#: (prompt, few-shot template, chat template, decoders) measured on the base model
+BASE_VARIANTS = [("zero-shot", None, chat, tuple(DECODERS)) for chat in (False, True)] + \
+    [("few-shot, Ludwig's default template", "default", chat, ("generate",)) for chat in (False, True)] + \
+    [("few-shot, own template", "custom", True, ("generate", "label scoring"))]
+
+
 def main() -> int:
     from fw import pipeline
     from fw.model import smollm2
@@ -65,20 +71,20 @@ def main() -> int:
         return 1
     base = yaml.safe_load((HERE / "config.yaml").read_text())
     base["base_model"] = str(smollm2.model_dir())
-    rows = [("zero-shot", None), ("few-shot, Ludwig's default template", "default"), ("few-shot, own template", "custom")]
-    models = [("SmolLM2-135M-Instruct", None)] + ([("LoRA fine-tuned (make demo-real)", TUNED)] if TUNED.is_dir() else [])
+    runs = [("SmolLM2-135M-Instruct", None, BASE_VARIANTS)]
+    if TUNED.is_dir():
+        runs.append(("LoRA fine-tuned (make demo-real)", TUNED, [("zero-shot", None, True, tuple(DECODERS))]))
     print("| model | prompt | chat template | decoding | accuracy | no label named |\n|---|---|---|---|---:|---:|")
-    for model_name, model_path in models:
+    for model_name, model_path, variants in runs:
         data, model, tokenizer = pipeline.model_for_inference(model_path, variant(base, True, None, "generate"))
         frame = pipeline.select_rows(data, str(DATASET), "test")
-        for prompt_name, few_shot in rows if model_path is None else rows[:1]:
-            for chat in (False, True) if model_path is None else (True,):
-                for decoder in DECODERS:
-                    started = time.perf_counter()
-                    accuracy, fallback = score(variant(base, chat, few_shot, decoder), model, tokenizer, frame)
-                    print(f"| {model_name} | {prompt_name} | {'yes' if chat else 'no'} | {decoder} | {accuracy:.3f} | "
-                          f"{fallback:.0%} |", flush=True)
-                    print(f"  ({time.perf_counter() - started:.0f} s)", file=sys.stderr)
+        for prompt_name, few_shot, chat, decoders in variants:
+            for decoder in decoders:
+                started = time.perf_counter()
+                accuracy, fallback = score(variant(base, chat, few_shot, decoder), model, tokenizer, frame)
+                print(f"| {model_name} | {prompt_name} | {'yes' if chat else 'no'} | {decoder} | {accuracy:.3f} | "
+                      f"{fallback:.0%} |", flush=True)
+                print(f"  ({time.perf_counter() - started:.0f} s)", file=sys.stderr)
     return 0
 
 

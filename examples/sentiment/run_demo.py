@@ -52,10 +52,11 @@ def write_configs(base_model: Path) -> tuple[Path, Path]:
     config["base_model"] = str(base_model)
     tuned, scoring = WORK / "config.yaml", WORK / "score_config.yaml"
     tuned.write_text(yaml.safe_dump(config, sort_keys=False))
-    config["trainer"] = {"type": "none", "seed": config["trainer"]["seed"], "batch_size": config["trainer"]["batch_size"]}
+    trainer = config["trainer"]
+    config["trainer"] = {"type": "none", "seed": trainer["seed"], "batch_size": trainer["batch_size"]}
+    match = {label: {"type": "contains", "value": label} for label in LABELS}
     config["output_features"] = [{"name": "sentiment", "type": "category", "preprocessing": {"fallback_label": "none"},
-                                  "decoder": {"type": "category_extractor",
-                                              "match": {label: {"type": "contains", "value": label} for label in LABELS}}}]
+                                  "decoder": {"type": "category_extractor", "match": match}}]
     scoring.write_text(yaml.safe_dump(config, sort_keys=False))
     return tuned, scoring
 

@@ -232,7 +232,7 @@ def test_a_conversation_dataset_trains_saves_and_predicts_through_the_chat_templ
     config = {"base_model": str(tiny_llama_dir), "input_features": [{"name": "messages"}],
               "output_features": [{"name": "reply"}], "prompt": {"chat_template": TINY_TEMPLATE},
               "adapter": {"type": "lora", "r": 8}, "preprocessing": {"split": {"probabilities": [1.0, 0.0, 0.0]}},
-              "trainer": {"epochs": 3, "batch_size": 4, "learning_rate": 0.01, "seed": 1},
+              "trainer": {"type": "finetune", "epochs": 3, "batch_size": 4, "learning_rate": 0.01, "seed": 1},
               "generation": {"max_new_tokens": 8, "do_sample": False}}
     run = pipeline.train(config, dataset=str(dataset), output_directory=tmp_path / "runs", show_progress=False)
     losses = run.statistics["train_loss_per_step"]
@@ -257,7 +257,8 @@ def test_packing_trains_on_conversations(tmp_path, tiny_llama_dir):
     config = {"base_model": str(tiny_llama_dir), "input_features": [{"name": "messages"}],
               "output_features": [{"name": "reply"}], "prompt": {"chat_template": TINY_TEMPLATE},
               "adapter": {"type": "lora", "r": 8}, "preprocessing": {"split": {"probabilities": [1.0, 0.0, 0.0]}},
-              "trainer": {"epochs": 2, "batch_size": 4, "learning_rate": 0.01, "packing": True, "seed": 1}}
+              "trainer": {"type": "finetune", "epochs": 2, "batch_size": 4, "learning_rate": 0.01, "packing": True,
+                          "seed": 1}}
     run = pipeline.train(config, dataset=str(dataset), output_directory=tmp_path, show_progress=False)
     losses = run.statistics["train_loss_per_step"]
     assert losses and losses[-1] < losses[0]

@@ -135,7 +135,7 @@ def test_fw_trains_and_predicts_on_a_gguf_base_model(tiny_gguf, tmp_path):
                          "answer": [f"it is {i + 1}" for i in range(12)]})
     config = {"base_model": str(tiny_gguf), "input_features": [{"name": "question"}],
               "output_features": [{"name": "answer"}], "adapter": {"type": "lora", "r": 4},
-              "trainer": {"epochs": 1, "batch_size": 4}, "generation": {"max_new_tokens": 3}}
+              "trainer": {"type": "finetune", "epochs": 1, "batch_size": 4}, "generation": {"max_new_tokens": 3}}
     run = pipeline.train(config, dataset=data, output_directory=tmp_path, show_progress=False)
     result = pipeline.predict(model_path=run.model_dir, dataset=data.head(2), show_progress=False)
     assert len(result.predictions) == 2

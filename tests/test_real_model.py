@@ -31,14 +31,17 @@ def config(base, **changes) -> dict:
             "prompt": {"chat_template": True, "template": QUESTION},
             "adapter": {"type": "lora", "r": 8, "alpha": 16, "dropout": 0.0,
                         "target_modules": ["q_proj", "v_proj", "o_proj", "up_proj", "down_proj"]},
-            "trainer": {"epochs": 1, "batch_size": 8, "learning_rate": 0.003, "seed": 42},
+            # fw's former defaults, written out: AdamW, one cosine over the 2 steps, clipglobalnorm 1.0
+            "trainer": {"type": "finetune", "epochs": 1, "batch_size": 8, "eval_batch_size": 8, "learning_rate": 0.003,
+                        "optimizer": {"type": "adamw"}, "learning_rate_scheduler": {"decay": "cosine", "t_0": 2},
+                        "gradient_clipping": {"clipglobalnorm": 1.0}, "seed": 42},
             "generation": {"max_new_tokens": 6, "do_sample": False}}
     data.update(changes)
     return data
 
 
 def classify(base, chat: bool) -> dict:
-    return config(base, trainer={"type": "none", "batch_size": 8},
+    return config(base, trainer={"type": "none", "eval_batch_size": 8},
                   prompt={"chat_template": chat, "template": QUESTION},
                   output_features=[{"name": "sentiment", "type": "category",
                                     "preprocessing": {"fallback_label": "none"},

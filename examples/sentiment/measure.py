@@ -34,7 +34,7 @@ def variant(base: dict, chat: bool, few_shot: str | None, decoder: str) -> dict:
         config["prompt"] = {**config["prompt"], "template": None, "retrieval": FEW_SHOT, "task": task}
     elif few_shot == "custom":
         config["prompt"] = {**config["prompt"], "template": FEW_SHOT_TEMPLATE, "retrieval": FEW_SHOT}
-    config["trainer"] = {"type": "none", "seed": 42, "batch_size": 8}
+    config["trainer"] = {"type": "none", "seed": 42, "eval_batch_size": 8}
     config["output_features"] = [{"name": "sentiment", "type": "category", "preprocessing": {"fallback_label": "none"},
                                   "decoder": {"type": "category_extractor", **DECODERS[decoder],
                                               "match": {label: {"type": "contains", "value": label}

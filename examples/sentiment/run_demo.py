@@ -53,7 +53,7 @@ def write_configs(base_model: Path) -> tuple[Path, Path]:
     tuned, scoring = WORK / "config.yaml", WORK / "score_config.yaml"
     tuned.write_text(yaml.safe_dump(config, sort_keys=False))
     trainer = config["trainer"]
-    config["trainer"] = {"type": "none", "seed": trainer["seed"], "batch_size": trainer["batch_size"]}
+    config["trainer"] = {"type": "none", "seed": trainer["seed"], "eval_batch_size": trainer["eval_batch_size"]}
     match = {label: {"type": "contains", "value": label} for label in LABELS}
     config["output_features"] = [{"name": "sentiment", "type": "category", "preprocessing": {"fallback_label": "none"},
                                   "decoder": {"type": "category_extractor", "match": match}}]
@@ -83,7 +83,8 @@ def main() -> int:
     model = WORK / "runs" / "sentiment_run" / "model"
     fw("evaluate", "--model_path", model, "--config", score_config, "--dataset", DATASET, "--split", "test")
 
-    base, tuned = statistics(WORK / "base_eval"), statistics(model.parent)
+    evaluation = model.parent / "evaluation"  # fw evaluate --model_path writes into the run's evaluation/
+    base, tuned = statistics(WORK / "base_eval"), statistics(evaluation)
     table = Table(title="60 held-out tweets (20 per sentiment), greedy answers through the chat template")
     table.add_column("metric")
     table.add_column("SmolLM2-135M-Instruct", justify="right")
@@ -91,7 +92,7 @@ def main() -> int:
     for key, label, shown in METRICS:
         table.add_row(label, shown.format(base[key]), shown.format(tuned[key]))
     console.print(table)
-    predictions = __import__("pandas").read_parquet(model.parent / "predictions.parquet").head(5)
+    predictions = __import__("pandas").read_parquet(evaluation / "predictions.parquet").head(5)
     examples = Table(title="a few fine-tuned predictions")
     for column in ("text", "sentiment", "sentiment_predictions"):
         examples.add_column(column)

@@ -148,6 +148,14 @@ def test_a_missing_gguf_file_is_one_line():
         load_base_model({"base_model": "./nowhere/model.gguf"})
 
 
+def test_a_huge_gguf_path_is_shown_bounded():
+    from fw.model.loading import load_base_model
+
+    with pytest.raises(FwError) as raised:
+        load_base_model({"base_model": "./" + "x" * 5000 + ".gguf"})
+    assert "does not exist" in str(raised.value) and len(str(raised.value)) < 400
+
+
 def test_without_the_gguf_package_the_error_says_what_to_install(tiny_gguf, monkeypatch):
     from fw.model.loading import load_base_model
 

@@ -30,7 +30,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from fw.errors import FwError
+from fw.errors import FwError, shown
 from fw.config import view
 from fw.data.prompt import is_missing
 
@@ -128,8 +128,8 @@ class ChatFormat:
         except Exception as exc:  # a template's raise_exception, or a Jinja error
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             roles = "/".join(message["role"] for message in messages)
-            raise FwError(f"prompt.chat_template: the chat template cannot render a conversation of {roles} "
-                          f"messages: {first}") from None
+            raise FwError(f"prompt.chat_template: the chat template cannot render a conversation of "
+                          f"{shown(roles, 80, quoted=False)} messages: {shown(first, 300, quoted=False)}") from None
 
     def messages(self, prompt: str, target: str | None = None) -> list[dict]:
         """The conversation of one row: its conversation (an input holding one) or the prompt as the user message;
@@ -198,12 +198,13 @@ class ChatFormat:
         stop = text.find(closing, anchor) if closing else len(text)
         if stop < 0:
             raise FwError(f"prompt.chat_template: assistant turn {index + 1} of a conversation does not end with "
-                          f"the template's end-of-turn text {closing!r}, so fw cannot tell which tokens to train on.")
+                          f"the template's end-of-turn text {shown(closing)}, so fw cannot tell which tokens to "
+                          "train on.")
         found = text.find(content, anchor, stop) if content else stop
         if found < 0 and closing is None:
             raise FwError(f"prompt.chat_template: the template rewrites assistant turn {index + 1} "
-                          f"({content[:40]!r}) and closes it with no special token, so fw cannot tell which tokens "
-                          "to train on.")
+                          f"({shown(content, 40)}) and closes it with no special token, so fw cannot tell which "
+                          "tokens to train on.")
         start = anchor if self._has_reasoning(message) or found < 0 else found
         end = stop + len(closing) if closing else found + len(content)
         return Span(start, end)

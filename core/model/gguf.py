@@ -18,7 +18,7 @@ import io
 import os
 from pathlib import Path
 
-from fw.errors import FwError
+from fw.errors import FwError, shown
 
 SUFFIX = ".gguf"
 
@@ -27,14 +27,22 @@ def is_gguf(name: str) -> bool:
     return str(name).lower().endswith(SUFFIX)
 
 
+def _probe(check) -> bool:
+    """``path.is_file`` / ``path.exists`` answered False for a name the file system refuses (e.g. too long)."""
+    try:
+        return check()
+    except OSError:
+        return False
+
+
 def split_location(name: str) -> tuple[str, str]:
     """(directory or hub repository, file name) of a ``.gguf`` base model; a local file is checked."""
     path = Path(name).expanduser()
-    if path.is_file():
+    if _probe(path.is_file):
         return str(path.resolve().parent), path.name
     local = name.startswith((".", "/", "~")) or name.count("/") < 2
-    if local or path.exists():
-        raise FwError(f"base_model: GGUF file '{name}' does not exist. Give the path of a .gguf file, or "
+    if local or _probe(path.exists):
+        raise FwError(f"base_model: GGUF file {shown(name, 200)} does not exist. Give the path of a .gguf file, or "
                       "owner/repository/file.gguf for a file on the Hugging Face Hub.")
     parts = name.split("/")
     return "/".join(parts[:2]), "/".join(parts[2:])
@@ -44,7 +52,7 @@ def require_gguf_package(name: str) -> None:
     try:
         import gguf  # noqa: F401
     except ImportError:
-        raise FwError(f"base_model: '{name}' is a GGUF file; reading it needs the gguf package: "
+        raise FwError(f"base_model: {shown(name, 200)} is a GGUF file; reading it needs the gguf package: "
                       "pip install 'fw[gguf]' (or pip install gguf).") from None
 
 

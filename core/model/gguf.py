@@ -18,6 +18,7 @@ import io
 import os
 from pathlib import Path
 
+from fw.atomic import atomic_directory
 from fw.errors import FwError, shown
 
 SUFFIX = ".gguf"
@@ -113,8 +114,6 @@ def convert(gguf_file: str | os.PathLike[str], output: str | os.PathLike[str], d
     """Write ``gguf_file`` as a model directory (safetensors, tokenizer with its chat template, generation config)
     under ``output``; written to a temporary directory first, so ``output`` is never half written."""
     import torch
-
-    from fw.atomic import atomic_directory
 
     source = Path(gguf_file).expanduser().resolve()
     require_gguf_package(str(source))

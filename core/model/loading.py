@@ -22,6 +22,7 @@ from pathlib import Path
 
 from fw import console
 from fw.config import view
+from fw.data.chat import uses_chat_template
 from fw.errors import FwError
 from fw.model import gguf, multi_adapter
 from fw.model.adapters import adapter_load_error, with_planned_steps
@@ -132,7 +133,6 @@ def load_model_weights(location: str, name: str, dtype, extra: dict, gguf_file: 
 def load_base_model(config, for_training: bool = False, tokenizer_from: str | None = None):
     """(model, tokenizer) for ``config['base_model']``, on the best device, in eval mode unless training.
     ``tokenizer_from``: load the tokenizer from there instead (a saved run's ``model/``)."""
-    from fw import console
     quiet_libraries()
     data = view.data_of(config)
     name = view.base_model(data)
@@ -166,9 +166,6 @@ def load_base_model(config, for_training: bool = False, tokenizer_from: str | No
 
 def note_unused_chat_template(tokenizer, data: dict) -> None:
     """One line when the base model has a chat template the config does not use (fw's default, as in Ludwig)."""
-    from fw import console
-    from fw.data.chat import uses_chat_template
-
     if getattr(tokenizer, "chat_template", None) and not uses_chat_template(data):
         console.info("prompt: the base model has a chat template, and fw sends it the prompt as plain text (the "
                      "default, as in Ludwig); set prompt.chat_template: true to prompt it in its chat format.")

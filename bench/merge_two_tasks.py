@@ -5,7 +5,7 @@ on the tiny random-init Llama (LoRA r=8 on every linear layer and lm_head, 6 epo
 merges are built from the two saved adapters as ``fw predict --config`` builds them (``trainer.type: none``,
 ``pretrained_adapter_weights``). Prints the mean answer loss on 10 held-out rows of each task and on both.
 
-    python bench/merge_two_tasks.py                               # docs/benchmarks.md: every type, dropout 0.05
+    python bench/merge_two_tasks.py                          # docs/benchmarks.md: every type, dropout 0.05
     python bench/merge_two_tasks.py --dropout 0 --seeds 1 2 3 4 --types linear     # the seed sweep
     python bench/merge_two_tasks.py --weights 1 1 --types linear cat
 

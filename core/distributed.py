@@ -6,15 +6,24 @@ is accelerate's :class:`~accelerate.PartialState` over torch.distributed (gloo o
 accelerate): fw has no communication code of its own.
 
 Without a launcher (``WORLD_SIZE`` unset or 1) every function here is the single-process answer and imports
-nothing heavy: ``rank()`` is 0, ``split`` returns everything, ``gather`` returns ``[value]``.
+nothing heavy: ``rank()`` is 0, ``split`` returns everything, ``gather`` returns ``[value]``, ``broadcast`` returns
+``value``, ``reduce_sum`` returns the values.
+
+A lost peer never hangs a job forever: every collective of the process group gives up after :func:`timeout`
+(``FW_DISTRIBUTED_TIMEOUT`` seconds, default 30 minutes, torch's own default for gloo: long enough for rank 0 to
+save a large model while the others wait). A peer that *fails* ends the job much sooner: the launcher (torchrun)
+stops every other process when one exits with an error.
 """
 from __future__ import annotations
 
+import datetime
 import os
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
 Item = TypeVar("Item")
+#: seconds a collective waits for the other processes before it fails (``FW_DISTRIBUTED_TIMEOUT`` overrides)
+DEFAULT_TIMEOUT_SECONDS = 1800
 
 
 def world_size() -> int:
@@ -49,8 +58,14 @@ def state():
     from accelerate import PartialState
 
     if torch.cuda.is_available():
-        return PartialState()
-    return PartialState(cpu=True, backend="gloo")
+        return PartialState(timeout=timeout())
+    return PartialState(cpu=True, backend="gloo", timeout=timeout())
+
+
+def timeout() -> datetime.timedelta:
+    """How long a collective waits for the other processes (``FW_DISTRIBUTED_TIMEOUT`` seconds, else 30 minutes)."""
+    seconds = os.environ.get("FW_DISTRIBUTED_TIMEOUT", "")
+    return datetime.timedelta(seconds=float(seconds) if seconds.strip() else DEFAULT_TIMEOUT_SECONDS)
 
 
 def barrier() -> None:
@@ -76,3 +91,25 @@ def gather(value: Any) -> list[Any]:
 
     state()
     return gather_object([value])
+
+
+def broadcast(value: Any) -> Any:
+    """The main process's ``value`` (any picklable object), on every process (the others' ``value`` is ignored)."""
+    if not launched():
+        return value
+    from accelerate.utils import broadcast_object_list
+
+    state()
+    return broadcast_object_list([value])[0]
+
+
+def reduce_sum(values: Sequence[float]) -> list[float]:
+    """Each of ``values`` summed over the processes (float64; exact for counts below 2**53)."""
+    if not launched():
+        return [float(value) for value in values]
+    import torch
+    from accelerate.utils import reduce
+
+    device = state().device
+    summed = reduce(torch.tensor([float(value) for value in values], dtype=torch.float64, device=device), "sum")
+    return summed.tolist()

@@ -143,10 +143,16 @@ def train(config, dataset=None, training_set=None, validation_set=None, test_set
     The run directory is made only once the data, the model and its adapter are ready, and removed again when
     training fails before its first checkpoint: a run that fails before training leaves nothing behind. The run
     is locked while this process trains in it; ``resume`` checks the config against the run's before anything
-    is written (:mod:`fw.runs`)."""
+    is written (:mod:`fw.runs`).
+
+    In a job of several processes (torchrun …) every process runs this with the same arguments: the main process
+    claims (or resumes) the run directory and tells the others where it is, builds the retrieval index first (the
+    others read it from the cache), and writes every file; each trains on its share of the rows
+    (fw.train.parallel)."""
     from fw.model import multi_adapter
     from fw.model.loading import apply_adapter, load_base_model
     from fw.plugin.registry import get_registry
+    from fw.train.runtime import for_job
     from fw.train.trainer import Trainer
 
     trace.mark("imports")
@@ -157,27 +163,30 @@ def train(config, dataset=None, training_set=None, validation_set=None, test_set
     trace.mark("config")
     check_trainable(data)
     trained = multi_adapter.trained_name(data, adapter)
+    runtime = for_job(data)
     with contextlib.ExitStack() as held:
-        resumed = held.enter_context(runs.resumed_run(output_directory, experiment_name, model_name, data,
-                                                      trained)) if resume else None
+        resumed = claimed_by_main(lambda: held.enter_context(runs.resumed_run(
+            output_directory, experiment_name, model_name, data, trained))) if resume else None
         splits = load_splits(data, dataset, training_set, validation_set, test_set)
-        retriever = retrieval.prepare(data, splits.train)
+        retriever = runtime.run_once(lambda: retrieval.prepare(data, splits.train))
         trace.mark("data")
         seed_everything(view.seed(data))
-        model, tokenizer = load_base_model(data, for_training=True)
+        model, tokenizer = load_base_model(data, for_training=True, on_device=runtime.load_device)
         model = quantization.prepare_for_training(model, data)
         trace.mark("model")
         train_rows = encode_frame(splits.train, data, tokenizer, "train", retriever)
         validation_rows = encode_frame(splits.validation, data, tokenizer, "validation", retriever)
         test_rows = encode_frame(splits.test, data, tokenizer, "test", retriever)
         trainer = Trainer(multi_adapter.training_view(data, trained) if trained else data, tokenizer, train_rows,
-                          validation_rows, test_rows=test_rows, show_progress=show_progress)
+                          validation_rows, test_rows=test_rows, runtime=runtime, show_progress=show_progress)
         trace.mark("tokens")
         model = apply_adapter(model, data, training_data(trainer, data, show_progress), adapter_name=trained)
         trace.mark("adapter")
-        run_dir = resumed or held.enter_context(runs.new_run(output_directory, experiment_name, model_name))
+        run_dir = resumed or claimed_by_main(lambda: held.enter_context(
+            runs.new_run(output_directory, experiment_name, model_name)))
         try:
-            record_run(run_dir, data, splits, trained)
+            if runtime.is_main_process:
+                record_run(run_dir, data, splits, trained)
             trainer.setup(model, run_dir)
             trace.mark("setup")
             statistics = trainer.train(resume=resume)
@@ -188,7 +197,9 @@ def train(config, dataset=None, training_set=None, validation_set=None, test_set
                 console.warn(f"stopped after training, before {run_dir / artifacts.MODEL_DIR} was saved. "
                              + runs.resume_hint(run_dir))
                 raise
-            retrieval.save_with_model(retriever, model_dir)
+            if runtime.is_main_process:
+                retrieval.save_with_model(retriever, model_dir)
+            runtime.barrier()
         except DiskFull as exc:
             raise exc.adding(runs.resume_hint(run_dir, "free space, then ")) from None
     console.info(f"saved the model to {model_dir}")
@@ -198,16 +209,40 @@ def train(config, dataset=None, training_set=None, validation_set=None, test_set
 def save_results(trainer, model, tokenizer, data: dict, run_dir: Path, statistics: dict, test_rows,
                  trained: str | None):
     """After training: the test split's loss, the merge of named adapters, training_statistics.json and model/;
-    returns (model dir, saved model)."""
+    returns (model dir, saved model). In a job of several processes the test rows are scored by all of them and
+    the main process writes (the others return the model dir and their model)."""
     from fw.model import multi_adapter
 
     if test_rows:
         statistics["test"] = trainer.evaluate(test_rows)
+    model = trainer.runtime.model_to_save(model)
+    if not trainer.runtime.is_main_process:
+        return run_dir / artifacts.MODEL_DIR, model
     if trained:
         statistics["adapter"] = trained
         multi_adapter.finish_training(model, data)
     artifacts.write_json(run_dir / artifacts.TRAINING_STATISTICS, statistics)
     return save_trained(model, tokenizer, data, run_dir)
+
+
+def claimed_by_main(claim) -> Path:
+    """``claim()`` (make, or lock for a resume, the run directory) in the main process of a job, and its result in
+    every process; a failure there (run in use, nothing to resume) stops every process with its message."""
+    from fw import distributed
+
+    if not distributed.launched():
+        return claim()
+    outcome = None
+    if distributed.is_main_process():
+        try:
+            outcome = (True, claim())
+        except FwError as exc:
+            distributed.broadcast((False, str(exc)))
+            raise
+    claimed, value = distributed.broadcast(outcome)
+    if not claimed:
+        raise FwError(value)
+    return value
 
 
 def check_trainable(data: dict) -> None:

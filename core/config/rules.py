@@ -730,6 +730,18 @@ def ray_hint(backend: dict) -> str:
     return "set backend.type: local" + (f" and remove {', '.join(ray_only)}" if ray_only else "")
 
 
+@rule("backend.trainer.strategy", "quantization")
+def strategy_can_run(config: Config, registry: Registry) -> Iterator[ConfigIssue]:
+    """The distributed strategy's settings fit together (fw.train.strategy); a package it needs is named."""
+    from fw.train import strategy
+
+    for path, message in strategy.problems(config):
+        yield ConfigIssue(path, message)
+    for package in strategy.missing_packages(strategy.of_config(config)):
+        yield ConfigWarning(strategy.CONFIG_PATH, f"needs the {package} package, which is not installed here "
+                                                  f"(pip install 'fw[{package}]').")
+
+
 @rule("output_features")
 def decoder_fallback_is_the_preprocessing_one(config: Config, registry: Registry) -> Iterator[ConfigIssue]:
     """Ludwig overwrites decoder.fallback_label with preprocessing.fallback_label; a different one would be lost."""

@@ -95,7 +95,32 @@ def wrap_with_initializer(model, section: dict, calibration: TrainingData | None
         raise FwError(f"{config_path}.init_lora_weights: '{descriptor.name}' runs a calibration pass over training "
                       "rows before training, but no training rows were given. Train with fw train (it passes the "
                       "training split), or choose a data-free initializer such as pissa.")
+    from fw import distributed
+
+    if descriptor.needs_data and distributed.launched():
+        return calibrated_once(model, section, calibration, wrap, descriptor)
     return resolve(descriptor.prepare)(model, section, calibration, wrap)
+
+
+def calibrated_once(model, section: dict, calibration: TrainingData, wrap: Wrapping, descriptor):
+    """A calibrating initializer (EVA, CorDA) in a job of several processes: the main process runs its data pass;
+    the others wrap the model with the PEFT config it ended with (EVA's redistributed ranks) and PEFT's plain
+    initialization, and receive the main process's weights — the adapter's and any base weights the initializer
+    rewrote — when training starts (DDP broadcasts them, FSDP loads them: fw.train.parallel)."""
+    import copy
+
+    import peft
+
+    from fw import distributed
+
+    wrapped = resolve(descriptor.prepare)(model, section, calibration, wrap) if distributed.is_main_process() \
+        else None
+    config = distributed.broadcast(wrapped.peft_config[wrapped.active_adapter] if wrapped is not None else None)
+    if wrapped is not None:
+        return wrapped
+    config = copy.deepcopy(config)
+    config.init_lora_weights = True
+    return peft.get_peft_model(model, config)
 
 
 # -- initializers that rewrite the base weights ------------------------------------------------------------------

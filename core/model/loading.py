@@ -130,9 +130,10 @@ def load_model_weights(location: str, name: str, dtype, extra: dict, gguf_file: 
         raise FwError(hub_error_message(name, exc)) from None
 
 
-def load_base_model(config, for_training: bool = False, tokenizer_from: str | None = None):
-    """(model, tokenizer) for ``config['base_model']``, on the best device, in eval mode unless training.
-    ``tokenizer_from``: load the tokenizer from there instead (a saved run's ``model/``)."""
+def load_base_model(config, for_training: bool = False, tokenizer_from: str | None = None,
+                    on_device: str | None = None):
+    """(model, tokenizer) for ``config['base_model']``, on the best device (or ``on_device``), in eval mode unless
+    training. ``tokenizer_from``: load the tokenizer from there instead (a saved run's ``model/``)."""
     quiet_libraries()
     data = view.data_of(config)
     name = view.base_model(data)
@@ -156,7 +157,7 @@ def load_base_model(config, for_training: bool = False, tokenizer_from: str | No
     if transform is not None:
         model = transform(model, quant_section)
     if not quant_kwargs:
-        model.to(device())
+        model.to(on_device or device())
     sync_special_tokens(model, tokenizer)
     if not tokenizer_from:
         note_unused_chat_template(tokenizer, data)

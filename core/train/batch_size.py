@@ -1,9 +1,10 @@
 """Batch sizes as Ludwig defines them: ``batch_size``, ``gradient_accumulation_steps`` and
 ``effective_batch_size`` (each a number or ``auto``), and ``eval_batch_size``.
 
-- ``effective_batch_size = batch_size x gradient_accumulation_steps`` (one process). With ``batch_size: auto``
-  and the two others numbers, ``batch_size`` follows from them; otherwise ``batch_size: auto`` is searched and
-  then ``gradient_accumulation_steps: auto`` is ``effective_batch_size / batch_size`` (1 when that is auto too).
+- ``effective_batch_size = batch_size x gradient_accumulation_steps x processes`` (Ludwig's rule; ``batch_size``
+  is per process). With ``batch_size: auto`` and the two others numbers, ``batch_size`` follows from them;
+  otherwise ``batch_size: auto`` is searched and then ``gradient_accumulation_steps: auto`` is
+  ``effective_batch_size / (batch_size x processes)`` (1 when that is auto too).
 - The search (:func:`search`): on a GPU, real steps on the longest rows with batch sizes 1, 2, 4, ... until one
   runs out of memory or reaches the cap (``max_batch_size``, ``effective_batch_size``, 20 % of the rows, as in
   Ludwig): the last that fit. On CPU there is no memory to probe: :data:`CPU_BATCH_SIZE` rows, under the same caps.
@@ -59,20 +60,23 @@ def raise_no_fit(what: str) -> None:
                   "(preprocessing.global_max_sequence_length), quantize the model, or use gradient checkpointing.")
 
 
-def training_batching(settings: dict, rows: int, fits: Callable[[int], bool] | None) -> Batching:
-    """``trainer.batch_size`` and ``gradient_accumulation_steps`` as numbers (Ludwig's rules, one process)."""
+def training_batching(settings: dict, rows: int, fits: Callable[[int], bool] | None, processes: int = 1) -> Batching:
+    """``trainer.batch_size`` (per process) and ``gradient_accumulation_steps`` as numbers (Ludwig's rules)."""
     batch, steps, effective = (settings[k] for k in ("batch_size", "gradient_accumulation_steps",
                                                      "effective_batch_size"))
     note = None
+    across = f" / {processes} processes" if processes > 1 else ""
     if batch == AUTO:
         if effective != AUTO and steps != AUTO:
-            batch = max(effective // steps, 1)
+            batch = max(effective // (steps * processes), 1)
             note = (f"trainer.batch_size auto: {batch} (effective_batch_size {effective} / "
-                    f"gradient_accumulation_steps {steps})")
+                    f"gradient_accumulation_steps {steps}{across})")
         else:
-            batch, note = search(cap(rows, settings["max_batch_size"], effective), fits, "trainer.batch_size")
+            limit = cap(rows, settings["max_batch_size"], effective if effective == AUTO else
+                        max(effective // processes, 1))
+            batch, note = search(limit, fits, "trainer.batch_size")
     if steps == AUTO:
-        steps = max(effective // batch, 1) if effective != AUTO else 1
+        steps = max(effective // (batch * processes), 1) if effective != AUTO else 1
     return Batching(batch, steps, note)
 
 

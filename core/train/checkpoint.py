@@ -10,6 +10,14 @@ A checkpoint is a directory ``checkpoints/step-<N>/`` holding
 Each directory is written under a temporary name, every file fsynced, then renamed into place; the pointer
 ``checkpoints/latest.json`` is replaced atomically afterwards. A crash at any moment leaves either the previous
 checkpoint or the new one, never a half-written one (:mod:`fw.atomic`, which also writes ``model/``).
+
+In a job of several processes (fw.train.parallel) the random states of every process are kept (``rng.safetensors``
+keys ``rank<N>.…`` and ``state.json``'s ``rng_ranks`` beside the main process's, which keep their one-process
+names), so that dropout draws resume where they were. Under DDP every process holds the same weights and optimizer
+state: the main process writes them as one process does. Under FSDP every process holds a shard: the weights and
+optimizer tensors go through ``torch.distributed.checkpoint`` into ``sharded/`` (its safetensors storage, each
+process writing its own shards, with their offsets in the file headers), the rest of the optimizer state into
+``optimizer.json``; ``torch.distributed.checkpoint`` reads them back into any number of processes (it reshards).
 """
 from __future__ import annotations
 
@@ -23,6 +31,8 @@ from fw.atomic import atomic_directory, write_json_atomic
 LATEST = "latest.json"
 BEST = "best"
 KEEP = 2
+#: the torch.distributed.checkpoint shards of an FSDP checkpoint
+SHARDS = "sharded"
 
 
 # -- what is saved -----------------------------------------------------------------------------------------------
@@ -88,6 +98,27 @@ def rng_state() -> tuple[dict, dict]:
     return tensors, described
 
 
+def rng_files(states: list[tuple[dict, dict]]) -> tuple[dict, dict]:
+    """(tensors, json) of the random states of every process, in rank order: the main process's under their
+    one-process names, the others' tensors as ``rank<N>.<name>`` and their json in ``rng_ranks``."""
+    (tensors, described), others = states[0], states[1:]
+    tensors = dict(tensors)
+    for rank, (their_tensors, _) in enumerate(others, start=1):
+        tensors.update({f"rank{rank}.{key}": value for key, value in their_tensors.items()})
+    return tensors, {**described, "rng_ranks": [their for _, their in others]}
+
+
+def rng_of_rank(tensors: dict, described: dict, rank: int) -> tuple[dict, dict] | None:
+    """The random states process ``rank`` saved (None: it did not save any)."""
+    if rank == 0:
+        return tensors, described
+    ranks = described.get("rng_ranks") or []
+    if rank > len(ranks):
+        return None
+    prefix = f"rank{rank}."
+    return {key[len(prefix):]: value for key, value in tensors.items() if key.startswith(prefix)}, ranks[rank - 1]
+
+
 def restore_rng(tensors: dict, described: dict) -> None:
     import numpy
     import torch
@@ -103,25 +134,42 @@ def restore_rng(tensors: dict, described: dict) -> None:
 
 
 # -- checkpoints -------------------------------------------------------------------------------------------------
+def checkpoint_directory(checkpoints: Path, step: int) -> Path:
+    return Path(checkpoints) / f"step-{step:08d}"
+
+
 def save_checkpoint(checkpoints: Path, step: int, model, optimizer, scheduler, position: dict,
-                    history: dict | None = None) -> Path:
-    """Write ``checkpoints/step-<step>`` atomically, point ``latest.json`` at it, keep the last few."""
+                    history: dict | None = None, rngs: list[tuple[dict, dict]] | None = None) -> Path:
+    """Write ``checkpoints/step-<step>`` atomically, point ``latest.json`` at it, keep the last few. ``rngs``: the
+    random states of every process of a job, in rank order (default: this process's)."""
     from safetensors.torch import save_file
 
-    checkpoints = Path(checkpoints)
-    final = checkpoints / f"step-{step:08d}"
+    final = checkpoint_directory(checkpoints, step)
     with atomic_directory(final) as directory:
         save_file(trainable_state(model), str(directory / "weights.safetensors"))
         tensors, described = optimizer_to_files(optimizer)
         save_file(tensors, str(directory / "optimizer.safetensors"))
         (directory / "optimizer.json").write_text(json.dumps(described))
-        rng_tensors, rng_described = rng_state()
-        save_file(rng_tensors, str(directory / "rng.safetensors"))
-        state = {"step": step, "position": position, "scheduler": scheduler.state_dict(),
-                 "rng": rng_described, "history": history or {}}
-        (directory / "state.json").write_text(json.dumps(state))
-    write_json_atomic(checkpoints / LATEST, {"checkpoint": final.name, "step": step})
-    prune(checkpoints, keep=KEEP)
+        write_state(directory, step, scheduler, position, history, rngs)
+    return point_latest(checkpoints, final, step)
+
+
+def write_state(directory: Path, step: int, scheduler, position: dict, history: dict | None,
+                rngs: list[tuple[dict, dict]] | None) -> None:
+    """``rng.safetensors`` and ``state.json``: random states, schedule, data position, history."""
+    from safetensors.torch import save_file
+
+    rng_tensors, rng_described = rng_files(rngs or [rng_state()])
+    save_file(rng_tensors, str(directory / "rng.safetensors"))
+    state = {"step": step, "position": position, "scheduler": scheduler.state_dict(), "rng": rng_described,
+             "history": history or {}}
+    (directory / "state.json").write_text(json.dumps(state))
+
+
+def point_latest(checkpoints: Path, final: Path, step: int) -> Path:
+    """Make ``final`` the checkpoint a resume starts from; keep the last few."""
+    write_json_atomic(Path(checkpoints) / LATEST, {"checkpoint": final.name, "step": step})
+    prune(Path(checkpoints), keep=KEEP)
     return final
 
 
@@ -143,18 +191,90 @@ def latest_checkpoint(checkpoints: Path) -> Path | None:
     return path if (path / "state.json").is_file() else None
 
 
-def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
-    """Restore weights, optimizer, scheduler and RNG from ``path``; return its state (position, history)."""
+def is_sharded(path: Path) -> bool:
+    """Whether the checkpoint at ``path`` was written by an FSDP job (its weights are shards)."""
+    return (Path(path) / SHARDS).is_dir()
+
+
+def load_checkpoint(path: Path, model, optimizer, scheduler, rank: int = 0) -> dict:
+    """Restore weights, optimizer, scheduler and the random states of process ``rank`` from ``path``; return its
+    state (position, history)."""
     from safetensors.torch import load_file
 
     path = Path(path)
+    if is_sharded(path):
+        from fw.errors import FwError
+
+        raise FwError(f"--resume: {path} was written by an FSDP job (its weights are sharded across processes); "
+                      "resume it with backend.trainer.strategy: fsdp, on any number of processes.")
     load_trainable_state(model, load_file(str(path / "weights.safetensors")))
     optimizer_from_files(optimizer, load_file(str(path / "optimizer.safetensors")),
                          json.loads((path / "optimizer.json").read_text()))
-    state = json.loads((path / "state.json").read_text())
+    return read_state(path, scheduler, rank)
+
+
+def read_state(path: Path, scheduler, rank: int = 0) -> dict:
+    """Restore the schedule and the random states of process ``rank`` (when it saved them); the checkpoint's
+    state (position, history)."""
+    from safetensors.torch import load_file
+
+    state = json.loads((Path(path) / "state.json").read_text())
     scheduler.load_state_dict(state["scheduler"])
-    restore_rng(load_file(str(path / "rng.safetensors")), state["rng"])
+    saved = rng_of_rank(load_file(str(Path(path) / "rng.safetensors")), state["rng"], rank)
+    if saved is not None:
+        restore_rng(*saved)
     return state
+
+
+# -- sharded (FSDP) checkpoints --------------------------------------------------------------------------------------
+def sharded_state(model, optimizer) -> tuple[dict, dict]:
+    """(tensors, the rest): this process's shards of the trainable weights (``model.<name>``) and of the optimizer
+    state (``optimizer.state.<name>.<key>``), and the optimizer's other values (learning rates, betas …), by
+    torch.distributed.checkpoint's names. Initializes an optimizer that has not stepped yet (at learning rate 0)."""
+    import torch
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+    options = StateDictOptions(ignore_frozen_params=True, flatten_optimizer_state_dict=True)
+    model_state, optimizer_state = get_state_dict(model, optimizer, options=options)
+    tensors = {f"model.{name}": value for name, value in model_state.items()}
+    tensors.update({f"optimizer.{name}": value for name, value in optimizer_state.items() if torch.is_tensor(value)})
+    rest = {name: list(value) if isinstance(value, tuple) else value for name, value in optimizer_state.items()
+            if not torch.is_tensor(value)}
+    return tensors, rest
+
+
+def write_shards(directory: Path, model, optimizer) -> dict:
+    """Every process writes its shards into ``directory/sharded`` (collective); the optimizer's other values."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import HuggingFaceStorageWriter
+
+    tensors, rest = sharded_state(model, optimizer)
+    dcp.save(tensors, storage_writer=HuggingFaceStorageWriter(str(Path(directory) / SHARDS), save_distributed=True))
+    return rest
+
+
+def load_sharded_checkpoint(path: Path, model, optimizer, scheduler, rank: int) -> dict:
+    """Restore an FSDP checkpoint into this process's shards (any number of processes: torch.distributed.checkpoint
+    reshards), the schedule and the random states of process ``rank``; the checkpoint's state (collective)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import HuggingFaceStorageReader
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+    path = Path(path)
+    if not is_sharded(path):
+        from fw.errors import FwError
+
+        raise FwError(f"--resume: {path} was not written by an FSDP job; resume it with the strategy it was "
+                      "trained with (backend.trainer.strategy).")
+    tensors, _ = sharded_state(model, optimizer)
+    dcp.load(tensors, storage_reader=HuggingFaceStorageReader(str(path / SHARDS)))
+    rest = json.loads((path / "optimizer.json").read_text())
+    optimizer_state = {**{name[len("optimizer."):]: value for name, value in tensors.items()
+                          if name.startswith("optimizer.")}, **rest}
+    model_state = {name[len("model."):]: value for name, value in tensors.items() if name.startswith("model.")}
+    set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=optimizer_state,
+                   options=StateDictOptions(ignore_frozen_params=True, flatten_optimizer_state_dict=True, strict=False))
+    return read_state(path, scheduler, rank)
 
 
 def save_best(checkpoints: Path, model, metrics: dict) -> None:

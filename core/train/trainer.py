@@ -20,7 +20,10 @@ rows into padding-free token budgets, ``trainer.chunked_loss`` runs the output h
 chunks, ``trainer.compile`` torch.compiles the decoder.
 
 Everything that depends on how many processes run goes through the trainer's :class:`fw.train.runtime.Runtime`
-(placing the model, this process's micro-batches, summing metrics, who writes); the loop itself does not know.
+(placing the model, this process's rows, summing metrics, checkpoints, who writes). The run is planned for the whole
+job (``batch_size`` rows per process in every micro-batch); each process trains on its share of each micro-batch
+(a stand-in row with weight 0 when its share is empty), and a step's loss is divided by the trained tokens of the
+whole job: N processes with batch b run the steps of one process with batch N·b (fw.train.parallel).
 """
 from __future__ import annotations
 
@@ -35,7 +38,6 @@ from pathlib import Path
 import torch
 
 from fw import console, trace
-from fw.atomic import DiskFull
 from fw.config.view import neftune_noise_alpha
 from fw.errors import FwError, shown
 from fw.model.adapters import after_step_callbacks
@@ -107,13 +109,17 @@ class Plan:
     packed: bool = False
 
 
-def plan(train_rows, trainer: dict, batch_size: int | None = None, accumulation: int | None = None) -> Plan:
+def plan(train_rows, trainer: dict, batch_size: int | None = None, accumulation: int | None = None,
+         processes: int = 1) -> Plan:
     """The :class:`Plan` of ``train_rows`` under the ``trainer`` section (``batch_size`` / ``accumulation``: the
-    resolved numbers when the section says auto)."""
-    batch_size = batch_size or trainer["batch_size"]
+    resolved numbers when the section says auto), for a job of ``processes``: its micro-batches hold the rows (or
+    the packed token budget) of ``batch_size`` rows per process, and each process trains on its share."""
+    batch_size = (batch_size or trainer["batch_size"]) * processes
     accumulation = accumulation or trainer["gradient_accumulation_steps"]
     packed = bool(trainer.get("packing"))
     settings = {**trainer, "batch_size": batch_size}
+    if trainer.get("max_tokens_per_batch"):
+        settings["max_tokens_per_batch"] = trainer["max_tokens_per_batch"] * processes
     batches = packing.packed_batches(train_rows, settings) if packed else micro_batches(train_rows, batch_size)
     steps_per_epoch = math.ceil(len(batches) / accumulation)
     total = steps_per_epoch * trainer["epochs"]
@@ -185,12 +191,15 @@ def clip_gradients(parameters: list, clipping: dict | None) -> None:
         torch.nn.utils.clip_grad_value_(parameters, clipping["clipvalue"])
 
 
-def mixed_precision(enabled: bool, device) -> tuple:
+def mixed_precision(enabled: bool, device, precision: str | None = None) -> tuple:
     """(autocast context factory, gradient scaler or None): torch AMP on a GPU (bfloat16 where supported,
-    float16 with a scaler otherwise); nothing on CPU, as in Ludwig."""
+    float16 with a scaler otherwise; ``precision`` bf16 / fp16 picks, no turns it off); nothing on CPU, as in
+    Ludwig."""
+    enabled = precision in ("bf16", "fp16") if precision is not None else enabled
     if not enabled or getattr(device, "type", "cpu") != "cuda":
         return contextlib.nullcontext, None
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision) or \
+        (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
     return (lambda: torch.autocast("cuda", dtype=dtype)), scaler
 
@@ -280,8 +289,8 @@ class Trainer:
         self.runtime = runtime or Runtime()
         self.show_progress = show_progress
         #: ``batch_size: auto`` is searched on the model (setup) when a GPU is there; the CPU rule holds until then
-        self.batching = batching.training_batching(self.settings, len(train_rows), None)
-        self.plan = plan(train_rows, self.settings, self.batching.batch_size, self.batching.accumulation)
+        self.batching = batching.training_batching(self.settings, len(train_rows), None, self.runtime.processes)
+        self.plan = self.make_plan()
         self.position, self.history = Position(), History()
         #: ``model``: as given to :meth:`setup` (what checkpoints hold, what is saved); ``step_model``: what the
         #: training steps run through (the runtime's prepared model; the same object in one process)
@@ -295,6 +304,10 @@ class Trainer:
         self.hooks: list = []
         self.eval_size: int | None = None
         self.steps_since_evaluation: list = []
+
+    def make_plan(self) -> Plan:
+        return plan(self.train_rows, self.settings, self.batching.batch_size, self.batching.accumulation,
+                    self.runtime.processes)
 
     @property
     def planned_steps(self) -> int:
@@ -328,12 +341,13 @@ class Trainer:
         alpha = neftune_noise_alpha(self.config)
         if alpha:
             self.hooks.append(add_neftune(model, alpha))
+        self.prepare_speedups()
         self.step_model = self.runtime.prepare_model(model)
         self.autocast, self.scaler = mixed_precision(self.settings.get("use_mixed_precision", False),
-                                                     model_device(model))
-        if self.settings.get("use_mixed_precision") and self.scaler is None and self.autocast is contextlib.nullcontext:
+                                                     model_device(model), self.runtime.mixed_precision)
+        if self.settings.get("use_mixed_precision") and self.scaler is None and self.autocast is contextlib.nullcontext \
+                and model_device(model).type != "cuda":
             console.info("trainer.use_mixed_precision: no effect on CPU (as in Ludwig).")
-        self.prepare_speedups()
         self.optimizer = build_optimizer(model, self.config)
         self.resolve_batch_sizes()
         if hasattr(self.optimizer, "train"):  # schedule-free optimizers keep two iterates
@@ -354,7 +368,8 @@ class Trainer:
                          "nothing frozen.")
 
     def prepare_speedups(self) -> None:
-        """Attention kernel and row-separation check for packing, torch.compile, the loss path (fw.train.loss)."""
+        """Attention kernel and row-separation check for packing, torch.compile, the loss path (fw.train.loss); on
+        the model itself, before the runtime wraps or shards it (every process runs the same checks)."""
         if self.plan.packed:
             packing.choose_attention(self.model)
             self.flash_kwargs = packing.uses_flash_kwargs(self.model)
@@ -362,7 +377,7 @@ class Trainer:
         if self.settings.get("compile"):
             compile_model(self.model)
         first = self.load_batch(self.plan.batches[0])
-        self.loss_sum = loss.choose(self.step_model, first, self.settings.get("chunked_loss", True))
+        self.loss_sum = loss.choose(self.model, first, self.settings.get("chunked_loss", True))
 
     # -- auto batch sizes ------------------------------------------------------------------------------------
     def resolve_batch_sizes(self) -> None:
@@ -371,18 +386,28 @@ class Trainer:
         on_gpu = model_device(self.model).type == "cuda"
         if self.settings["batch_size"] == batching.AUTO and on_gpu:
             self.batching = batching.training_batching(self.settings, len(self.train_rows),
-                                                       batching.cuda_fits(self.probe_training_step))
+                                                       self.everywhere(batching.cuda_fits(self.probe_training_step)),
+                                                       self.runtime.processes)
             self.optimizer.state.clear()
             self.optimizer.zero_grad(set_to_none=True)
-            self.plan = plan(self.train_rows, self.settings, self.batching.batch_size, self.batching.accumulation)
+            self.plan = self.make_plan()
         if self.batching.note:
             console.info(self.batching.note)
         if self.settings.get("eval_batch_size") == batching.AUTO and (self.validation_rows or self.test_rows):
             rows = self.validation_rows or self.test_rows
-            fits = batching.cuda_fits(lambda size: self.probe_evaluation(rows, size)) if on_gpu else None
+            fits = self.everywhere(batching.cuda_fits(lambda size: self.probe_evaluation(rows, size))) \
+                if on_gpu else None
             self.eval_size, note = batching.evaluation_batch_size(self.settings, len(rows), fits,
                                                                   self.batching.batch_size)
             console.info(note)
+
+    def everywhere(self, fits):
+        """``fits(size)`` true in every process (each probes its own memory, without the others: the unwrapped
+        model, no collectives; a sharded model cannot be probed that way)."""
+        if self.runtime.processes > 1 and self.runtime.forward_model(self.model, self.step_model) is not self.model:
+            raise FwError("trainer.batch_size / eval_batch_size auto: the GPU memory of a sharded model (fsdp) "
+                          "cannot be probed one process at a time; set the batch sizes to numbers.")
+        return lambda size: self.runtime.reduce_sum([0.0 if fits(size) else 1.0])[0] == 0
 
     def probe_training_step(self, size: int) -> None:
         """One training step on the ``size`` longest rows at learning rate 0 (the weights do not move)."""
@@ -390,7 +415,7 @@ class Trainer:
         rates = [group["lr"] for group in self.optimizer.param_groups]
         try:
             with self.autocast():
-                loss_sum, _ = self.loss_sum(self.step_model, self.load_batch(longest))
+                loss_sum, _ = self.loss_sum(self.model, self.load_batch(longest))
             loss_sum.backward()
             for group in self.optimizer.param_groups:
                 group["lr"] = 0.0
@@ -406,12 +431,12 @@ class Trainer:
 
     # -- batches ---------------------------------------------------------------------------------------------
     def epoch_batches(self, epoch: int) -> list[list[int]]:
-        """The micro-batches (row indices) this process runs in ``epoch``, in order (``should_shuffle``: a seeded
-        new order every epoch; else length-sorted, the same every epoch)."""
+        """The micro-batches (row indices, planned for the whole job) of ``epoch``, in order (``should_shuffle``: a
+        seeded new order every epoch; else length-sorted, the same every epoch)."""
         count = len(self.plan.batches)
         order = epoch_order(count, self.settings["seed"], epoch) if self.settings.get("should_shuffle", True) \
             else range(count)
-        return self.runtime.shard([self.plan.batches[index] for index in order])
+        return [self.plan.batches[index] for index in order]
 
     def load_batch(self, indices: list[int]) -> dict:
         """The micro-batch of training rows ``indices``, collated and on the model's device."""
@@ -419,10 +444,10 @@ class Trainer:
         batch = packing.collate_packed(rows, self.flash_kwargs) if self.plan.packed else collate(rows, self.tokenizer)
         return to_device(batch, model_device(self.model))
 
-    def trained_tokens(self, batches: Sequence[list[int]]) -> int:
-        """Trained tokens in ``batches`` over all processes: the loss of an optimizer step is the mean over
-        these, the same however the rows are batched or packed."""
-        local = sum(self.train_rows[i].trained_tokens for indices in batches for i in indices)
+    def trained_tokens(self, shares: Sequence[list[int]]) -> int:
+        """Trained tokens in this process's ``shares`` of micro-batches, summed over all processes: the loss of an
+        optimizer step is the mean over these, the same however the rows are batched, packed or shared out."""
+        local = sum(self.train_rows[i].trained_tokens for indices in shares for i in indices)
         return self.runtime.reduce_sum([local])[0]
 
     # -- training --------------------------------------------------------------------------------------------
@@ -433,10 +458,11 @@ class Trainer:
             self.resume()
         self.reporter = self.make_reporter()
         try:
-            self.run_epochs()
+            with self.runtime.stop_signals():
+                self.run_epochs()
         except BaseException as exc:
             self.reporter.close()
-            if not isinstance(exc, DiskFull):  # a full disk would fail this checkpoint too; the last one is kept
+            if self.runtime.may_checkpoint_after(exc):
                 self.save_interrupted()
             raise
         finally:
@@ -446,7 +472,7 @@ class Trainer:
         if hasattr(self.optimizer, "eval"):  # schedule-free: the averaged weights are the trained ones
             self.optimizer.eval()
         if self.history.best is not None:
-            ckpt.restore_best(self.checkpoints, self.model)
+            self.runtime.restore_best(self.checkpoints, self.model)
         self.model.eval()
         return {**self.history.as_dict(), "steps": self.position.step, "total_steps": self.plan.total_steps,
                 "batch_size": self.batching.batch_size, "gradient_accumulation_steps": self.batching.accumulation}
@@ -472,20 +498,28 @@ class Trainer:
         early stopping); whether the epoch was finished."""
         position, accumulation = self.position, self.plan.accumulation
         batches = self.epoch_batches(position.epoch)
+        shares = [self.runtime.shard(batch) for batch in batches]
         count = len(batches)
         group_loss, seen_tokens, started, targets = 0.0, 0, time.perf_counter(), None
         while position.batch < count and position.step < self.plan.total_steps and not self.history.stopped_early:
             group_start = (position.batch // accumulation) * accumulation
             group_size = min(accumulation, count - group_start)
             if targets is None or position.batch == group_start:
-                targets = max(1, self.trained_tokens(batches[group_start:group_start + group_size]))
-            batch = self.load_batch(batches[position.batch])
-            with self.autocast():
-                loss_sum, _ = self.loss_sum(self.step_model, batch)
-            scaled = loss_sum / targets
-            (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
-            group_loss += float(loss_sum.detach()) / targets
-            seen_tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
+                targets = max(1, self.trained_tokens(shares[group_start:group_start + group_size]))
+            share = shares[position.batch]
+            # an empty share still runs a forward and backward (the other processes' collectives wait for it)
+            batch = self.load_batch(share or batches[position.batch][:1])
+            last = position.batch + 1 - group_start == group_size
+            with self.runtime.synchronizing(self.step_model, last):
+                with self.autocast():
+                    loss_sum, _ = self.runtime.loss(self.step_model, self.loss_sum, batch)
+                # the processes' gradients are averaged: times processes, over the whole job's tokens
+                scaled = loss_sum * (self.runtime.processes / targets if share else 0.0)
+                (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+            if share:
+                group_loss += float(loss_sum.detach()) / targets
+                seen_tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch \
+                    else batch["input_ids"].numel()
             position.batch += 1
             if position.batch - group_start < group_size:
                 continue
@@ -512,12 +546,14 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.position.step += 1
         self.position.committed_batch = self.position.batch
-        group_loss, seen_tokens = self.runtime.reduce_sum([group_loss, seen_tokens])
+        group_loss, seen_tokens, stop_votes = self.runtime.reduce_sum([group_loss, seen_tokens,
+                                                                       self.runtime.stop_vote()])
         self.history.train_loss_per_step.append(group_loss)
         self.history.learning_rate_per_step.append(lr)
         self.steps_since_evaluation.append(group_loss)
         trace.mark("first_step")
         self.reporter.step(self.position.step, group_loss, lr, seen_tokens / max(elapsed, 1e-9))
+        self.runtime.agree_to_stop(stop_votes)
 
     # -- evaluation points -----------------------------------------------------------------------------------
     def at_evaluation(self) -> bool:
@@ -563,8 +599,7 @@ class Trainer:
             history.best = {**scores, "metric": name, "value": current, "epoch": self.position.epoch + 1,
                             "step": self.position.step}
             history.evaluations_without_improvement = 0
-            if self.runtime.is_main_process:
-                ckpt.save_best(self.checkpoints, self.model, history.best)
+            self.runtime.save_best(self.checkpoints, self.model, history.best)
             return
         history.evaluations_without_improvement += 1
         patience = self.settings["early_stop"]
@@ -585,19 +620,22 @@ class Trainer:
         on at most ``eval_steps`` batches; {} without rows."""
         if not rows:
             return {}
-        batches = micro_batches(rows, self.eval_batch_size)
+        batches = micro_batches(rows, self.eval_batch_size * self.runtime.processes)
         if self.settings.get("eval_steps"):
             batches = batches[:self.settings["eval_steps"]]
-        sums = validation.totals(self.model, self.tokenizer, rows, self.runtime.shard(batches), self.autocast)
+        shares = [self.runtime.shard(batch) for batch in batches]
+        model = self.runtime.forward_model(self.model, self.step_model)
+        sums = validation.totals(model, self.tokenizer, rows, [share or batch[:1] for share, batch in zip(shares, batches)],
+                                 self.autocast, counted=[bool(share) for share in shares])
         return validation.metrics(self.runtime.reduce_sum(sums))
 
     # -- checkpoints -----------------------------------------------------------------------------------------
     def save_checkpoint(self, position: dict | None = None) -> Path | None:
-        """Write a resumable checkpoint at ``position`` (default: where training is); main process only."""
-        if not self.runtime.is_main_process:
-            return None
-        return ckpt.save_checkpoint(self.checkpoints, self.position.step, self.model, self.optimizer, self.scheduler,
-                                    position or self.position.as_dict(), self.history.as_dict())
+        """Write a resumable checkpoint at ``position`` (default: where training is), as the runtime does (the main
+        process writes; FSDP's processes write their shards). Its path in the main process."""
+        position = {**(position or self.position.as_dict()), "processes": self.runtime.processes}
+        return self.runtime.save_checkpoint(self.checkpoints, self.position.step, self.model, self.optimizer,
+                                            self.scheduler, position, self.history.as_dict())
 
     def save_interrupted(self) -> None:
         """Ctrl-C, SIGTERM, out of memory, a crash: keep the work done so far as a checkpoint at the last optimizer step
@@ -622,10 +660,23 @@ class Trainer:
             if main:
                 console.warn(f"--resume: no checkpoint in {self.checkpoints}; training from the start.")
             return
-        state = ckpt.load_checkpoint(latest, self.model, self.optimizer, self.scheduler)
+        state = self.runtime.load_checkpoint(latest, self.model, self.optimizer, self.scheduler)
+        saved = dict(state["position"])
+        processes = saved.pop("processes", 1)
         if main:
-            console.info(f"resuming from {latest} (epoch {state['position']['epoch'] + 1}, "
-                        f"step {state['position']['step']})")
-        self.position = Position(**state["position"])
+            console.info(f"resuming from {latest} (epoch {saved['epoch'] + 1}, step {saved['step']})")
+        if processes != self.runtime.processes:
+            saved["batch"] = self.batch_after_steps(saved)
+            if main:
+                console.warn(f"--resume: the checkpoint was written by {processes} process(es), this job has "
+                             f"{self.runtime.processes}: the rest of epoch {saved['epoch'] + 1} is planned anew for "
+                             "them, so its rows can differ from those an uninterrupted run would see.")
+        self.position = Position(**saved)
         self.position.committed_batch = self.position.batch
         self.history = History.from_dict(state["history"])
+
+    def batch_after_steps(self, position: dict) -> int:
+        """The micro-batch of this job's plan where ``position``'s epoch continues: after as many optimizer steps
+        of the epoch as were done (``processes`` changed, so the saved micro-batch index means other rows)."""
+        done_in_epoch = position["step"] - position["epoch"] * self.plan.steps_per_epoch
+        return min(max(done_in_epoch, 0) * self.plan.accumulation, len(self.plan.batches))

@@ -19,8 +19,11 @@ ALIASES = {"next_token_softmax_cross_entropy": "loss", "sequence_softmax_cross_e
 TOTALS = ("loss_sum", "tokens", "correct_tokens", "rows", "correct_rows")
 
 
-def totals(model, tokenizer, rows, batches: Sequence[list[int]], autocast=contextlib.nullcontext) -> list[float]:
-    """The :data:`TOTALS` of ``rows`` (encoded) over ``batches`` (row indices), in this process."""
+def totals(model, tokenizer, rows, batches: Sequence[list[int]], autocast=contextlib.nullcontext,
+           counted: Sequence[bool] | None = None) -> list[float]:
+    """The :data:`TOTALS` of ``rows`` (encoded) over ``batches`` (row indices), in this process. ``counted``: per
+    batch, whether it counts (a stand-in batch runs only so that every process of a sharded model runs as many
+    forward passes)."""
     import torch
 
     from fw.data.tokens import collate
@@ -30,11 +33,13 @@ def totals(model, tokenizer, rows, batches: Sequence[list[int]], autocast=contex
     sums = [0.0] * len(TOTALS)
     device = next(model.parameters()).device
     with torch.no_grad():
-        for indices in batches:
+        for number, indices in enumerate(batches):
             batch = collate([rows[i] for i in indices], tokenizer.pad_token_id)
             batch = {key: value.to(device) for key, value in batch.items()}
             with autocast():
                 logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+            if counted is not None and not counted[number]:
+                continue
             for index, value in enumerate(_batch_totals(logits, batch["labels"])):
                 sums[index] += value
     model.train(was_training)

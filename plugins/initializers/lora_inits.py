@@ -157,8 +157,9 @@ def prepare_eva(model, section: dict, calibration, wrap):
             advance()
             return target(**inputs)
 
+        # fw calibrates in one process (the others of a job receive the result): nothing to gather
         initialize_lora_eva_weights(wrapped, dataloader=batches, forward_fn=forward, show_progress_bar=False,
-                                    adapter_name=wrapped.active_adapter)
+                                    adapter_name=wrapped.active_adapter, gather_distributed_inputs=False)
     return wrapped
 
 

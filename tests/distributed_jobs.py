@@ -1,0 +1,44 @@
+"""The worker of the 2-process tests (tests/test_distributed_train.py), started by torchrun in every process:
+
+    torchrun --standalone --nproc_per_node 2 tests/distributed_jobs.py JOBS.json
+
+JOBS.json: ``{"runs": [{"name", "config", "training_set", "validation_set", "output_directory"}, ...],
+"results": path}``. Every process trains each run with ``fw.pipeline.train`` (one launch, several runs: the
+imports and the process group are paid once). Each process writes ``<results>.rank<N>.json``: per run, the training
+statistics and the rows it trained on, per epoch (read from the shares the trainer sums tokens over).
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def main(jobs_file: str) -> None:
+    from fw import distributed, pipeline
+    from fw.train import trainer as training
+
+    jobs = json.loads(Path(jobs_file).read_text())
+    rows: dict[str, dict[int, list[int]]] = {}
+    current = {"run": None}
+    counted = training.Trainer.trained_tokens
+
+    def recording(self, shares):
+        seen = rows.setdefault(current["run"], {}).setdefault(self.position.epoch, [])
+        seen.extend(index for share in shares for index in share)
+        return counted(self, shares)
+
+    training.Trainer.trained_tokens = recording
+    results = {}
+    for run in jobs["runs"]:
+        current["run"] = run["name"]
+        result = pipeline.train(run["config"], training_set=run["training_set"],
+                                validation_set=run.get("validation_set"),
+                                output_directory=run["output_directory"], show_progress=False)
+        results[run["name"]] = {"statistics": result.statistics, "rows": rows.get(run["name"], {}),
+                                "run_dir": str(result.run_dir)}
+    Path(f"{jobs['results']}.rank{distributed.rank()}.json").write_text(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

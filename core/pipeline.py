@@ -266,11 +266,13 @@ def record_run(run_dir: Path, data: dict, splits, trained: str | None = None) ->
 
 
 def training_data(trainer, data: dict, show_progress: bool):
-    """What the adapter may see before training: rows for EVA / CorDA calibration, the planned step count."""
+    """What the adapter may see before training: rows for EVA / CorDA calibration (in batches of the whole job's
+    micro-batch size: in a job of several processes the main process calibrates alone, as one process with
+    that batch would), the planned step count."""
     from fw.model.initialization import TrainingData
 
-    return TrainingData(trainer.train_rows, trainer.tokenizer, trainer.batching.batch_size, trainer.planned_steps,
-                        show_progress)
+    return TrainingData(trainer.train_rows, trainer.tokenizer, trainer.batching.batch_size * trainer.runtime.processes,
+                        trainer.planned_steps, show_progress)
 
 
 def save_trained(model, tokenizer, data: dict, run_dir: Path):

@@ -5,7 +5,8 @@
 JOBS.json: ``{"runs": [{"name", "config", "training_set", "validation_set", "output_directory"}, ...],
 "results": path}``. Every process trains each run with ``fw.pipeline.train`` (one launch, several runs: the
 imports and the process group are paid once). Each process writes ``<results>.rank<N>.json``: per run, the training
-statistics and the rows it trained on, per epoch (read from the shares the trainer sums tokens over).
+statistics, the rows it trained on per epoch (the shares the trainer sums tokens over), and how many EVA
+calibration passes and retrieval index builds it ran.
 """
 from __future__ import annotations
 
@@ -15,28 +16,42 @@ from pathlib import Path
 
 
 def main(jobs_file: str) -> None:
+    import peft
+
     from fw import distributed, pipeline
+    from fw.data import retrieval
     from fw.train import trainer as training
 
     jobs = json.loads(Path(jobs_file).read_text())
     rows: dict[str, dict[int, list[int]]] = {}
-    current = {"run": None}
-    counted = training.Trainer.trained_tokens
+    current = {"run": None, "eva_passes": 0, "index_builds": 0}
+    counted, calibrate, build = training.Trainer.trained_tokens, peft.initialize_lora_eva_weights, retrieval.build
 
     def recording(self, shares):
         seen = rows.setdefault(current["run"], {}).setdefault(self.position.epoch, [])
         seen.extend(index for share in shares for index in share)
         return counted(self, shares)
 
+    def counting_eva(*args, **kwargs):
+        current["eva_passes"] += 1
+        return calibrate(*args, **kwargs)
+
+    def counting_builds(params, texts, directory):
+        current["index_builds"] += Path(directory).name.startswith(".")  # a new index, in its temporary directory
+        return build(params, texts, directory)
+
     training.Trainer.trained_tokens = recording
+    peft.initialize_lora_eva_weights = counting_eva
+    retrieval.build = counting_builds
     results = {}
     for run in jobs["runs"]:
-        current["run"] = run["name"]
+        current.update(run=run["name"], eva_passes=0, index_builds=0)
         result = pipeline.train(run["config"], training_set=run["training_set"],
                                 validation_set=run.get("validation_set"),
                                 output_directory=run["output_directory"], show_progress=False)
         results[run["name"]] = {"statistics": result.statistics, "rows": rows.get(run["name"], {}),
-                                "run_dir": str(result.run_dir)}
+                                "run_dir": str(result.run_dir), "eva_passes": current["eva_passes"],
+                                "index_builds": current["index_builds"]}
     Path(f"{jobs['results']}.rank{distributed.rank()}.json").write_text(json.dumps(results))
 
 

@@ -202,11 +202,8 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, rank: int = 0) -> d
     from safetensors.torch import load_file
 
     path = Path(path)
-    if is_sharded(path):
-        from fw.errors import FwError
-
-        raise FwError(f"--resume: {path} was written by an FSDP job (its weights are sharded across processes); "
-                      "resume it with backend.trainer.strategy: fsdp, on any number of processes.")
+    if is_sharded(path):  # written by an FSDP job: torch.distributed.checkpoint reassembles its shards here
+        return load_sharded_checkpoint(path, model, optimizer, scheduler, rank)
     load_trainable_state(model, load_file(str(path / "weights.safetensors")))
     optimizer_from_files(optimizer, load_file(str(path / "optimizer.safetensors")),
                          json.loads((path / "optimizer.json").read_text()))
@@ -253,9 +250,10 @@ def write_shards(directory: Path, model, optimizer) -> dict:
     return rest
 
 
-def load_sharded_checkpoint(path: Path, model, optimizer, scheduler, rank: int) -> dict:
-    """Restore an FSDP checkpoint into this process's shards (any number of processes: torch.distributed.checkpoint
-    reshards), the schedule and the random states of process ``rank``; the checkpoint's state (collective)."""
+def load_sharded_checkpoint(path: Path, model, optimizer, scheduler, rank: int = 0) -> dict:
+    """Restore an FSDP checkpoint into this process's shards — any number of processes, one included:
+    torch.distributed.checkpoint reshards — the schedule and the random states of process ``rank``; the
+    checkpoint's state (collective in a job)."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint import HuggingFaceStorageReader
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict

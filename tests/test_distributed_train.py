@@ -1,0 +1,169 @@
+"""Training on several processes, for real: 2-process gloo jobs on the CPU started with torchrun.
+
+N processes with batch b train as one process with batch N·b (DDP and FSDP2, LoRA and full fine-tune, packing,
+EVA), every row once per epoch; EVA calibrates and the retrieval index is built once; checkpoints survive
+``kill -9`` of the whole job and FSDP's reassemble on another number of processes; a failing process ends the
+job; SIGTERM stops every process after the same step with one checkpoint. Each test launches as few jobs as it
+can (a launch costs the imports of every process); the worker is tests/distributed_jobs.py.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from fw import pipeline
+
+#: relative difference allowed between the per-step losses of N processes and one (fp32 on CPU)
+TOLERANCE = 1e-5
+WORKER = Path(__file__).with_name("distributed_jobs.py")
+#: how long a 2-process job may take on a loaded 2-core machine before the test calls it hung
+JOB_LIMIT = 300
+
+
+# -- launching -----------------------------------------------------------------------------------------------------
+def torchrun(*args: str, processes: int = 2, timeout: float = JOB_LIMIT, env: dict | None = None,
+             **kwargs) -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nproc_per_node <processes> <args>``, its output captured."""
+    return subprocess.run(launch_command(processes, *args), capture_output=True, text=True, timeout=timeout,
+                          env=job_environment(env), **kwargs)
+
+
+def launch_command(processes: int, *args: str) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes), *args]
+
+
+def job_environment(extra: dict | None = None) -> dict:
+    # a lost peer fails a collective within a minute instead of torch's 30
+    return {**os.environ, "FW_DISTRIBUTED_TIMEOUT": "60", "PYTHONPATH": str(WORKER.parent), **(extra or {})}
+
+
+def rows(count: int, offset: int = 0) -> pd.DataFrame:
+    return pd.DataFrame({"question": [f"what is {i} plus one" for i in range(offset, offset + count)],
+                         "answer": [f"it is {i + 1}" for i in range(offset, offset + count)]})
+
+
+def config(base, *, adapter: dict | None = None, strategy=None, batch: int = 2, epochs: int = 1,
+           **trainer) -> dict:
+    data = {"base_model": str(base), "input_features": [{"name": "question"}], "output_features": [{"name": "answer"}],
+            "prompt": {"template": "Q: {question}\nA:"},
+            "trainer": {"type": "finetune", "epochs": epochs, "batch_size": batch, "gradient_accumulation_steps": 1,
+                        "learning_rate": 0.01, "seed": 3, "optimizer": {"type": "adamw"}, **trainer}}
+    if adapter is not None:
+        data["adapter"] = adapter
+    if strategy is not None:
+        data["backend"] = {"trainer": {"strategy": strategy}}
+    return data
+
+
+LORA = {"type": "lora", "r": 4, "dropout": 0.0}
+EVA = {**LORA, "init_lora_weights": "eva", "eva_config": {"n_samples": 8, "rho": 1.0, "use_label_mask": False}}
+
+
+def relative_difference(losses: list[float], reference: list[float]) -> float:
+    assert len(losses) == len(reference)
+    return max(abs(a - b) / abs(b) for a, b in zip(losses, reference))
+
+
+# -- the same run on more processes --------------------------------------------------------------------------------
+def test_two_processes_with_batch_b_train_as_one_process_with_batch_2b(tmp_path, tiny_llama_dir):
+    """DDP and FSDP, LoRA and full fine-tune, accumulation, packing and EVA: one job, several runs; every
+    per-step loss within 1e-5 (relative) of one process with twice the batch, the validation metrics too."""
+    training, validation = tmp_path / "train.csv", tmp_path / "validation.csv"
+    rows(9).to_csv(training, index=False)  # 9 rows, 4 per micro-batch: the last one leaves a process without rows
+    rows(3, offset=100).to_csv(validation, index=False)
+    cache = {"type": "local", "cache_dir": str(tmp_path / "cache")}
+    retrieval = {"template": "Examples:\n{__context__}\nQ: {question}\nA:", "retrieval": {"type": "random", "k": 1}}
+    scenarios = {  # name: (the 2-process run's config, the 1-process reference's)
+        "ddp-lora": (config(tiny_llama_dir, adapter=LORA, epochs=2, gradient_accumulation_steps=2),
+                     config(tiny_llama_dir, adapter=LORA, batch=4, epochs=2, gradient_accumulation_steps=2)),
+        "fsdp-lora": (config(tiny_llama_dir, adapter=LORA, strategy="fsdp"), config(tiny_llama_dir, adapter=LORA, batch=4)),
+        "ddp-full": (config(tiny_llama_dir, strategy="ddp"), config(tiny_llama_dir, batch=4)),
+        "fsdp-full": (config(tiny_llama_dir, strategy={"type": "fsdp", "fsdp_config": {"reshard_after_forward": False}}),
+                      config(tiny_llama_dir, batch=4)),
+        "ddp-packed": (config(tiny_llama_dir, adapter=LORA, packing=True),
+                       config(tiny_llama_dir, adapter=LORA, batch=4, packing=True)),
+        "ddp-eva": (config(tiny_llama_dir, adapter=EVA), config(tiny_llama_dir, adapter=EVA, batch=4)),
+        "ddp-retrieval": ({**config(tiny_llama_dir, adapter=LORA), "prompt": retrieval, "backend": cache},
+                          {**config(tiny_llama_dir, adapter=LORA, batch=4), "prompt": retrieval, "backend": cache}),
+    }
+    jobs = {"runs": [{"name": name, "config": multi, "training_set": str(training),
+                      "validation_set": str(validation), "output_directory": str(tmp_path / "jobs")}
+                     for name, (multi, _) in scenarios.items()],
+            "results": str(tmp_path / "results")}
+    (tmp_path / "jobs.json").write_text(json.dumps(jobs))
+    job = torchrun(str(WORKER), str(tmp_path / "jobs.json"))
+    assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"results.rank{rank}.json").read_text()) for rank in (0, 1)]
+
+    references = {name: pipeline.train(single, training_set=training, validation_set=validation,
+                                       output_directory=tmp_path / "single", show_progress=False)
+                  for name, (_, single) in scenarios.items()}
+    for name, result in references.items():
+        reference, statistics = result.statistics, ranks[0][name]["statistics"]
+        assert relative_difference(statistics["train_loss_per_step"], reference["train_loss_per_step"]) <= TOLERANCE, name
+        assert relative_difference(statistics["validation"]["loss"], reference["validation"]["loss"]) <= TOLERANCE, name
+        assert statistics["validation"]["token_accuracy"] == reference["validation"]["token_accuracy"], name
+        assert ranks[1][name]["statistics"]["train_loss_per_step"] == statistics["train_loss_per_step"], name
+        for epoch, seen in ranks[0][name]["rows"].items():  # every row once per epoch, across the processes
+            assert sorted(seen + ranks[1][name]["rows"][epoch]) == list(range(9)), (name, epoch)
+            assert seen and ranks[1][name]["rows"][epoch], (name, epoch)
+    assert len(ranks[0]["ddp-lora"]["rows"]) == 2
+    assert [rank["ddp-eva"]["eva_passes"] for rank in ranks] == [1, 0]  # calibrated once, by the main process
+    assert [rank["ddp-retrieval"]["index_builds"] for rank in ranks] == [1, 0]  # the others read the cache
+
+    fsdp_run = Path(ranks[0]["fsdp-lora"]["run_dir"])
+    assert_loads_with_transformers_and_peft(fsdp_run / "model", tiny_llama_dir)
+    assert_reassembles_in_one_process(fsdp_run, references["fsdp-lora"].run_dir, single=scenarios["fsdp-lora"][1])
+
+
+def assert_loads_with_transformers_and_peft(model_dir: Path, base) -> None:
+    """``model/`` written once, in save_pretrained layout: transformers + peft load it, nothing of fw's needed."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    assert sorted(path.name for path in model_dir.glob("adapter_*")) == ["adapter_config.json",
+                                                                         "adapter_model.safetensors"]
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(base)), str(model_dir))
+    assert any("lora_A" in name for name, _ in model.named_parameters())
+
+
+def assert_reassembles_in_one_process(fsdp_run: Path, single_run: Path, single: dict) -> None:
+    """The FSDP job's last checkpoint, read by one process (torch.distributed.checkpoint reshards 2 -> 1), holds
+    the weights and optimizer state of the single-process run's last checkpoint."""
+    from safetensors.torch import load_file
+
+    from fw.config.load import load_config
+    from fw.model.loading import apply_adapter, load_base_model
+    from fw.train import checkpoint
+    from fw.train.optim import build_optimizer
+
+    data = load_config(single).data
+    model, _ = load_base_model(data, for_training=True)
+    model = apply_adapter(model, data)
+    optimizer = build_optimizer(model, data)
+
+    class Schedule:
+        def load_state_dict(self, state):
+            self.state = state
+
+    sharded = checkpoint.latest_checkpoint(fsdp_run / "checkpoints")
+    assert (sharded / checkpoint.SHARDS).is_dir() and not (sharded / "weights.safetensors").exists()
+    state = checkpoint.load_checkpoint(sharded, model, optimizer, Schedule())
+    assert state["position"]["processes"] == 2
+    expected = checkpoint.latest_checkpoint(single_run / "checkpoints")
+    weights, moments = load_file(str(expected / "weights.safetensors")), load_file(str(expected / "optimizer.safetensors"))
+    assert weights.keys() == checkpoint.trainable_state(model).keys()
+    for name, value in checkpoint.trainable_state(model).items():
+        assert (value - weights[name]).abs().max() <= 1e-6, name
+    for name, value in checkpoint.optimizer_to_files(optimizer)[0].items():
+        assert (value - moments[name]).abs().max() <= 1e-6, name

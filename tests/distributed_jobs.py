@@ -1,6 +1,12 @@
 """The worker of the 2-process tests (tests/test_distributed_train.py), started by torchrun in every process:
 
     torchrun --standalone --nproc_per_node 2 tests/distributed_jobs.py JOBS.json
+    torchrun --standalone --nproc_per_node 2 tests/distributed_jobs.py fw train --config ...
+
+The second form is ``fw`` itself, with faults injected by environment variables: ``KILL_AFTER_CHECKPOINTS=K``
+(the main process SIGKILLs every process of the job, torchrun included, once its K-th checkpoint is on disk),
+``FAIL_AT_STEP=S`` (process ``FAIL_RANK`` raises at optimizer step S), ``TERMINATE_AT_STEP=S`` (process 1 sends
+SIGTERM to torchrun after step S, as a scheduler would).
 
 JOBS.json: ``{"runs": [{"name", "config", "training_set", "validation_set", "output_directory"}, ...],
 "results": path}``. Every process trains each run with ``fw.pipeline.train`` (one launch, several runs: the
@@ -55,5 +61,53 @@ def main(jobs_file: str) -> None:
     Path(f"{jobs['results']}.rank{distributed.rank()}.json").write_text(json.dumps(results))
 
 
+def fw_with_faults(argv: list[str]) -> int:
+    import os
+    import signal
+
+    from fw import distributed
+    from fw.cli.main import main as fw_main
+    from fw.train import checkpoint
+    from fw.train import trainer as training
+
+    environment = os.environ
+    if "KILL_AFTER_CHECKPOINTS" in environment:
+        everyone = distributed.gather(os.getpid())
+        point_latest, written = checkpoint.point_latest, []
+
+        def point_then_kill_the_job(*args, **kwargs):
+            path = point_latest(*args, **kwargs)
+            written.append(path)
+            if len(written) == int(environment["KILL_AFTER_CHECKPOINTS"]):
+                for pid in [os.getppid(), *everyone]:  # torchrun first, this process last
+                    os.kill(pid, signal.SIGKILL)
+            return path
+
+        checkpoint.point_latest = point_then_kill_the_job
+    for variable, rank, action in (("FAIL_AT_STEP", int(environment.get("FAIL_RANK", 1)), "fail"),
+                                   ("TERMINATE_AT_STEP", 1, "terminate")):
+        if variable in environment and distributed.rank() == rank:
+            inject_after_step(training.Trainer, int(environment[variable]), action)
+    return fw_main(argv)
+
+
+def inject_after_step(trainer_class, step: int, action: str) -> None:
+    import os
+    import signal
+
+    real_step = trainer_class.optimizer_step
+
+    def step_then_act(self, *args, **kwargs):
+        real_step(self, *args, **kwargs)
+        if self.position.step == step:
+            if action == "fail":
+                raise RuntimeError("injected failure: this process ran out of memory")
+            os.kill(os.getppid(), signal.SIGTERM)
+
+    trainer_class.optimizer_step = step_then_act
+
+
 if __name__ == "__main__":
+    if sys.argv[1] == "fw":
+        sys.exit(fw_with_faults(sys.argv[2:]))
     main(sys.argv[1])

@@ -167,3 +167,97 @@ def assert_reassembles_in_one_process(fsdp_run: Path, single_run: Path, single: 
         assert (value - weights[name]).abs().max() <= 1e-6, name
     for name, value in checkpoint.optimizer_to_files(optimizer)[0].items():
         assert (value - moments[name]).abs().max() <= 1e-6, name
+
+
+# -- checkpoints ---------------------------------------------------------------------------------------------------
+@pytest.fixture()
+def cli_run(tmp_path, tiny_llama_dir):
+    """(flags of an fw train call, its config for one process with twice the batch): 2 epochs of 3 steps over 9
+    rows, a checkpoint after every step."""
+    training = tmp_path / "train.csv"
+    rows(9).to_csv(training, index=False)
+    checkpointed = {"steps_per_checkpoint": 1}
+    files = {}
+    for name, data in (("job", config(tiny_llama_dir, adapter=LORA, strategy="fsdp", epochs=2, **checkpointed)),
+                       ("single", config(tiny_llama_dir, adapter=LORA, batch=4, epochs=2, **checkpointed))):
+        files[name] = tmp_path / f"{name}.yaml"
+        files[name].write_text(yaml.safe_dump(data))
+    return (["--config", str(files["job"]), "--training_set", str(training), "--experiment_name", "exp",
+             "--no_progress"], files["single"])
+
+
+def statistics_of(run: Path) -> dict:
+    return json.loads((run / "training_statistics.json").read_text())
+
+
+def test_kill_9_of_an_fsdp_job_then_resume_gives_the_uninterrupted_loss_curve(tmp_path, cli_run, capsys):
+    """SIGKILL of every process (torchrun too) after the second checkpoint; ``--resume`` on 2 processes reaches
+    the loss curve of an uninterrupted run, and on 1 process the sharded checkpoint resumes too (resharded)."""
+    import shutil
+
+    from fw.cli.main import main
+
+    flags, single = cli_run
+    killed = torchrun(str(WORKER), "fw", "train", *flags, "--output_directory", str(tmp_path / "out"),
+                      env={"KILL_AFTER_CHECKPOINTS": "2"})
+    assert killed.returncode != 0, killed.stdout[-2000:] + killed.stderr[-2000:]
+    run = tmp_path / "out" / "exp_run"
+    assert json.loads((run / "checkpoints" / "latest.json").read_text())["step"] == 2
+    assert not (run / "model").exists()
+    shutil.copytree(run, tmp_path / "copy" / "exp_run")
+
+    resumed = torchrun(str(WORKER), "fw", "train", *flags, "--output_directory", str(tmp_path / "out"), "--resume")
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+    assert main(["train", *flags, "--config", str(single), "--output_directory", str(tmp_path / "straight")]) == 0
+    reference = statistics_of(tmp_path / "straight" / "exp_run")["train_loss_per_step"]
+    assert relative_difference(statistics_of(run)["train_loss_per_step"], reference) <= TOLERANCE
+    assert_loads_with_transformers_and_peft(run / "model", yaml.safe_load(Path(flags[1]).read_text())["base_model"])
+
+    capsys.readouterr()
+    assert main(["train", *flags, "--output_directory", str(tmp_path / "copy"), "--resume"]) == 0
+    assert "the checkpoint was written by 2 process(es), this job has 1" in capsys.readouterr().err
+    alone = statistics_of(tmp_path / "copy" / "exp_run")["train_loss_per_step"]
+    assert relative_difference(alone[:2], reference[:2]) <= TOLERANCE  # the steps the checkpoint holds
+    assert len(alone) == 2 + 3 + 5  # the rest of epoch 1 (5 steps of 2 rows here) after 2 steps, then epoch 2
+
+
+# -- a job's behaviour ---------------------------------------------------------------------------------------------
+def test_a_process_that_fails_ends_the_whole_job_with_its_error(tmp_path, cli_run):
+    """Process 1 raises (as out of memory would) after step 2: every process exits, well within the bound (no
+    peer waits forever in a collective), the error is shown, and the last regular checkpoint is kept."""
+    flags, _ = cli_run
+    started = time.monotonic()
+    job = torchrun(str(WORKER), "fw", "train", *flags, "--output_directory", str(tmp_path / "out"),
+                   env={"FAIL_AT_STEP": "2", "FAIL_RANK": "1"}, timeout=JOB_LIMIT)
+    assert job.returncode != 0
+    assert time.monotonic() - started < JOB_LIMIT
+    assert "injected failure: this process ran out of memory" in job.stdout + job.stderr
+    checkpoints = tmp_path / "out" / "exp_run" / "checkpoints"
+    assert json.loads((checkpoints / "latest.json").read_text())["step"] in (1, 2)
+
+
+def test_sigterm_stops_every_process_after_the_same_step_with_one_checkpoint(tmp_path, cli_run, capsys):
+    """SIGTERM to torchrun (a scheduler's stop) reaches every process; they stop together after one step and write
+    one checkpoint with every process's random states, which a later ``--resume`` continues (here on 1 process)."""
+    from fw.cli.main import main
+
+    flags, _ = cli_run
+    flags = [*flags, "--config", str(Path(flags[1]).with_name("ddp.yaml"))]
+    data = yaml.safe_load(Path(flags[1]).read_text())
+    data["backend"]["trainer"]["strategy"] = "ddp"
+    data["trainer"]["steps_per_checkpoint"] = 100  # no checkpoint but the one the stop writes (and epoch ends)
+    Path(flags[-1]).write_text(yaml.safe_dump(data))
+    job = torchrun(str(WORKER), "fw", "train", *flags, "--output_directory", str(tmp_path / "out"),
+                   env={"TERMINATE_AT_STEP": "1"})
+    assert job.returncode != 0
+    assert "stopped by SIGTERM" in job.stdout + job.stderr
+    run = tmp_path / "out" / "exp_run"
+    latest = json.loads((run / "checkpoints" / "latest.json").read_text())
+    assert 1 <= latest["step"] < 6 and not (run / "model").exists()
+    state = json.loads((run / "checkpoints" / f"step-{latest['step']:08d}" / "state.json").read_text())
+    assert state["position"]["step"] == latest["step"] and len(state["rng"]["rng_ranks"]) == 1
+
+    capsys.readouterr()
+    assert main(["train", *flags, "--output_directory", str(tmp_path / "out"), "--resume"]) == 0
+    assert f"step {latest['step']})" in capsys.readouterr().err
+    assert (run / "model" / "adapter_model.safetensors").is_file()

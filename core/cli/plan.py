@@ -17,7 +17,8 @@ def register(verbs) -> None:
     sub.add_argument("config", help="path to the YAML config")
     sub.add_argument("--num_processes", type=int, default=1, help="processes (one per GPU) the run uses (default 1)")
     sub.add_argument("--strategy", choices=["ddp", "fsdp"], default=None,
-                     help="with several processes: ddp (replicas, the default) or fsdp (full shard)")
+                     help="with several processes: ddp (replicas) or fsdp (full shard); default: the config's "
+                          "backend.trainer.strategy, else ddp")
     sub.add_argument("--dataset", help="measure the rows of this dataset as fw train tokenizes them (default: the "
                                        "config's max lengths)")
     sub.add_argument("--device", choices=["cuda", "cpu"], default=None,

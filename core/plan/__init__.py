@@ -162,7 +162,7 @@ def make_plan(request: Request) -> Plan:
     data = pipeline.localize_base_model(written)
     if view.trainer_type(data) == "none":
         raise FwError("trainer.type is none: nothing is trained, so there is no training memory to plan.")
-    strategy = check_strategy(request)
+    strategy = check_strategy(request, data)
     target = target_of(request)
     dtype = training_dtype(data, target)
     model_config = footprint.base_model_config(data)
@@ -183,14 +183,21 @@ def make_plan(request: Request) -> Plan:
     return plan
 
 
-def check_strategy(request: Request) -> str:
+def check_strategy(request: Request, data: dict | None = None) -> str:
+    """single, ddp or fsdp: ``--strategy``, else the config's ``backend.trainer.strategy`` (DeepSpeed's ZeRO
+    sharding is planned as fsdp), else ddp."""
     if request.num_processes < 1:
         raise UsageError(f"--num_processes must be at least 1, got {request.num_processes}.")
     if request.strategy is not None and request.strategy not in STRATEGIES:
         raise UsageError(f"--strategy: '{request.strategy}' is not one of {', '.join(STRATEGIES)}.")
     if request.num_processes == 1:
         return "single"
-    return request.strategy or "ddp"
+    if request.strategy is not None or data is None:
+        return request.strategy or "ddp"
+    from fw.train.strategy import of_config
+
+    configured = of_config(data).name
+    return configured if configured in STRATEGIES else "fsdp"
 
 
 class Estimator:

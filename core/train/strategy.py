@@ -66,17 +66,9 @@ def of_config(data: dict) -> Strategy:
 def problems(data: dict) -> list[tuple[str, str]]:
     """(config path, message) of every strategy setting that cannot work, whatever machine runs it."""
     value = configured(data)
-    if not isinstance(value, dict):
+    if value is None:
         return []
-    found = []
-    kind = value.get("type", "accelerate")
-    if value.get("fsdp_config") is not None and value.get("deepspeed_config") is not None:
-        found.append((f"{CONFIG_PATH}.deepspeed_config", "is set together with fsdp_config: a run is sharded by "
-                                                         "FSDP or by DeepSpeed, not both. Keep one of them."))
-    for key, owner in (("fsdp_config", "fsdp"), ("deepspeed_config", "deepspeed")):
-        if value.get(key) is not None and kind not in (owner, "accelerate"):
-            found.append((f"{CONFIG_PATH}.{key}", f"configures {owner}, but type is {kind}. Set type: {owner} "
-                                                  f"(or accelerate), or remove {key}."))
+    found = mapping_problems(value) if isinstance(value, dict) else []
     strategy = of_config(data)
     if strategy.name == "fsdp" and strategy.mixed_precision == "fp16":
         found.append((f"{CONFIG_PATH}.mixed_precision", "fp16 is not offered with fsdp (it needs a sharded "
@@ -88,6 +80,20 @@ def problems(data: dict) -> list[tuple[str, str]]:
         found.append((f"{CONFIG_PATH}", "fsdp does not shard a quantized base model in fw (its packed integer "
                                         "weights cannot be split like float ones). Use ddp: QLoRA with the quantized "
                                         "base on every GPU."))
+    return found
+
+
+def mapping_problems(value: dict) -> list[tuple[str, str]]:
+    """A ``{type, fsdp_config, deepspeed_config}`` whose parts do not go together."""
+    found = []
+    kind = value.get("type", "accelerate")
+    if value.get("fsdp_config") is not None and value.get("deepspeed_config") is not None:
+        found.append((f"{CONFIG_PATH}.deepspeed_config", "is set together with fsdp_config: a run is sharded by "
+                                                         "FSDP or by DeepSpeed, not both. Keep one of them."))
+    for key, owner in (("fsdp_config", "fsdp"), ("deepspeed_config", "deepspeed")):
+        if value.get(key) is not None and kind not in (owner, "accelerate"):
+            found.append((f"{CONFIG_PATH}.{key}", f"configures {owner}, but type is {kind}. Set type: {owner} "
+                                                  f"(or accelerate), or remove {key}."))
     return found
 
 

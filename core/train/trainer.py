@@ -464,6 +464,9 @@ class Trainer:
             self.reporter.close()
             if self.runtime.may_checkpoint_after(exc):
                 self.save_interrupted()
+            lost = self.runtime.lost_peer(exc)
+            if lost is not None:
+                raise lost from exc
             raise
         finally:
             self.reporter.close()

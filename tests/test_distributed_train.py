@@ -44,7 +44,8 @@ def launch_command(processes: int, *args: str) -> list[str]:
 
 def job_environment(extra: dict | None = None) -> dict:
     # a lost peer fails a collective within a minute instead of torch's 30
-    return {**os.environ, "FW_DISTRIBUTED_TIMEOUT": "60", "PYTHONPATH": str(WORKER.parent), **(extra or {})}
+    path = os.pathsep.join(filter(None, [str(WORKER.parent), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "FW_DISTRIBUTED_TIMEOUT": "60", "PYTHONPATH": path, **(extra or {})}
 
 
 def rows(count: int, offset: int = 0) -> pd.DataFrame:
@@ -261,3 +262,42 @@ def test_sigterm_stops_every_process_after_the_same_step_with_one_checkpoint(tmp
     assert main(["train", *flags, "--output_directory", str(tmp_path / "out"), "--resume"]) == 0
     assert f"step {latest['step']})" in capsys.readouterr().err
     assert (run / "model" / "adapter_model.safetensors").is_file()
+
+
+# -- on GPUs (make gpu-check) --------------------------------------------------------------------------------------
+def gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(gpus() < 2, reason="needs 2 CUDA GPUs: nccl runs one process per GPU")
+def test_nccl_ddp_fsdp2_bf16_and_qlora_ddp_on_two_gpus(tmp_path, tiny_llama_dir):
+    """The GPU paths no CPU test reaches: DDP over nccl (fp32: as one process with twice the batch), FSDP2 with
+    bf16 mixed precision (a full fine-tune), QLoRA (bitsandbytes nf4) with DDP; each writes a model/ that loads."""
+    pytest.importorskip("bitsandbytes", reason="bitsandbytes is not installed (pip install 'fw[bitsandbytes]')")
+    training = tmp_path / "train.csv"
+    rows(9).to_csv(training, index=False)
+    qlora = {"quantization": {"bits": 4, "bnb_4bit_compute_dtype": "bfloat16"}}
+    scenarios = {
+        "nccl-ddp": (config(tiny_llama_dir, adapter=LORA, strategy="ddp", precision="fp32"),
+                     config(tiny_llama_dir, adapter=LORA, batch=4, precision="fp32"), 1e-4),
+        "fsdp2-bf16": (config(tiny_llama_dir, strategy={"type": "fsdp", "mixed_precision": "bf16"}, precision="fp32"),
+                       config(tiny_llama_dir, batch=4, precision="fp32"), 5e-2),
+        "qlora-ddp": ({**config(tiny_llama_dir, adapter=LORA, strategy="ddp"), **qlora},
+                      {**config(tiny_llama_dir, adapter=LORA, batch=4), **qlora}, 2e-2),
+    }
+    jobs = {"runs": [{"name": name, "config": multi, "training_set": str(training),
+                      "output_directory": str(tmp_path / "jobs")} for name, (multi, _, _) in scenarios.items()],
+            "results": str(tmp_path / "results")}
+    (tmp_path / "jobs.json").write_text(json.dumps(jobs))
+    job = torchrun(str(WORKER), str(tmp_path / "jobs.json"))
+    assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
+    results = json.loads((tmp_path / "results.rank0.json").read_text())
+    for name, (_, single, tolerance) in scenarios.items():
+        reference = pipeline.train(single, training_set=training, output_directory=tmp_path / "single",
+                                   show_progress=False).statistics["train_loss_per_step"]
+        assert relative_difference(results[name]["statistics"]["train_loss_per_step"], reference) <= tolerance, name
+        model_dir = Path(results[name]["run_dir"]) / "model"
+        assert (model_dir / "adapter_model.safetensors").is_file() or (model_dir / "model.safetensors").is_file()

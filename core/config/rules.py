@@ -732,14 +732,15 @@ def ray_hint(backend: dict) -> str:
 
 @rule("backend.trainer.strategy", "quantization")
 def strategy_can_run(config: Config, registry: Registry) -> Iterator[ConfigIssue]:
-    """The distributed strategy's settings fit together (fw.train.strategy); a package it needs is named."""
+    """The distributed strategy's settings fit together (fw.train.strategy); one fw does not run yet is said."""
     from fw.train import strategy
 
     for path, message in strategy.problems(config):
         yield ConfigIssue(path, message)
-    for package in strategy.missing_packages(strategy.of_config(config)):
-        yield ConfigWarning(strategy.CONFIG_PATH, f"needs the {package} package, which is not installed here "
-                                                  f"(pip install 'fw[{package}]').")
+    chosen = strategy.of_config(config).name
+    if strategy.configured(config) is not None and chosen in strategy.NOT_RUN_YET:
+        yield ConfigWarning(strategy.CONFIG_PATH, f"{strategy.NOT_RUN_YET[chosen]}: fw train refuses it when several "
+                                                  "processes run.")
 
 
 @rule("output_features")

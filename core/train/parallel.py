@@ -45,7 +45,7 @@ from fw import distributed
 from fw.errors import FwError
 from fw.train import checkpoint as ckpt
 from fw.train.runtime import Item, Runtime
-from fw.train.strategy import CONFIG_PATH, Strategy, missing_packages
+from fw.train.strategy import CONFIG_PATH, NOT_RUN_YET, Strategy
 
 
 #: what gloo / nccl say when a collective fails because a peer exited
@@ -313,13 +313,8 @@ class FSDPRuntime(DistributedRuntime):
 
 def runtime_for(strategy: Strategy, data: dict) -> DistributedRuntime:
     """The runtime of ``strategy`` in this process of a launched job (the process group starts here)."""
-    missing = missing_packages(strategy)
-    if missing:
-        raise FwError(f"{CONFIG_PATH}: {strategy.name} needs the {missing[0]} package, which is not installed "
-                      f"(pip install 'fw[{missing[0]}]').")
-    if strategy.name == "deepspeed":
-        raise FwError(f"{CONFIG_PATH}: deepspeed is validated but not run by fw yet; use fsdp (ZeRO-3's "
-                      "sharding of parameters, gradients and optimizer state) or ddp.")
+    if strategy.name in NOT_RUN_YET:
+        raise FwError(f"{CONFIG_PATH}: {NOT_RUN_YET[strategy.name]}.")
     if strategy.fsdp.get("cpu_offload") and not torch.cuda.is_available():
         raise FwError(f"{CONFIG_PATH}.fsdp_config.cpu_offload: moves GPU state to the CPU, and this machine has no "
                       "GPU; set it to false.")

@@ -9,16 +9,19 @@ The config takes Ludwig's shape: a name (``ddp``, ``fsdp``, ``deepspeed``, ``acc
 - ``fsdp``: FSDP2 (torch's ``fully_shard``): every decoder layer (``transformer_cls_names_to_wrap``) and the rest of
   the model are sharded across the processes, so are gradients and optimizer state; a layer is gathered only
   while it runs. Full fine-tune and adapters; ``mixed_precision: bf16`` is FSDP2's ``MixedPrecisionPolicy``.
-- ``deepspeed``: ZeRO through accelerate's ``DeepSpeedPlugin`` (needs the ``deepspeed`` package and GPUs).
+- ``deepspeed``: accepted and validated (``deepspeed_config``: a JSON file or a mapping, ZeRO stage 2 or 3), not
+  run yet: a job refuses it in one line pointing to ``fsdp``. DeepSpeed replaces the optimizer, the backward pass
+  and the checkpoint format (pickled), and neither it nor a GPU was available where this was written, so a path
+  through accelerate's ``DeepSpeedPlugin`` would ship untested.
 
 Decisions: the strategy is only read when more than one process runs (one process: an info line when one was set,
 nothing to share); DDP and FSDP use torch directly (``DistributedDataParallel``, ``fully_shard``: the least code,
 and both run on CPU with gloo, where the tests run them); FSDP1 is not offered (``fsdp_version: 2`` only); FSDP's
-mixed precision is bf16 only (fp16 would need a sharded gradient scaler).
+mixed precision is bf16 only (fp16 would need a sharded gradient scaler); FSDP over a quantized base model is
+refused (QLoRA runs with DDP).
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -126,8 +129,5 @@ def deepspeed_settings(config: str | dict) -> dict:
         raise FwError(f"{path} is not JSON ({exc}).") from None
 
 
-def missing_packages(strategy: Strategy) -> list[str]:
-    """What this machine lacks to run ``strategy`` (pip names)."""
-    if strategy.name == "deepspeed" and importlib.util.find_spec("deepspeed") is None:
-        return ["deepspeed"]
-    return []
+NOT_RUN_YET = {"deepspeed": "deepspeed is validated but not run by fw yet; use fsdp (ZeRO-3's sharding of "
+                            "parameters, gradients and optimizer state) or ddp"}

@@ -11,8 +11,8 @@ SIGTERM to torchrun after step S, as a scheduler would).
 JOBS.json: ``{"runs": [{"name", "config", "training_set", "validation_set", "output_directory"}, ...],
 "results": path}``. Every process trains each run with ``fw.pipeline.train`` (one launch, several runs: the
 imports and the process group are paid once). Each process writes ``<results>.rank<N>.json``: per run, the training
-statistics, the rows it trained on per epoch (the shares the trainer sums tokens over), and how many EVA
-calibration passes and retrieval index builds it ran.
+statistics, the rows it trained on per epoch (the shares the trainer sums tokens over), how many EVA calibration
+passes and retrieval index builds it ran, and whether its model recomputed activations.
 """
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ def main(jobs_file: str) -> None:
     from fw import distributed, pipeline
     from fw.data import retrieval
     from fw.train import trainer as training
+    from fw.train.loss import transformers_model
 
     jobs = json.loads(Path(jobs_file).read_text())
     rows: dict[str, dict[int, list[int]]] = {}
@@ -57,7 +58,8 @@ def main(jobs_file: str) -> None:
                                 output_directory=run["output_directory"], show_progress=False)
         results[run["name"]] = {"statistics": result.statistics, "rows": rows.get(run["name"], {}),
                                 "run_dir": str(result.run_dir), "eva_passes": current["eva_passes"],
-                                "index_builds": current["index_builds"]}
+                                "index_builds": current["index_builds"],
+                                "checkpointing": transformers_model(result.model).is_gradient_checkpointing}
     Path(f"{jobs['results']}.rank{distributed.rank()}.json").write_text(json.dumps(results))
 
 

@@ -89,7 +89,8 @@ def test_two_processes_with_batch_b_train_as_one_process_with_batch_2b(tmp_path,
                      config(tiny_llama_dir, adapter=LORA, batch=4, epochs=2, gradient_accumulation_steps=2)),
         "fsdp-lora": (config(tiny_llama_dir, adapter=LORA, strategy="fsdp"), config(tiny_llama_dir, adapter=LORA, batch=4)),
         "ddp-full": (config(tiny_llama_dir, strategy="ddp"), config(tiny_llama_dir, batch=4)),
-        "fsdp-full": (config(tiny_llama_dir, strategy={"type": "fsdp", "fsdp_config": {"reshard_after_forward": False}}),
+        "fsdp-full": (config(tiny_llama_dir, strategy={"type": "fsdp", "fsdp_config": {
+                          "reshard_after_forward": False, "activation_checkpointing": True}}),
                       config(tiny_llama_dir, batch=4)),
         "ddp-packed": (config(tiny_llama_dir, adapter=LORA, packing=True),
                        config(tiny_llama_dir, adapter=LORA, batch=4, packing=True)),
@@ -121,6 +122,7 @@ def test_two_processes_with_batch_b_train_as_one_process_with_batch_2b(tmp_path,
     assert len(ranks[0]["ddp-lora"]["rows"]) == 2
     assert [rank["ddp-eva"]["eva_passes"] for rank in ranks] == [1, 0]  # calibrated once, by the main process
     assert [rank["ddp-retrieval"]["index_builds"] for rank in ranks] == [1, 0]  # the others read the cache
+    assert ranks[0]["fsdp-full"]["checkpointing"] and not ranks[0]["ddp-full"]["checkpointing"]
 
     fsdp_run = Path(ranks[0]["fsdp-lora"]["run_dir"])
     assert_loads_with_transformers_and_peft(fsdp_run / "model", tiny_llama_dir)

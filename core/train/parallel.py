@@ -75,7 +75,7 @@ class DistributedRuntime(Runtime):
 
     def __init__(self, strategy: Strategy):
         self.strategy = strategy
-        self.state = distributed.state()
+        distributed.state()  # the process group starts here
         self.is_main_process = distributed.is_main_process()
         self.processes = distributed.world_size()
         self.rank = distributed.rank()
@@ -191,6 +191,7 @@ class FSDPRuntime(DistributedRuntime):
     def __init__(self, strategy: Strategy):
         super().__init__(strategy)
         self.mixed_precision = "no" if strategy.mixed_precision == "bf16" else strategy.mixed_precision
+        self.activation_checkpointing = bool(strategy.fsdp.get("activation_checkpointing"))
 
     def prepare_model(self, model):
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict

@@ -37,6 +37,9 @@ class Runtime:
     mixed_precision: str | None = None
     #: where the base model is loaded (None: the best device); FSDP loads on the CPU and shards onto the GPUs
     load_device: str | None = None
+    #: recompute activations in the backward pass (FSDP's ``activation_checkpointing``; also
+    #: ``trainer.enable_gradient_checkpointing``)
+    activation_checkpointing: bool = False
 
     # -- the model ---------------------------------------------------------------------------------------------
     def prepare_model(self, model):

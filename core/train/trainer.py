@@ -336,7 +336,7 @@ class Trainer:
         self.freeze()
         self.after_step = after_step_callbacks(model, self.config)
         model.train()
-        if self.settings["enable_gradient_checkpointing"]:
+        if self.settings["enable_gradient_checkpointing"] or self.runtime.activation_checkpointing:
             enable_gradient_checkpointing(model)
         alpha = neftune_noise_alpha(self.config)
         if alpha:

@@ -78,7 +78,8 @@ def relative_difference(losses: list[float], reference: list[float]) -> float:
 # -- the same run on more processes --------------------------------------------------------------------------------
 def test_two_processes_with_batch_b_train_as_one_process_with_batch_2b(tmp_path, tiny_llama_dir):
     """DDP and FSDP, LoRA and full fine-tune, accumulation, packing and EVA: one job, several runs; every
-    per-step loss within 1e-5 (relative) of one process with twice the batch, the validation metrics too."""
+    per-step loss within 1e-5 (relative) of one process with twice the batch, the validation metrics too (FSDP with
+    bf16 mixed precision: within 1e-2 of the float32 run)."""
     training, validation = tmp_path / "train.csv", tmp_path / "validation.csv"
     rows(9).to_csv(training, index=False)  # 9 rows, 4 per micro-batch: the last one leaves a process without rows
     rows(3, offset=100).to_csv(validation, index=False)
@@ -97,7 +98,11 @@ def test_two_processes_with_batch_b_train_as_one_process_with_batch_2b(tmp_path,
         "ddp-eva": (config(tiny_llama_dir, adapter=EVA), config(tiny_llama_dir, adapter=EVA, batch=4)),
         "ddp-retrieval": ({**config(tiny_llama_dir, adapter=LORA), "prompt": retrieval, "backend": cache},
                           {**config(tiny_llama_dir, adapter=LORA, batch=4), "prompt": retrieval, "backend": cache}),
+        # bfloat16 compute over float32 shards (FSDP2's MixedPrecisionPolicy runs on CPU too): close, not equal
+        "fsdp-bf16": (config(tiny_llama_dir, strategy={"type": "fsdp", "mixed_precision": "bf16"}),
+                      config(tiny_llama_dir, batch=4)),
     }
+    tolerances = {"fsdp-bf16": 1e-2}
     jobs = {"runs": [{"name": name, "config": multi, "training_set": str(training),
                       "validation_set": str(validation), "output_directory": str(tmp_path / "jobs")}
                      for name, (multi, _) in scenarios.items()],
@@ -112,9 +117,11 @@ def test_two_processes_with_batch_b_train_as_one_process_with_batch_2b(tmp_path,
                   for name, (_, single) in scenarios.items()}
     for name, result in references.items():
         reference, statistics = result.statistics, ranks[0][name]["statistics"]
-        assert relative_difference(statistics["train_loss_per_step"], reference["train_loss_per_step"]) <= TOLERANCE, name
-        assert relative_difference(statistics["validation"]["loss"], reference["validation"]["loss"]) <= TOLERANCE, name
-        assert statistics["validation"]["token_accuracy"] == reference["validation"]["token_accuracy"], name
+        tolerance = tolerances.get(name, TOLERANCE)
+        assert relative_difference(statistics["train_loss_per_step"], reference["train_loss_per_step"]) <= tolerance, name
+        assert relative_difference(statistics["validation"]["loss"], reference["validation"]["loss"]) <= tolerance, name
+        if name not in tolerances:
+            assert statistics["validation"]["token_accuracy"] == reference["validation"]["token_accuracy"], name
         assert ranks[1][name]["statistics"]["train_loss_per_step"] == statistics["train_loss_per_step"], name
         for epoch, seen in ranks[0][name]["rows"].items():  # every row once per epoch, across the processes
             assert sorted(seen + ranks[1][name]["rows"][epoch]) == list(range(9)), (name, epoch)

@@ -76,6 +76,7 @@ def relative_difference(losses: list[float], reference: list[float]) -> float:
 
 
 # -- the same run on more processes --------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_two_processes_with_batch_b_train_as_one_process_with_batch_2b(tmp_path, tiny_llama_dir):
     """DDP and FSDP, LoRA and full fine-tune, accumulation, packing and EVA: one job, several runs; every
     per-step loss within 1e-5 (relative) of one process with twice the batch, the validation metrics too (FSDP with
@@ -200,6 +201,7 @@ def statistics_of(run: Path) -> dict:
     return json.loads((run / "training_statistics.json").read_text())
 
 
+@pytest.mark.slow
 def test_kill_9_of_an_fsdp_job_then_resume_gives_the_uninterrupted_loss_curve(tmp_path, cli_run, capsys):
     """SIGKILL of every process (torchrun too) after the second checkpoint; ``--resume`` on 2 processes reaches
     the loss curve of an uninterrupted run, and on 1 process the sharded checkpoint resumes too (resharded)."""
@@ -232,6 +234,7 @@ def test_kill_9_of_an_fsdp_job_then_resume_gives_the_uninterrupted_loss_curve(tm
 
 
 # -- a job's behaviour ---------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_a_process_that_fails_ends_the_whole_job_with_its_error(tmp_path, cli_run):
     """Process 1 raises (as out of memory would) after step 2: every process exits, well within the bound (no
     peer waits forever in a collective), the error is shown, and the last regular checkpoint is kept."""
@@ -246,6 +249,7 @@ def test_a_process_that_fails_ends_the_whole_job_with_its_error(tmp_path, cli_ru
     assert json.loads((checkpoints / "latest.json").read_text())["step"] in (1, 2)
 
 
+@pytest.mark.slow
 def test_sigterm_stops_every_process_after_the_same_step_with_one_checkpoint(tmp_path, cli_run, capsys):
     """SIGTERM to torchrun (a scheduler's stop) reaches every process; they stop together after one step and write
     one checkpoint with every process's random states, which a later ``--resume`` continues (here on 1 process)."""

@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 
 import fw
-from fw.train import strategy as strategies
+from fw.config import strategy as strategies
 from fw.train.batch_size import training_batching
-from fw.train.strategy import Strategy
+from fw.config.strategy import Strategy
 
 
 def config(strategy=None, **sections) -> dict:

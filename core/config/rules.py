@@ -732,8 +732,8 @@ def ray_hint(backend: dict) -> str:
 
 @rule("backend.trainer.strategy", "quantization")
 def strategy_can_run(config: Config, registry: Registry) -> Iterator[ConfigIssue]:
-    """The distributed strategy's settings fit together (fw.train.strategy); one fw does not run yet is said."""
-    from fw.train import strategy
+    """The distributed strategy's settings fit together (fw.config.strategy); one fw does not run yet is said."""
+    from fw.config import strategy
 
     for path, message in strategy.problems(config):
         yield ConfigIssue(path, message)

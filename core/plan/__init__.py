@@ -194,7 +194,7 @@ def check_strategy(request: Request, data: dict | None = None) -> str:
         return "single"
     if request.strategy is not None or data is None:
         return request.strategy or "ddp"
-    from fw.train.strategy import of_config
+    from fw.config.strategy import of_config
 
     configured = of_config(data).name
     return configured if configured in STRATEGIES else "fsdp"

@@ -2,7 +2,7 @@
 
 Started by a launcher (torchrun, accelerate launch, ``fw train --num_processes``), every process runs the same
 ``fw train``; :func:`fw.train.runtime.for_job` gives each a :class:`DDPRuntime` or :class:`FSDPRuntime`
-(``backend.trainer.strategy``, fw.train.strategy). The process group is fw.distributed's (accelerate's
+(``backend.trainer.strategy``: fw.config.strategy). The process group is fw.distributed's (accelerate's
 ``PartialState``: gloo on CPU, nccl on GPUs). The engines are torch's own — ``DistributedDataParallel``,
 ``fully_shard``, ``torch.distributed.checkpoint`` — and fw adds no communication of its own.
 
@@ -45,7 +45,7 @@ from fw import distributed
 from fw.errors import FwError
 from fw.train import checkpoint as ckpt
 from fw.train.runtime import Item, Runtime
-from fw.train.strategy import CONFIG_PATH, NOT_RUN_YET, Strategy
+from fw.config.strategy import CONFIG_PATH, NOT_RUN_YET, Strategy
 
 
 #: what gloo / nccl say when a collective fails because a peer exited

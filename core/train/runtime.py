@@ -125,7 +125,7 @@ def for_job(data: dict) -> Runtime:
     """The runtime of this process: :class:`Runtime` when it runs alone (a strategy set in the config then gets
     one info line), else the distributed runtime of ``backend.trainer.strategy`` (fw.train.parallel)."""
     from fw import distributed
-    from fw.train import strategy
+    from fw.config import strategy
 
     if not distributed.launched():
         if strategy.configured(data) is not None:

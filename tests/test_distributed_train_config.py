@@ -152,17 +152,6 @@ def test_fsdp_names_the_layer_classes_when_the_configured_one_is_not_in_the_mode
     assert [type(layer).__name__ for layer in runtime.layers(model)] == ["LlamaDecoderLayer"] * 2
 
 
-def test_a_collective_that_lost_its_peer_is_one_line_naming_this_process():
-    from fw.train.parallel import DistributedRuntime
-
-    runtime = object.__new__(DistributedRuntime)
-    runtime.rank = 1
-    lost = runtime.lost_peer(RuntimeError("[gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]"))
-    assert str(lost) == "process 1: another process of the job stopped (its error is shown above), so this one " \
-                        "stops too."
-    assert runtime.lost_peer(ValueError("bad data")) is None
-
-
 # -- batches, checkpoints, plan ------------------------------------------------------------------------------------
 def test_effective_batch_size_counts_every_process_as_ludwig_does():
     settings = {"batch_size": 2, "gradient_accumulation_steps": "auto", "effective_batch_size": 16,

@@ -48,10 +48,6 @@ from fw.train.runtime import Item, Runtime
 from fw.config.strategy import CONFIG_PATH, NOT_RUN_YET, Strategy
 
 
-#: what gloo / nccl say when a collective fails because a peer exited
-PEER_LOST_SIGNS = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "NCCL communicator was aborted")
-
-
 class StepModule(torch.nn.Module):
     """The model, with the loss of a batch as a forward (``loss_of``): DDP and FSDP hook a module's forward, so the
     training loss — chunked head included — is computed inside one. Without ``loss_of`` it is the model's forward."""
@@ -145,16 +141,6 @@ class DistributedRuntime(Runtime):
         """Only after an agreed stop: a failure in one process leaves the others waiting in a collective (the
         launcher stops them), so nothing can be written together; the last checkpoint is kept."""
         return self.stopping
-
-    def lost_peer(self, exc: BaseException) -> Exception | None:
-        """A collective that failed because a peer process exited (its own error is the one that matters): one
-        line instead of the transport's traceback."""
-        message = str(exc)
-        if isinstance(exc, getattr(torch.distributed, "DistError", ())) or \
-                any(sign in message for sign in PEER_LOST_SIGNS):
-            return FwError(f"process {self.rank}: another process of the job stopped (its error is shown above), so "
-                           "this one stops too.")
-        return None
 
     def random_states(self) -> list:
         """Every process's random states, in rank order (collective)."""

@@ -86,10 +86,6 @@ class Runtime:
     def agree_to_stop(self, votes: float) -> None:
         """Stop every process after this step when ``votes`` (summed :meth:`stop_vote`) says one was asked to."""
 
-    def lost_peer(self, exc: BaseException) -> Exception | None:
-        """The error to stop with when ``exc`` means another process of the job failed (None: it does not)."""
-        return None
-
     def may_checkpoint_after(self, exc: BaseException) -> bool:
         """Whether training may write a checkpoint after ``exc`` stopped it (a full disk would fail it too)."""
         from fw.atomic import DiskFull

@@ -464,9 +464,6 @@ class Trainer:
             self.reporter.close()
             if self.runtime.may_checkpoint_after(exc):
                 self.save_interrupted()
-            lost = self.runtime.lost_peer(exc)
-            if lost is not None:
-                raise lost from exc
             raise
         finally:
             self.reporter.close()

@@ -228,8 +228,6 @@ def save_results(trainer, model, tokenizer, data: dict, run_dir: Path, statistic
 def claimed_by_main(claim) -> Path:
     """``claim()`` (make, or lock for a resume, the run directory) in the main process of a job, and its result in
     every process; a failure there (run in use, nothing to resume) stops every process with its message."""
-    from fw import distributed
-
     if not distributed.launched():
         return claim()
     outcome = None

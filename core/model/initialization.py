@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from fw import distributed
 from fw.console import ProgressBar
 from fw.data.tokens import collate, length_sorted_batches
 from fw.errors import FwError
@@ -95,8 +96,6 @@ def wrap_with_initializer(model, section: dict, calibration: TrainingData | None
         raise FwError(f"{config_path}.init_lora_weights: '{descriptor.name}' runs a calibration pass over training "
                       "rows before training, but no training rows were given. Train with fw train (it passes the "
                       "training split), or choose a data-free initializer such as pissa.")
-    from fw import distributed
-
     if descriptor.needs_data and distributed.launched():
         return calibrated_once(model, section, calibration, wrap, descriptor)
     return resolve(descriptor.prepare)(model, section, calibration, wrap)
@@ -110,8 +109,6 @@ def calibrated_once(model, section: dict, calibration: TrainingData, wrap: Wrapp
     import copy
 
     import peft
-
-    from fw import distributed
 
     wrapped = resolve(descriptor.prepare)(model, section, calibration, wrap) if distributed.is_main_process() \
         else None

@@ -41,11 +41,13 @@ from pathlib import Path
 
 import torch
 
-from fw import distributed
-from fw.errors import FwError
-from fw.train import checkpoint as ckpt
-from fw.train.runtime import Item, Runtime
+from fw import console, distributed
+from fw.atomic import atomic_directory
 from fw.config.strategy import CONFIG_PATH, NOT_RUN_YET, Strategy
+from fw.errors import FwError, Terminated
+from fw.train import checkpoint as ckpt
+from fw.train.loss import transformers_model
+from fw.train.runtime import Item, Runtime
 
 
 class StepModule(torch.nn.Module):
@@ -130,8 +132,6 @@ class DistributedRuntime(Runtime):
     def agree_to_stop(self, votes: float) -> None:
         """Raise :class:`Stopped` in every process when any asked to stop (``votes``: the reduced requests)."""
         if votes:
-            from fw.errors import Terminated
-
             self.stopping = True
             if self.stop_requested == signal.SIGTERM:
                 raise Terminated(f"signal {signal.SIGTERM}")
@@ -207,8 +207,6 @@ class FSDPRuntime(DistributedRuntime):
 
     def layers(self, model) -> list:
         """The modules sharded one by one: ``transformer_cls_names_to_wrap``, else the model's ``_no_split_modules``."""
-        from fw.train.loss import transformers_model
-
         wanted = self.strategy.fsdp.get("transformer_cls_names_to_wrap") or \
             list(getattr(transformers_model(model), "_no_split_modules", None) or [])
         found = [module for module in model.modules() if type(module).__name__ in wanted]
@@ -230,8 +228,6 @@ class FSDPRuntime(DistributedRuntime):
     def save_checkpoint(self, checkpoints, step, model, optimizer, scheduler, position, history):
         """Every process writes its shards into the main process's temporary directory, which the main process
         completes (schedule, position, random states) and renames into place."""
-        from fw.atomic import atomic_directory
-
         rngs = self.random_states()
         final = ckpt.checkpoint_directory(checkpoints, step)
         if not self.is_main_process:
@@ -259,8 +255,6 @@ class FSDPRuntime(DistributedRuntime):
 
     def save_best(self, checkpoints, model, metrics) -> None:
         from safetensors.torch import save_file
-
-        from fw.atomic import atomic_directory
 
         state = self.full_state(model, trainable_only=True)
         if self.is_main_process:
@@ -306,7 +300,5 @@ def runtime_for(strategy: Strategy, data: dict) -> DistributedRuntime:
         raise FwError(f"{CONFIG_PATH}.fsdp_config.cpu_offload: moves GPU state to the CPU, and this machine has no "
                       "GPU; set it to false.")
     if strategy.mixed_precision in ("bf16", "fp16") and not torch.cuda.is_available() and strategy.name == "ddp":
-        from fw import console
-
         console.info(f"{CONFIG_PATH}.mixed_precision: no effect on CPU (as trainer.use_mixed_precision).")
     return {"ddp": DDPRuntime, "fsdp": FSDPRuntime}[strategy.name](strategy)

@@ -21,6 +21,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
+from fw import console, distributed
+from fw.atomic import DiskFull
+from fw.config import strategy
 from fw.train import checkpoint as ckpt
 
 Item = TypeVar("Item")
@@ -88,8 +91,6 @@ class Runtime:
 
     def may_checkpoint_after(self, exc: BaseException) -> bool:
         """Whether training may write a checkpoint after ``exc`` stopped it (a full disk would fail it too)."""
-        from fw.atomic import DiskFull
-
         return not isinstance(exc, DiskFull)
 
     # -- state -------------------------------------------------------------------------------------------------
@@ -120,13 +121,8 @@ class Runtime:
 def for_job(data: dict) -> Runtime:
     """The runtime of this process: :class:`Runtime` when it runs alone (a strategy set in the config then gets
     one info line), else the distributed runtime of ``backend.trainer.strategy`` (fw.train.parallel)."""
-    from fw import distributed
-    from fw.config import strategy
-
     if not distributed.launched():
         if strategy.configured(data) is not None:
-            from fw import console
-
             console.info(f"{strategy.CONFIG_PATH}: one process runs, so there is nothing to share or shard; "
                          "training as usual (start several with torchrun or fw train --num_processes).")
         return Runtime()

@@ -12,7 +12,8 @@ JOBS.json: ``{"runs": [{"name", "config", "training_set", "validation_set", "out
 "results": path}``. Every process trains each run with ``fw.pipeline.train`` (one launch, several runs: the
 imports and the process group are paid once). Each process writes ``<results>.rank<N>.json``: per run, the training
 statistics, the rows it trained on per epoch (the shares the trainer sums tokens over), how many EVA calibration
-passes and retrieval index builds it ran, and whether its model recomputed activations.
+passes and retrieval index builds it ran, how many weight files transformers opened for it, and whether its model
+recomputed activations.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from pathlib import Path
 
 def main(jobs_file: str) -> None:
     import peft
+    from transformers import modeling_utils
 
     from fw import distributed, pipeline
     from fw.data import retrieval
@@ -31,8 +33,9 @@ def main(jobs_file: str) -> None:
 
     jobs = json.loads(Path(jobs_file).read_text())
     rows: dict[str, dict[int, list[int]]] = {}
-    current = {"run": None, "eva_passes": 0, "index_builds": 0}
+    current = {"run": None, "eva_passes": 0, "index_builds": 0, "weight_reads": 0}
     counted, calibrate, build = training.Trainer.trained_tokens, peft.initialize_lora_eva_weights, retrieval.build
+    safe_open = modeling_utils.safe_open
 
     def recording(self, shares):
         seen = rows.setdefault(current["run"], {}).setdefault(self.position.epoch, [])
@@ -47,18 +50,23 @@ def main(jobs_file: str) -> None:
         current["index_builds"] += Path(directory).name.startswith(".")  # a new index, in its temporary directory
         return build(params, texts, directory)
 
+    def counting_reads(*args, **kwargs):
+        current["weight_reads"] += 1
+        return safe_open(*args, **kwargs)
+
     training.Trainer.trained_tokens = recording
+    modeling_utils.safe_open = counting_reads
     peft.initialize_lora_eva_weights = counting_eva
     retrieval.build = counting_builds
     results = {}
     for run in jobs["runs"]:
-        current.update(run=run["name"], eva_passes=0, index_builds=0)
+        current.update(run=run["name"], eva_passes=0, index_builds=0, weight_reads=0)
         result = pipeline.train(run["config"], training_set=run["training_set"],
                                 validation_set=run.get("validation_set"),
                                 output_directory=run["output_directory"], show_progress=False)
         results[run["name"]] = {"statistics": result.statistics, "rows": rows.get(run["name"], {}),
                                 "run_dir": str(result.run_dir), "eva_passes": current["eva_passes"],
-                                "index_builds": current["index_builds"],
+                                "index_builds": current["index_builds"], "weight_reads": current["weight_reads"],
                                 "checkpointing": transformers_model(result.model).is_gradient_checkpointing}
     Path(f"{jobs['results']}.rank{distributed.rank()}.json").write_text(json.dumps(results))
 

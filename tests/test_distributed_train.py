@@ -80,7 +80,8 @@ def relative_difference(losses: list[float], reference: list[float]) -> float:
 def test_two_processes_with_batch_b_train_as_one_process_with_batch_2b(tmp_path, tiny_llama_dir):
     """DDP and FSDP, LoRA and full fine-tune, accumulation, packing and EVA: one job, several runs; every
     per-step loss within 1e-5 (relative) of one process with twice the batch, the validation metrics too (FSDP with
-    bf16 mixed precision: within 1e-2 of the float32 run)."""
+    bf16 mixed precision: within 1e-2 of the float32 run). Under FSDP only the main process reads the weights
+    (the other builds the model on the meta device), unless cpu_ram_efficient_loading is false."""
     training, validation = tmp_path / "train.csv", tmp_path / "validation.csv"
     rows(9).to_csv(training, index=False)  # 9 rows, 4 per micro-batch: the last one leaves a process without rows
     rows(3, offset=100).to_csv(validation, index=False)
@@ -100,7 +101,8 @@ def test_two_processes_with_batch_b_train_as_one_process_with_batch_2b(tmp_path,
         "ddp-retrieval": ({**config(tiny_llama_dir, adapter=LORA), "prompt": retrieval, "backend": cache},
                           {**config(tiny_llama_dir, adapter=LORA, batch=4), "prompt": retrieval, "backend": cache}),
         # bfloat16 compute over float32 shards (FSDP2's MixedPrecisionPolicy runs on CPU too): close, not equal
-        "fsdp-bf16": (config(tiny_llama_dir, strategy={"type": "fsdp", "mixed_precision": "bf16"}),
+        "fsdp-bf16": (config(tiny_llama_dir, strategy={"type": "fsdp", "mixed_precision": "bf16",
+                                                       "fsdp_config": {"cpu_ram_efficient_loading": False}}),
                       config(tiny_llama_dir, batch=4)),
     }
     tolerances = {"fsdp-bf16": 1e-2}
@@ -131,6 +133,10 @@ def test_two_processes_with_batch_b_train_as_one_process_with_batch_2b(tmp_path,
     assert [rank["ddp-eva"]["eva_passes"] for rank in ranks] == [1, 0]  # calibrated once, by the main process
     assert [rank["ddp-retrieval"]["index_builds"] for rank in ranks] == [1, 0]  # the others read the cache
     assert ranks[0]["fsdp-full"]["checkpointing"] and not ranks[0]["ddp-full"]["checkpointing"]
+    # FSDP's CPU-efficient loading (the default): only the main process opened the weight files
+    for name in scenarios:
+        reads = [rank[name]["weight_reads"] for rank in ranks]
+        assert reads[0] >= 1 and (reads[1] == 0) == (name in ("fsdp-lora", "fsdp-full")), (name, reads)
 
     fsdp_run = Path(ranks[0]["fsdp-lora"]["run_dir"])
     assert_loads_with_transformers_and_peft(fsdp_run / "model", tiny_llama_dir)

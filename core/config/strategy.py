@@ -8,7 +8,8 @@ The config takes Ludwig's shape: a name (``ddp``, ``fsdp``, ``deepspeed``, ``acc
   ``DistributedDataParallel`` averages the gradients. The default whenever several processes run.
 - ``fsdp``: FSDP2 (torch's ``fully_shard``): every decoder layer (``transformer_cls_names_to_wrap``) and the rest of
   the model are sharded across the processes, so are gradients and optimizer state; a layer is gathered only
-  while it runs. Full fine-tune and adapters; ``mixed_precision: bf16`` is FSDP2's ``MixedPrecisionPolicy``.
+  while it runs. Full fine-tune and adapters; ``mixed_precision: bf16`` is FSDP2's ``MixedPrecisionPolicy``;
+  ``cpu_ram_efficient_loading`` (default true): only the main process reads the weights (fw.train.parallel).
 - ``deepspeed``: accepted and validated (``deepspeed_config``: a JSON file or a mapping, ZeRO stage 2 or 3), not
   run yet: a job refuses it in one line pointing to ``fsdp``. DeepSpeed replaces the optimizer, the backward pass
   and the checkpoint format (pickled), and neither it nor a GPU was available where this was written, so a path

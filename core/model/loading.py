@@ -130,10 +130,29 @@ def load_model_weights(location: str, name: str, dtype, extra: dict, gguf_file: 
         raise FwError(hub_error_message(name, exc)) from None
 
 
+def empty_model(location: str, name: str, dtype, extra: dict):
+    """The architecture of ``location`` on the meta device, built from its config: no weight file is read (FSDP's
+    CPU-efficient loading, where the main process's weights are loaded into the shards later)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        config = extra.get("config") or AutoConfig.from_pretrained(location, token=hub_token(), trust_remote_code=False)
+    except Exception as exc:
+        raise FwError(hub_error_message(name, exc)) from None
+    with torch.device("meta"):
+        try:
+            return AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="sdpa")
+        except ValueError:
+            return AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="eager")
+
+
 def load_base_model(config, for_training: bool = False, tokenizer_from: str | None = None,
-                    on_device: str | None = None):
+                    on_device: str | None = None, weights: bool = True):
     """(model, tokenizer) for ``config['base_model']``, on the best device (or ``on_device``), in eval mode unless
-    training. ``tokenizer_from``: load the tokenizer from there instead (a saved run's ``model/``)."""
+    training. ``tokenizer_from``: load the tokenizer from there instead (a saved run's ``model/``). ``weights``
+    False: the model on the meta device, its weights not read (:func:`empty_model`; not for GGUF or quantized
+    models, which are loaded as usual)."""
     quiet_libraries()
     data = view.data_of(config)
     name = view.base_model(data)
@@ -149,14 +168,16 @@ def load_base_model(config, for_training: bool = False, tokenizer_from: str | No
     quant_kwargs, transform, quant_section = quantization_kwargs(data, for_training)
     dtype = choose_dtype(view.precision(data))
     extra = {**rope_kwargs(location, data, hub_token()), **quant_kwargs}
-    model = load_model_weights(location, name, dtype, extra, gguf_file)
+    on_meta = not weights and not gguf_file and not quant_kwargs and transform is None
+    model = empty_model(location, name, dtype, extra) if on_meta else \
+        load_model_weights(location, name, dtype, extra, gguf_file)
     if gguf_file:
         kind = gguf.quantization_type(location, gguf_file)
         console.info(f"base_model: dequantized the GGUF file {gguf_file}{f' ({kind})' if kind else ''} to "
                      f"{str(dtype).removeprefix('torch.')}; fw.model.gguf.convert saves it as a model directory once")
     if transform is not None:
         model = transform(model, quant_section)
-    if not quant_kwargs:
+    if not quant_kwargs and not on_meta:
         model.to(on_device or device())
     sync_special_tokens(model, tokenizer)
     if not tokenizer_from:

@@ -19,7 +19,10 @@ The same run on more processes (decisions):
 - **The step module.** DDP and FSDP act through a module's ``forward``; fw's loss (the chunked head included) is
   computed inside :class:`StepModule.forward`, so every training pass goes through the wrapper.
 - **One copy of the start.** The main process's weights are everyone's: DDP broadcasts them when it wraps the model,
-  FSDP loads the main process's full state into every shard. Data passes that fill caches (the retrieval index) run
+  FSDP loads the main process's full state into every shard. Under FSDP (``cpu_ram_efficient_loading``, the
+  default) the others do not even read the weights: they build the model on the meta device, and probes that need
+  weights before sharding (the loss path, packing's check) are decided by the main process
+  (:meth:`DistributedRuntime.decided_by_main`). Data passes that fill caches (the retrieval index) run
   on the main process first; EVA / CorDA calibrate there only (fw.model.initialization).
 - **State.** Under DDP the main process writes checkpoints, the best weights and ``model/`` as one process does
   (with every process's random states). Under FSDP checkpoints are sharded (fw.train.checkpoint), the best weights
@@ -91,6 +94,19 @@ class DistributedRuntime(Runtime):
 
     def reduce_sum(self, values: Sequence[float]) -> list[float]:
         return distributed.reduce_sum(values)
+
+    def decided_by_main(self, decide: Callable[[], Item]) -> Item:
+        """The main process decides; its answer, or its error, reaches every process."""
+        outcome = None
+        if self.is_main_process:
+            try:
+                outcome = (True, decide())
+            except FwError as exc:
+                outcome = (False, str(exc))
+        decided, value = distributed.broadcast(outcome)
+        if not decided:
+            raise FwError(value)
+        return value
 
     def run_once(self, work: Callable[[], Item]) -> Item:
         """The main process does ``work`` first (filling caches), then the others (reading them)."""
@@ -174,18 +190,23 @@ class FSDPRuntime(DistributedRuntime):
 
     load_device = "cpu"
 
-    def __init__(self, strategy: Strategy):
+    def __init__(self, strategy: Strategy, quantized: bool = False):
         super().__init__(strategy)
         self.mixed_precision = "no" if strategy.mixed_precision == "bf16" else strategy.mixed_precision
         self.activation_checkpointing = bool(strategy.fsdp.get("activation_checkpointing"))
+        # CPU-efficient loading (accelerate's name): the main process reads the weights, the others build the
+        # model on the meta device; a quantized model is loaded by every process (its loader quantizes as it reads)
+        self.rank0_loads = not quantized and strategy.fsdp.get("cpu_ram_efficient_loading", True)
+        self.loads_weights = self.is_main_process or not self.rank0_loads
 
     def prepare_model(self, model):
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard
 
-        device = next(model.parameters()).device
+        device = self.device_of(model)
         full_state = model.state_dict() if self.is_main_process else {}
+        self.receive_unsaved_buffers(model, full_state, device)
         settings = self.shard_settings(init_device_mesh(device.type, (self.processes,)))
         for layer in self.layers(model):
             fully_shard(layer, **settings)
@@ -193,6 +214,27 @@ class FSDPRuntime(DistributedRuntime):
         set_model_state_dict(model, full_state, options=StateDictOptions(full_state_dict=True,
                                                                            broadcast_from_rank0=True))
         return step_model
+
+    @staticmethod
+    def device_of(model) -> torch.device:
+        """Where the model trains: its parameters' device, or this process's own for a model on the meta device."""
+        device = next(model.parameters()).device
+        if device.type != "meta":
+            return device
+        return torch.device("cuda", distributed.local_rank()) if torch.cuda.is_available() else torch.device("cpu")
+
+    def receive_unsaved_buffers(self, model, full_state: dict, device: torch.device) -> None:
+        """The buffers no state dict carries (RoPE's ``inv_freq``: computed at construction, empty on the meta
+        device), sent by the main process to the processes that did not load the weights (collective; small)."""
+        if not self.rank0_loads:
+            return
+        unsaved = distributed.broadcast({name: buffer for name, buffer in model.named_buffers()
+                                         if name not in full_state} if self.is_main_process else None)
+        if self.is_main_process:
+            return
+        for name, buffer in unsaved.items():
+            owner, _, attribute = name.rpartition(".")
+            model.get_submodule(owner)._buffers[attribute] = buffer.to(device)
 
     def shard_settings(self, mesh) -> dict:
         from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy
@@ -301,4 +343,6 @@ def runtime_for(strategy: Strategy, data: dict) -> DistributedRuntime:
                       "GPU; set it to false.")
     if strategy.mixed_precision in ("bf16", "fp16") and not torch.cuda.is_available() and strategy.name == "ddp":
         console.info(f"{CONFIG_PATH}.mixed_precision: no effect on CPU (as trainer.use_mixed_precision).")
-    return {"ddp": DDPRuntime, "fsdp": FSDPRuntime}[strategy.name](strategy)
+    if strategy.name == "fsdp":
+        return FSDPRuntime(strategy, quantized=bool(data.get("quantization")))
+    return DDPRuntime(strategy)

@@ -40,6 +40,9 @@ class Runtime:
     mixed_precision: str | None = None
     #: where the base model is loaded (None: the best device); FSDP loads on the CPU and shards onto the GPUs
     load_device: str | None = None
+    #: whether this process reads the base model's weights (FSDP's CPU-efficient loading: only the main process;
+    #: the others build it on the meta device and receive the weights when it is sharded)
+    loads_weights: bool = True
     #: recompute activations in the backward pass (FSDP's ``activation_checkpointing``; also
     #: ``trainer.enable_gradient_checkpointing``)
     activation_checkpointing: bool = False
@@ -76,6 +79,11 @@ class Runtime:
         """``work()`` done by the main process first (filling caches), then by the others, which find its results
         there (one process: just ``work()``)."""
         return work()
+
+    def decided_by_main(self, decide: Callable[[], Item]) -> Item:
+        """``decide()`` (a probe of the model: the loss path, packing's row separation) as the main process finds
+        it, in every process: the others may not hold the weights yet (one process: just ``decide()``)."""
+        return decide()
 
     # -- stopping ----------------------------------------------------------------------------------------------
     def stop_signals(self):

@@ -373,11 +373,16 @@ class Trainer:
         if self.plan.packed:
             packing.choose_attention(self.model)
             self.flash_kwargs = packing.uses_flash_kwargs(self.model)
-            packing.check_rows_separated(self.model, self.train_rows)
         if self.settings.get("compile"):
             compile_model(self.model)
+        self.loss_sum = self.runtime.decided_by_main(self.probe_loss_path)
+
+    def probe_loss_path(self):
+        """Packing's row-separation check and the loss path, probed with the model's weights."""
+        if self.plan.packed:
+            packing.check_rows_separated(self.model, self.train_rows)
         first = self.load_batch(self.plan.batches[0])
-        self.loss_sum = loss.choose(self.model, first, self.settings.get("chunked_loss", True))
+        return loss.choose(self.model, first, self.settings.get("chunked_loss", True))
 
     # -- auto batch sizes ------------------------------------------------------------------------------------
     def resolve_batch_sizes(self) -> None:

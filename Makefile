@@ -46,7 +46,7 @@ bench: install
 	$(BIN)/python bench/merge_two_tasks.py
 	$(BIN)/python bench/startup.py
 	FW_TEST_COMPILE_BACKEND=inductor $(BIN)/python -m pytest -q -p no:cacheprovider \
-		tests/test_packing.py::test_compile_really_trains_one_step_on_cpu
+		tests/train/test_packing.py::test_compile_really_trains_one_step_on_cpu
 	@if $(BIN)/python -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then \
 		$(BIN)/python bench/train_speed.py; \
 	else \

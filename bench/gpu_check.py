@@ -66,7 +66,7 @@ class Step:
 
 
 def gpu_test_files() -> list[str]:
-    return sorted(str(path.relative_to(ROOT)) for path in (ROOT / "tests").glob("test_*.py")
+    return sorted(str(path.relative_to(ROOT)) for path in (ROOT / "tests").rglob("test_*.py")
                   if "pytest.mark.gpu" in path.read_text())
 
 

@@ -62,7 +62,7 @@ MEMORY_TARGET = 0.5
 FAST_OPTIONS = ("packing", "chunked_loss", "compile", "kernels", "fused_kernels", "fused_optimizer")
 #: for an option that is an enum rather than a boolean: the first of these it offers
 FAST_CHOICES = ("liger", "auto", "fused")
-#: what the result JSON of a side holds (tests/test_bench_smoke.py checks these)
+#: what the result JSON of a side holds (tests/bench/test_bench_smoke.py checks these)
 SIDE_FIELDS = ("status", "tokens_per_second", "mfu", "peak_memory_gib", "timed_steps", "timed_tokens",
                "timed_seconds", "total_steps", "real_tokens", "computed_tokens", "tokens_counted",
                "eval_loss_initial", "eval_loss_final", "train_loss_final", "train_loss_per_step",

@@ -7,11 +7,11 @@ removed while the tests ran.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from repo_root import REPO
+
 #: directories whose contents the test run may change: the virtualenv, bytecode and pytest's caches
 NOT_CHECKED = {".git", ".venv", "__pycache__", ".pytest_cache"}
 CHECKOUT = pytest.StashKey[dict]()

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from repo_root import REPO
+
 CANDIDATES = [Path(os.environ["FW_SPEC_DIR"])] if os.environ.get("FW_SPEC_DIR") else []
 CANDIDATES += [REPO.parent / "shared" / "spec", REPO / "shared" / "spec"]
 SPEC = next((path for path in CANDIDATES if (path / "snippets").is_dir()), CANDIDATES[0])

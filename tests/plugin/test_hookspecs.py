@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import inspect
-from pathlib import Path
 
 import pytest
 
@@ -10,8 +9,10 @@ from fw.plugin import hookspecs
 from fw.plugin.registry import get_registry
 from fw.plugin.descriptors import HOOK_FOR_KIND
 
+from repo_root import REPO
+
 HOOKS = [name for name, fn in inspect.getmembers(hookspecs, inspect.isfunction) if name.startswith("fw_")]
-README = (Path(__file__).parents[1] / "README.md").read_text()
+README = (REPO / "README.md").read_text()
 
 
 def test_every_kind_has_a_hook_and_every_hook_a_kind():

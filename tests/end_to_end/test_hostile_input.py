@@ -20,7 +20,8 @@ from fw.cli.main import main
 from fw.config.safe_yaml import MAX_DEPTH, MAX_VALUES, read_yaml
 from fw.errors import ConfigError, shown
 
-REPO = Path(__file__).resolve().parents[1]
+from repo_root import REPO
+
 HEADER = """\
 base_model: meta-llama/Llama-2-7b-hf
 input_features: [{name: input, type: text}]

@@ -1,16 +1,17 @@
 """``make gpu-check`` (issue 12, point 9): its GPU steps are commands the benchmark scripts accept, within the
 8-minute budget; a GPU machine without network gets one clear line when fw's wheels are missing or stale. (The CPU
-smoke path runs the scripts themselves: tests/test_bench_smoke.py runs ``train_speed.py --smoke``.)"""
+smoke path runs the scripts themselves: tests/bench/test_bench_smoke.py runs ``train_speed.py --smoke``.)"""
 from __future__ import annotations
 
 import importlib.util
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parent.parent / "bench"
+from repo_root import REPO
+
+BENCH = REPO / "bench"
 
 
 def load(name: str):
@@ -31,7 +32,7 @@ def test_the_gpu_steps_are_commands_the_scripts_accept_within_eight_minutes(gpu_
     tests, training, prediction = gpu_check.steps("python3", gpu=True)
     assert sum(step.limit for step in (tests, training, prediction)) <= gpu_check.BUDGET_SECONDS == 8 * 60
     assert tests.argv[1:5] == ["-m", "pytest", "-m", "gpu"]
-    assert {"tests/test_quantization.py", "tests/test_initializers.py"} <= set(tests.argv)
+    assert {"tests/model/test_quantization.py", "tests/model/test_initializers.py"} <= set(tests.argv)
     arguments = train_speed.parse(training.argv[2:])
     settings = train_speed.settings_from(arguments)
     assert settings.quick and not settings.smoke and settings.model == "1b"

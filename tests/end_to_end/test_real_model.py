@@ -4,7 +4,6 @@ extraction with and without the template, and a short LoRA run whose held-out lo
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -12,9 +11,11 @@ import torch
 
 from fw import pipeline
 
+from repo_root import REPO
+
 pytestmark = [pytest.mark.realmodel, pytest.mark.slow]
 
-TWEETS = Path(__file__).resolve().parents[1] / "examples" / "sentiment" / "tweets.csv"
+TWEETS = REPO / "examples" / "sentiment" / "tweets.csv"
 QUESTION = "Is the sentiment of this tweet positive, negative or neutral? Answer with one word.\n\nTweet: {text}"
 LABELS = ("positive", "negative", "neutral")
 SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"  # the template's default

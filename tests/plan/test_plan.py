@@ -15,15 +15,15 @@ import random
 import subprocess
 import sys
 
-from pathlib import Path
-
 import pandas as pd
 import pytest
 import yaml
 
 from fw.cli.main import main
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "plan"
+from repo_root import REPO
+
+EXAMPLES = REPO / "examples" / "plan"
 WORDS = "the movie was wonderful and moving but the food was cold and the service slow".split()
 #: fw plan's estimate must be within this fraction of the measured peak (the issue's bound)
 TOLERANCE = 0.25

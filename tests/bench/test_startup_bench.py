@@ -11,7 +11,9 @@ import yaml
 
 from fw import pipeline
 
-SCRIPT = Path(__file__).resolve().parent.parent / "bench" / "startup.py"
+from repo_root import REPO
+
+SCRIPT = REPO / "bench" / "startup.py"
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """Configs written for Ludwig mean the same run in fw.
 
-``tests/ludwig_configs/`` holds Ludwig-style configs written from Ludwig's documented keys: ``accept_*`` ones fw
+``tests/config/ludwig_configs/`` holds Ludwig-style configs written from Ludwig's documented keys: ``accept_*`` ones fw
 accepts, ``reject_*`` ones it refuses with the one error written in the file (``# fw: reject <path>: <message>``).
 Each was also run through Ludwig
 0.17.8's own validator (``ModelConfig.from_dict``, offline); where Ludwig's verdict differs from fw's the file says
@@ -98,7 +98,7 @@ SAME_MEANING = {
 AT_LOAD_TIME = {
     "generation.max_new_tokens": "no output max_sequence_length nor global_max_sequence_length: half the model's "
                                  "context length (Ludwig's rule), decided when fw loads the model "
-                                 "(tests/test_ludwig_configs.py::test_max_new_tokens_follows_the_context)",
+                                 "(tests/config/test_ludwig_configs.py::test_max_new_tokens_follows_the_context)",
 }
 
 

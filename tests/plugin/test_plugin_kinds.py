@@ -153,7 +153,7 @@ def test_initializer_sub_configs():
 
 @pytest.mark.parametrize("name", ["eva", "corda", "loftq", "pissa", "olora"])
 def test_initializers_with_a_prepare_step_resolve(name):
-    """The steps themselves are exercised in tests/test_initializers.py."""
+    """The steps themselves are exercised in tests/model/test_initializers.py."""
     assert callable(resolve(descriptor(INIT, name).prepare))
     assert descriptor(INIT, name).needs_data == (name in ("eva", "corda"))
 
@@ -220,7 +220,7 @@ def test_bitsandbytes_load_kwargs_builds_the_transformers_config(monkeypatch):
 
 def test_torchao_quantizes_at_load_and_fake_quantizes_only_for_qat():
     """PTQ: a TorchAoConfig for from_pretrained and no transform; QAT: nothing at load, the transform swaps
-    layers (end to end in tests/test_quantization.py)."""
+    layers (end to end in tests/model/test_quantization.py)."""
     plugin = descriptor("fw.plugins.quantizers.torchao", "torchao")
     load_kwargs, transform = resolve(plugin.load_kwargs), resolve(plugin.transform)
     ptq = {"backend": "torchao", "mode": "int8_weight_only", "qat": False}
@@ -256,7 +256,7 @@ def test_regex_bad_pattern_is_a_value_error():
 
 @pytest.mark.parametrize("pattern, hostile", [(r"(x+x+)+y", "x" * 5000), (r"(a|aa)+$", "a" * 40 + "b")])
 def test_regex_catastrophic_backtracking_times_out(pattern, hostile):
-    """The matcher raises TimeoutError; the decoder counts it as no match (tests/test_hostile_input.py)."""
+    """The matcher raises TimeoutError; the decoder counts it as no match (tests/end_to_end/test_hostile_input.py)."""
     started = time.monotonic()
     with pytest.raises(TimeoutError):
         matcher("regex", pattern)(hostile)
@@ -342,7 +342,7 @@ def test_random_retriever_index_queries_k_distinct_positions_never_excluded(tmp_
     index = build_index({"type": "random", "k": 2, "seed": 1}, ["a", "b", "c", "d"], tmp_path)
     picks = index.query(["a", "z"], 2, [{0}, set()])
     assert len(picks[0]) == 2 and 0 not in picks[0] and len(set(picks[1])) == 2
-    assert picks == index.query(["a", "z"], 2, [{0}, set()])  # seeded (semantic: tests/test_retrieval.py)
+    assert picks == index.query(["a", "z"], 2, [{0}, set()])  # seeded (semantic: tests/data/test_retrieval.py)
 
 
 # -- the spec's snippets validate against these schemas --------------------------------------------------

@@ -7,11 +7,12 @@ import json
 import statistics
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parent.parent / "bench" / "train_speed.py"
+from repo_root import REPO
+
+SCRIPT = REPO / "bench" / "train_speed.py"
 
 
 @pytest.fixture(scope="module")

@@ -15,10 +15,8 @@ from fw import pipeline
 from fw.artifacts import load_trained
 from fw.cli.main import main
 
-ADAPTERS = ["lora", "adalora", "ia3", "vera", "loha", "lokr", "fourierft", "boft", "tinylora", "c3a", "oft", "hra",
-            "waveft", "ln_tuning", "vblora"]
-#: spec defaults that do not fit the tiny model's 64 / 32-wide layers
-TINY_PARAMS = {"c3a": {"block_size": 32}, "vblora": {"vector_length": 32}, "waveft": {"n_frequency": 512}}
+from built_in_plugins import LAYER_ADAPTERS, TINY_OVERRIDES
+
 PROBE = torch.tensor([[1, 5, 9, 20, 30, 41]])
 
 
@@ -118,11 +116,11 @@ def test_training_lowers_the_loss(tmp_path, tiny_llama_dir):
 
 # -- adapters ----------------------------------------------------------------------------------------------------
 @pytest.mark.slow
-@pytest.mark.parametrize("adapter", ADAPTERS)
+@pytest.mark.parametrize("adapter", LAYER_ADAPTERS)
 def test_every_adapter_trains_saves_and_reloads_to_the_same_logits(tmp_path, tiny_llama_dir, adapter):
     from transformers import AutoModelForCausalLM
 
-    data = config(tiny_llama_dir, adapter={"type": adapter, **TINY_PARAMS.get(adapter, {})},
+    data = config(tiny_llama_dir, adapter={"type": adapter, **TINY_OVERRIDES.get(adapter, {})},
                   trainer={"type": "finetune", "epochs": 1, "train_steps": 2, "batch_size": 4, "learning_rate": 0.01})
     result = pipeline.train(data, training_set=table(8), output_directory=tmp_path, show_progress=False)
     assert (result.model_dir / "adapter_config.json").is_file()

@@ -17,17 +17,14 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from fw.model.adapters import wrap_model
 from fw.errors import ConfigError, FwError
 from fw.plugin import load_schema, resolve
-from fw.plugin.peft import adapter_peft_config, targets_modules
+from fw.plugin.peft import adapter_peft_config
 from fw.plugin.registry import get_registry
 from fw.model.tiny import build_tiny_gpt2, build_tiny_llama, build_tokenizer
 
+from built_in_plugins import LAYER_ADAPTERS, TINY_OVERRIDES, built_in
+
 #: every built-in adapter -> its PEFT config class
-ADAPTERS = {entry.name: entry.descriptor.peft_config_class for entry in get_registry().all("adapter")
-            if entry.distribution.name == "fw"}
-#: methods that adapt layers (prompt-learning methods add virtual tokens instead)
-LAYER_METHODS = {name for name in ADAPTERS if targets_modules(get_registry().get("adapter", name))}
-#: spec defaults too big for the tiny models (hidden 64, llama k/v out 32); their checks are tested below
-TINY_OVERRIDES = {"c3a": {"block_size": 32}, "vblora": {"vector_length": 32}, "waveft": {"n_frequency": 512}}
+ADAPTERS = {name: descriptor.peft_config_class for name, descriptor in built_in("adapter").items()}
 #: methods whose PEFT 0.21.2 layers do not accept transformers' Conv1D (GPT-2): fw must say so clearly
 NO_CONV1D = {"loha", "lokr", "boft", "c3a", "oft", "hra"}
 COMMON_KEYS = {"pretrained_adapter_weights", "postprocessor"}
@@ -225,7 +222,7 @@ def test_adapter_trains_one_step_on_a_tiny_model(name, arch, request):
     assert 0 < sum(p.numel() for p in trainable) < sum(p.numel() for p in peft_model.parameters())
 
 
-@pytest.mark.parametrize("name", sorted(LAYER_METHODS - NO_CONV1D - {"ln_tuning"}))
+@pytest.mark.parametrize("name", sorted(set(LAYER_ADAPTERS) - NO_CONV1D - {"ln_tuning"}))
 def test_gpt2_conv1d_layers_get_fan_in_fan_out(name, tiny_gpt2_dir):
     config = wrap_model(load(tiny_gpt2_dir), {**defaults(name), **TINY_OVERRIDES.get(name, {})}).peft_config
     assert config["default"].fan_in_fan_out is True

@@ -18,14 +18,17 @@ from fw.artifacts import load_trained
 from fw.cli.main import main
 from fw.errors import FwError
 
+from built_in_plugins import built_in
+
 PROBE = torch.tensor([[1, 5, 9, 20, 30, 41]])
 #: every linear layer and the output head: the tiny random model only learns a task when lm_head adapts too
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head"]
 WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 FRUITS = [("apple", "red"), ("banana", "yellow"), ("lime", "green"), ("plum", "purple"), ("orange", "orange"),
           ("cherry", "red"), ("kiwi", "brown"), ("grape", "green")]
-MERGE_TYPES = ["linear", "svd", "ties", "dare_linear", "dare_ties", "magnitude_prune", "cat"]
-DENSITY_TYPES = {"ties", "dare_linear", "dare_ties", "magnitude_prune"}
+#: every built-in merge strategy (adapters.merge.combination_type), and those that prune to a density
+MERGE_TYPES = sorted(built_in("merge_strategy"))
+DENSITY_TYPES = {name for name, strategy in built_in("merge_strategy").items() if strategy.uses_density}
 
 
 def spell_digits(rows: int, offset: int = 0) -> pd.DataFrame:

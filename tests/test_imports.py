@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
-CORE = Path(__file__).resolve().parents[1] / "core"
+from repo_root import REPO
+
+CORE = REPO / "core"
 #: fw's packages (and top-level modules), lowest layer first: a package imports only from its own layer or below
 LAYERS = (
     ("fw.errors", "fw.console", "fw.atomic", "fw.trace", "fw.distributed"),

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from repo_root import REPO as ROOT
+
 CONTRIB = ("fw-randlora", "fw-broken-example", "fw-text-parser")
 CONFIG = """
 base_model: meta-llama/Llama-2-7b-hf

@@ -13,7 +13,8 @@ import fw.plugin
 from fw.plugin import AdapterPlugin, DecoderPlugin, declare, get_registry
 from fw.plugin.testing import check_descriptor, fake_distribution, registry_with
 
-ROOT = Path(__file__).resolve().parents[1]
+from repo_root import REPO as ROOT
+
 
 
 def source_files(*folders: str, root: Path = ROOT) -> list[Path]:

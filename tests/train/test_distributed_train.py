@@ -4,7 +4,7 @@ N processes with batch b train as one process with batch N·b (DDP and FSDP2, Lo
 EVA), every row once per epoch; EVA calibrates and the retrieval index is built once; checkpoints survive
 ``kill -9`` of the whole job and FSDP's reassemble on another number of processes; a failing process ends the
 job; SIGTERM stops every process after the same step with one checkpoint. Each test launches as few jobs as it
-can (a launch costs the imports of every process); the worker is tests/distributed_jobs.py.
+can (a launch costs the imports of every process); the worker is tests/train/distributed_jobs.py.
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
-"""The worker of the 2-process tests (tests/test_distributed_train.py), started by torchrun in every process:
+"""The worker of the 2-process tests (tests/train/test_distributed_train.py), started by torchrun in every process:
 
-    torchrun --standalone --nproc_per_node 2 tests/distributed_jobs.py JOBS.json
-    torchrun --standalone --nproc_per_node 2 tests/distributed_jobs.py fw train --config ...
+    torchrun --standalone --nproc_per_node 2 tests/train/distributed_jobs.py JOBS.json
+    torchrun --standalone --nproc_per_node 2 tests/train/distributed_jobs.py fw train --config ...
 
 The second form is ``fw`` itself, with faults injected by environment variables: ``KILL_AFTER_CHECKPOINTS=K``
 (the main process SIGKILLs every process of the job, torchrun included, once its K-th checkpoint is on disk),

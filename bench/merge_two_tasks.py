@@ -9,8 +9,8 @@ merges are built from the two saved adapters as ``fw predict --config`` builds t
     python bench/merge_two_tasks.py --dropout 0 --seeds 1 2 3 4 --types linear     # the seed sweep
     python bench/merge_two_tasks.py --weights 1 1 --types linear cat
 
-CPU only (about a minute per seed on 2 cores). The tasks and config are those of ``tests/model/test_multi_adapter.py``,
-whose fast check asserts the ordering this measures.
+CPU only (about a minute per seed on 2 cores). The tasks and config are those of
+``tests/model/test_multi_adapter.py``, whose fast check asserts the ordering this measures.
 """
 from __future__ import annotations
 

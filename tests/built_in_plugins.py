@@ -1,4 +1,4 @@
-"""The built-in plugins, asked of the registry (a test never keeps its own list), and what the tiny models need."""
+"""Built-in plugins, asked of the registry (tests keep no lists of their own), and what tiny models need."""
 from __future__ import annotations
 
 from fw.plugin.peft import targets_modules
@@ -7,11 +7,12 @@ from fw.plugin.registry import get_registry
 
 def built_in(kind: str) -> dict:
     """name -> descriptor of every plugin of ``kind`` that fw itself ships."""
-    return {entry.name: entry.descriptor for entry in get_registry().all(kind) if entry.distribution.name == "fw"}
+    entries = get_registry().all(kind)
+    return {entry.name: entry.descriptor for entry in entries if entry.distribution.name == "fw"}
 
 
 #: built-in adapters that adapt layers (prompt-learning methods add virtual tokens instead)
-LAYER_ADAPTERS = sorted(name for name, descriptor in built_in("adapter").items() if targets_modules(descriptor))
-#: spec defaults too big for the tiny models (hidden 64, llama k/v out 32); tests/model/test_adapters.py checks
-#: that the spec defaults are refused clearly there
+LAYER_ADAPTERS = sorted(name for name, adapter in built_in("adapter").items() if targets_modules(adapter))
+#: spec defaults too big for the tiny models (hidden 64, llama k/v out 32); tests/model/test_adapters.py
+#: checks that the spec defaults are refused clearly there
 TINY_OVERRIDES = {"c3a": {"block_size": 32}, "vblora": {"vector_length": 32}, "waveft": {"n_frequency": 512}}

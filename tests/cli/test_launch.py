@@ -1,5 +1,6 @@
 """``fw train|predict|evaluate --num_processes N``: the torchrun command it builds, what it refuses, the
-processes' environment, and the job's exit code. The jobs that generate are in tests/infer/test_distributed_infer.py."""
+processes' environment, and the job's exit code. The jobs that generate are in
+tests/infer/test_distributed_infer.py."""
 from __future__ import annotations
 
 import argparse

@@ -1,11 +1,12 @@
 """Configs written for Ludwig mean the same run in fw.
 
-``tests/config/ludwig_configs/`` holds Ludwig-style configs written from Ludwig's documented keys: ``accept_*`` ones fw
-accepts, ``reject_*`` ones it refuses with the one error written in the file (``# fw: reject <path>: <message>``).
-Each was also run through Ludwig
-0.17.8's own validator (``ModelConfig.from_dict``, offline); where Ludwig's verdict differs from fw's the file says
-so (``# ludwig: ...``) and why — the deliberate differences README's "Coming from Ludwig" lists. ``resolved/`` holds
-two configs and exactly what Ludwig resolves them to: fw's resolved config is compared with them key by key.
+``tests/config/ludwig_configs/`` holds Ludwig-style configs written from Ludwig's documented keys:
+``accept_*`` ones fw accepts, ``reject_*`` ones it refuses with the one error written in the file
+(``# fw: reject <path>: <message>``). Each was also run through Ludwig 0.17.8's own validator
+(``ModelConfig.from_dict``, offline); where Ludwig's verdict differs from fw's the file says so
+(``# ludwig: ...``) and why — the deliberate differences README's "Coming from Ludwig" lists. ``resolved/``
+holds two configs and exactly what Ludwig resolves them to: fw's resolved config is compared with them key by
+key.
 """
 from __future__ import annotations
 
@@ -98,7 +99,8 @@ SAME_MEANING = {
 AT_LOAD_TIME = {
     "generation.max_new_tokens": "no output max_sequence_length nor global_max_sequence_length: half the model's "
                                  "context length (Ludwig's rule), decided when fw loads the model "
-                                 "(tests/config/test_ludwig_configs.py::test_max_new_tokens_follows_the_context)",
+                                 "(tests/config/test_ludwig_configs.py::"
+                                 "test_max_new_tokens_follows_the_context)",
 }
 
 

@@ -256,7 +256,8 @@ def test_regex_bad_pattern_is_a_value_error():
 
 @pytest.mark.parametrize("pattern, hostile", [(r"(x+x+)+y", "x" * 5000), (r"(a|aa)+$", "a" * 40 + "b")])
 def test_regex_catastrophic_backtracking_times_out(pattern, hostile):
-    """The matcher raises TimeoutError; the decoder counts it as no match (tests/end_to_end/test_hostile_input.py)."""
+    """The matcher raises TimeoutError; the decoder counts it as no match
+    (tests/end_to_end/test_hostile_input.py)."""
     started = time.monotonic()
     with pytest.raises(TimeoutError):
         matcher("regex", pattern)(hostile)
@@ -342,7 +343,8 @@ def test_random_retriever_index_queries_k_distinct_positions_never_excluded(tmp_
     index = build_index({"type": "random", "k": 2, "seed": 1}, ["a", "b", "c", "d"], tmp_path)
     picks = index.query(["a", "z"], 2, [{0}, set()])
     assert len(picks[0]) == 2 and 0 not in picks[0] and len(set(picks[1])) == 2
-    assert picks == index.query(["a", "z"], 2, [{0}, set()])  # seeded (semantic: tests/data/test_retrieval.py)
+    # seeded (semantic: tests/data/test_retrieval.py)
+    assert picks == index.query(["a", "z"], 2, [{0}, set()])
 
 
 # -- the spec's snippets validate against these schemas --------------------------------------------------

@@ -1,4 +1,4 @@
-"""The worker of the 2-process tests (tests/train/test_distributed_train.py), started by torchrun in every process:
+"""The worker of the 2-process tests (tests/train/test_distributed_train.py), run by torchrun in each process:
 
     torchrun --standalone --nproc_per_node 2 tests/train/distributed_jobs.py JOBS.json
     torchrun --standalone --nproc_per_node 2 tests/train/distributed_jobs.py fw train --config ...

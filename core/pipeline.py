@@ -172,7 +172,7 @@ def train(config, dataset=None, training_set=None, validation_set=None, test_set
         trace.mark("data")
         seed_everything(view.seed(data))
         model, tokenizer = load_base_model(data, for_training=True, on_device=runtime.load_device,
-                                           weights=runtime.loads_weights)
+                                           weights=runtime.loads_weights, sharded=runtime.shards_weights)
         model = quantization.prepare_for_training(model, data)
         trace.mark("model")
         train_rows = encode_frame(splits.train, data, tokenizer, "train", retriever)

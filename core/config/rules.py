@@ -17,7 +17,7 @@ from fw.config import view
 from fw.config.optimizers import OPTIMIZERS
 from fw.config.sockets import MERGE
 from fw.config.store import trainer_schema
-from fw.errors import ConfigIssue, ConfigWarning, did_you_mean, shown
+from fw.errors import ConfigIssue, ConfigWarning, FwError, did_you_mean, shown
 from fw.plugin.lazy import resolve
 from fw.plugin.registry import Registry
 
@@ -738,9 +738,22 @@ def strategy_can_run(config: Config, registry: Registry) -> Iterator[ConfigIssue
     for path, message in strategy.problems(config):
         yield ConfigIssue(path, message)
     chosen = strategy.of_config(config).name
+    if chosen == "fsdp" and config.get("quantization"):
+        yield from quantized_base_shards(config)
     if strategy.configured(config) is not None and chosen in strategy.NOT_RUN_YET:
         yield ConfigWarning(strategy.CONFIG_PATH, f"{strategy.NOT_RUN_YET[chosen]}: fw train refuses it when several "
                                                   "processes run.")
+
+
+def quantized_base_shards(config: Config) -> Iterator[ConfigIssue]:
+    """fsdp over a quantized base: the quantizer must store it in a form FSDP can split."""
+    from fw.model import quantization
+
+    try:
+        quantization.section_for_sharding(config["quantization"])
+    except FwError as exc:
+        path, _, message = str(exc).partition(": ")
+        yield ConfigIssue(path, message)
 
 
 @rule("output_features")

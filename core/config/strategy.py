@@ -18,8 +18,9 @@ The config takes Ludwig's shape: a name (``ddp``, ``fsdp``, ``deepspeed``, ``acc
 Decisions: the strategy is only read when more than one process runs (one process: an info line when one was set,
 nothing to share); DDP and FSDP use torch directly (``DistributedDataParallel``, ``fully_shard``: the least code,
 and both run on CPU with gloo, where the tests run them); FSDP1 is not offered (``fsdp_version: 2`` only); FSDP's
-mixed precision is bf16 only (fp16 would need a sharded gradient scaler); FSDP over a quantized base model is
-refused (QLoRA runs with DDP).
+mixed precision is bf16 only (fp16 would need a sharded gradient scaler); FSDP over a quantized base model takes
+the quantizer's ``for_sharding`` (bitsandbytes 4-bit: its packed weights stored in the compute dtype, which FSDP can
+split; 8-bit and backends without it are refused, fw.model.quantization.section_for_sharding).
 """
 from __future__ import annotations
 
@@ -79,11 +80,6 @@ def problems(data: dict) -> list[tuple[str, str]]:
                                                         "gradient scaler); use bf16."))
     if strategy.name == "deepspeed":
         found += deepspeed_config_problems(strategy.deepspeed)
-    quantization = data.get("quantization")
-    if strategy.name == "fsdp" and quantization:
-        found.append((f"{CONFIG_PATH}", "fsdp does not shard a quantized base model in fw (its packed integer "
-                                        "weights cannot be split like float ones). Use ddp: QLoRA with the quantized "
-                                        "base on every GPU."))
     return found
 
 

@@ -148,11 +148,12 @@ def empty_model(location: str, name: str, dtype, extra: dict):
 
 
 def load_base_model(config, for_training: bool = False, tokenizer_from: str | None = None,
-                    on_device: str | None = None, weights: bool = True):
+                    on_device: str | None = None, weights: bool = True, sharded: bool = False):
     """(model, tokenizer) for ``config['base_model']``, on the best device (or ``on_device``), in eval mode unless
     training. ``tokenizer_from``: load the tokenizer from there instead (a saved run's ``model/``). ``weights``
     False: the model on the meta device, its weights not read (:func:`empty_model`; not for GGUF or quantized
-    models, which are loaded as usual)."""
+    models, which are loaded as usual). ``sharded``: FSDP will shard the weights (a quantized base is stored so that
+    it can be: fw.model.quantization.section_for_sharding)."""
     quiet_libraries()
     data = view.data_of(config)
     name = view.base_model(data)
@@ -165,7 +166,7 @@ def load_base_model(config, for_training: bool = False, tokenizer_from: str | No
     else:
         console.info(f"base_model: loading '{name}' from the Hugging Face Hub (or its local cache)")
     tokenizer = load_tokenizer(tokenizer_from) if tokenizer_from else load_tokenizer(location, name, gguf_file)
-    quant_kwargs, transform, quant_section = quantization_kwargs(data, for_training)
+    quant_kwargs, transform, quant_section = quantization_kwargs(data, for_training, sharded)
     dtype = choose_dtype(view.precision(data))
     extra = {**rope_kwargs(location, data, hub_token()), **quant_kwargs}
     on_meta = not weights and not gguf_file and not quant_kwargs and transform is None

@@ -18,6 +18,7 @@ from typing import Any
 
 from fw.config import view
 from fw.config.sockets import QUANTIZER
+from fw.errors import FwError
 from fw.plugin import device, get_registry, is_kbit_model, resolve
 
 
@@ -36,10 +37,24 @@ def section_for_loading(section: dict | None, for_training: bool) -> dict | None
     return resolve(adjust)(section) if adjust else section
 
 
-def quantization_kwargs(data: dict, for_training: bool = False) -> tuple[dict, Any, dict | None]:
+def section_for_sharding(section: dict) -> dict:
+    """The section as loaded for a model FSDP shards: the quantizer's ``for_sharding`` (a storage FSDP can split);
+    :class:`FwError` when the quantizer has none or refuses this section."""
+    descriptor = quantizer_of(section)
+    if not descriptor.for_sharding:
+        raise FwError(f"quantization.backend: {descriptor.name} weights cannot be sharded by fsdp; use "
+                      "backend.trainer.strategy: ddp (the quantized base on every GPU).")
+    return resolve(descriptor.for_sharding)(section)
+
+
+def quantization_kwargs(data: dict, for_training: bool = False,
+                        sharded: bool = False) -> tuple[dict, Any, dict | None]:
     """(from_pretrained kwargs, transform or None) of the configured quantizer plugin; the transform is called
-    as ``transform(model, section)`` with the section this returns as third item."""
+    as ``transform(model, section)`` with the section this returns as third item. ``sharded``: FSDP shards the
+    weights (:func:`section_for_sharding`)."""
     section = section_for_loading(view.quantization(data), for_training)
+    if section and sharded:
+        section = section_for_sharding(section)
     if not section:
         return {}, None, section
     descriptor = quantizer_of(section)
@@ -70,7 +85,7 @@ def finish_training(model, data: dict):
     return resolve(step)(model, section) if step else model
 
 
-def check_runnable(data: dict, for_training: bool) -> None:
+def check_runnable(data: dict, for_training: bool, sharded: bool = False) -> None:
     """Fail before any work is done when this machine cannot run the configured quantization (the quantizer's
     ``load_kwargs`` raises the FwError: a missing package, no suitable GPU)."""
-    quantization_kwargs(data, for_training)
+    quantization_kwargs(data, for_training, sharded)

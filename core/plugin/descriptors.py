@@ -123,6 +123,11 @@ class QuantizerPlugin(PluginDescriptor):
     #: backend quantizes (its stored size, scales included), else for any other parameter. Unset: every parameter
     #: keeps its dtype
     training_bytes: str | None = None
+    #: optional ``"module:function"``; ``function(params) -> params``: the section as it is loaded for a model whose
+    #: weights FSDP shards (``strategy: fsdp``): stored in a float dtype FSDP can split; raises
+    #: :class:`fw.errors.FwError` for a section whose storage cannot be sharded. Unset: the backend's weights
+    #: cannot be sharded (fsdp is refused; ddp keeps the quantized base on every GPU)
+    for_sharding: str | None = None
 
 
 @dataclass(frozen=True)

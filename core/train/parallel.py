@@ -189,6 +189,7 @@ class FSDPRuntime(DistributedRuntime):
     """FSDP2: every layer and the rest of the model sharded over the processes with ``fully_shard``."""
 
     load_device = "cpu"
+    shards_weights = True
 
     def __init__(self, strategy: Strategy, quantized: bool = False):
         super().__init__(strategy)

@@ -43,6 +43,9 @@ class Runtime:
     #: whether this process reads the base model's weights (FSDP's CPU-efficient loading: only the main process;
     #: the others build it on the meta device and receive the weights when it is sharded)
     loads_weights: bool = True
+    #: whether the model's weights are sharded over the processes (FSDP: a quantized base is then loaded in a
+    #: storage that can be split, fw.model.quantization.section_for_sharding)
+    shards_weights: bool = False
     #: recompute activations in the backward pass (FSDP's ``activation_checkpointing``; also
     #: ``trainer.enable_gradient_checkpointing``)
     activation_checkpointing: bool = False

@@ -23,7 +23,7 @@ def fw_quantizers():
     return [QuantizerPlugin(name="bitsandbytes", schema=SCHEMA,
                             summary="4-bit / 8-bit weights at load time with bitsandbytes (QLoRA)",
                             load_kwargs=f"{__name__}:load_kwargs", supports_qat=False,
-                            training_bytes=f"{__name__}:training_bytes")]
+                            training_bytes=f"{__name__}:training_bytes", for_sharding=f"{__name__}:for_sharding")]
 
 
 #: the first bitsandbytes release fw has seen quantize and train on CPU (older ones need a CUDA GPU)
@@ -89,8 +89,21 @@ def load_kwargs(params: dict, device=None) -> dict:
         bnb_4bit_compute_dtype=getattr(torch, p["bnb_4bit_compute_dtype"]),
         bnb_4bit_use_double_quant=bool(p["bnb_4bit_use_double_quant"]),
         bnb_4bit_quant_type=p["bnb_4bit_quant_type"],
+        bnb_4bit_quant_storage=getattr(torch, p.get("bnb_4bit_quant_storage") or "uint8"),
     )
     return {"quantization_config": config, "device_map": {"": device or "cpu"}}
+
+
+def for_sharding(params: dict) -> dict:
+    """The section as loaded under FSDP: 4-bit weights packed into ``bnb_4bit_compute_dtype`` storage (two 4-bit
+    values per byte either way; a float storage is one FSDP can split, as accelerate's FSDP-QLoRA does). 8-bit
+    weights are stored as int8, which FSDP cannot shard: refused."""
+    p = {**DEFAULTS, **{k: v for k, v in params.items() if v is not None}}
+    if p["bits"] == 8:
+        raise FwError("quantization.bits: 8-bit bitsandbytes weights are stored as int8, which fsdp cannot shard; "
+                      "use bits: 4 (QLoRA sharded by fsdp) or backend.trainer.strategy: ddp (the 8-bit base on "
+                      "every GPU).")
+    return {**params, "bnb_4bit_quant_storage": p["bnb_4bit_compute_dtype"]}
 
 
 #: 4-bit weights are quantized in blocks of 64 values, each with an absmax scale: fp32, or (double quantization)

@@ -292,9 +292,10 @@ def gpus() -> int:
 
 @pytest.mark.gpu
 @pytest.mark.skipif(gpus() < 2, reason="needs 2 CUDA GPUs: nccl runs one process per GPU")
-def test_nccl_ddp_fsdp2_bf16_and_qlora_ddp_on_two_gpus(tmp_path, tiny_llama_dir):
+def test_nccl_ddp_fsdp2_bf16_and_qlora_ddp_fsdp_on_two_gpus(tmp_path, tiny_llama_dir):
     """The GPU paths no CPU test reaches: DDP over nccl (fp32: as one process with twice the batch), FSDP2 with
-    bf16 mixed precision (a full fine-tune), QLoRA (bitsandbytes nf4) with DDP; each writes a model/ that loads."""
+    bf16 mixed precision (a full fine-tune), QLoRA (bitsandbytes nf4) with DDP and with FSDP2 (4-bit weights in
+    bf16 storage, sharded); each writes a model/ that loads."""
     pytest.importorskip("bitsandbytes", reason="bitsandbytes is not installed (pip install 'fw[bitsandbytes]')")
     training = tmp_path / "train.csv"
     rows(9).to_csv(training, index=False)
@@ -306,6 +307,8 @@ def test_nccl_ddp_fsdp2_bf16_and_qlora_ddp_on_two_gpus(tmp_path, tiny_llama_dir)
                        config(tiny_llama_dir, batch=4, precision="fp32"), 5e-2),
         "qlora-ddp": ({**config(tiny_llama_dir, adapter=LORA, strategy="ddp"), **qlora},
                       {**config(tiny_llama_dir, adapter=LORA, batch=4), **qlora}, 2e-2),
+        "qlora-fsdp": ({**config(tiny_llama_dir, adapter=LORA, strategy="fsdp"), **qlora},
+                       {**config(tiny_llama_dir, adapter=LORA, batch=4), **qlora}, 2e-2),
     }
     jobs = {"runs": [{"name": name, "config": multi, "training_set": str(training),
                       "output_directory": str(tmp_path / "jobs")} for name, (multi, _, _) in scenarios.items()],

@@ -70,10 +70,43 @@ def test_a_deepspeed_file_that_is_not_there_is_named(tmp_path):
                       "directory); give the path of a DeepSpeed JSON config."]
 
 
-def test_fsdp_over_a_quantized_base_model_is_refused_with_the_way_that_works():
+def test_fsdp_over_a_4bit_base_model_is_valid_and_loads_it_in_a_float_storage_fsdp_can_split():
+    """QLoRA under fsdp: bitsandbytes' for_sharding packs the 4-bit weights into the compute dtype."""
+    from fw.model import quantization
+
     issues, _ = report(config("fsdp", quantization={"bits": 4}, adapter={"type": "lora"}))
-    assert "backend.trainer.strategy: fsdp does not shard a quantized base model in fw (its packed integer weights " \
-           "cannot be split like float ones). Use ddp: QLoRA with the quantized base on every GPU." in issues
+    assert not issues
+    section = {"backend": "bitsandbytes", "bits": 4, "bnb_4bit_compute_dtype": "bfloat16"}
+    assert quantization.section_for_sharding(section) == {**section, "bnb_4bit_quant_storage": "bfloat16"}
+    assert quantization.section_for_sharding({"backend": "bitsandbytes", "bits": 4})["bnb_4bit_quant_storage"] == \
+        "float16"  # the spec's default compute dtype
+
+
+def test_a_sharded_4bit_section_reaches_bitsandbytes_config_as_its_quant_storage():
+    pytest.importorskip("bitsandbytes", reason="bitsandbytes is not installed (pip install 'fw[bitsandbytes]')")
+    import torch
+    from fw.model import quantization
+
+    data = {**config("fsdp"), "quantization": {"backend": "bitsandbytes", "bits": 4,
+                                               "bnb_4bit_compute_dtype": "bfloat16"}}
+    kwargs, _, _ = quantization.quantization_kwargs(data, for_training=True, sharded=True)
+    assert kwargs["quantization_config"].bnb_4bit_quant_storage == torch.bfloat16
+    kwargs, _, _ = quantization.quantization_kwargs(data, for_training=True)
+    assert kwargs["quantization_config"].bnb_4bit_quant_storage == torch.uint8
+
+
+def test_fsdp_over_an_8bit_base_model_is_refused_with_the_ways_that_work():
+    issues, _ = report(config("fsdp", quantization={"bits": 8}, adapter={"type": "lora"}))
+    assert issues == ["quantization.bits: 8-bit bitsandbytes weights are stored as int8, which fsdp cannot shard; "
+                      "use bits: 4 (QLoRA sharded by fsdp) or backend.trainer.strategy: ddp (the 8-bit base on every "
+                      "GPU)."]
+
+
+def test_fsdp_over_a_backend_without_a_sharded_storage_is_refused():
+    issues, _ = report(config("fsdp", quantization={"backend": "torchao", "mode": "int8_weight_only"},
+                              adapter={"type": "lora"}))
+    assert "quantization.backend: torchao weights cannot be sharded by fsdp; use backend.trainer.strategy: ddp (the " \
+           "quantized base on every GPU)." in issues
 
 
 def test_a_valid_deepspeed_config_is_accepted_with_a_warning_that_fw_does_not_run_it_yet(tmp_path):

@@ -335,8 +335,22 @@ class FSDPRuntime(DistributedRuntime):
         return model
 
 
+def check_deepspeed_runnable() -> None:
+    """DeepSpeed needs its package and CUDA GPUs (ZeRO's kernels and nccl); one line for what is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec("deepspeed") is None:
+        raise FwError(f"{CONFIG_PATH}: deepspeed needs the deepspeed package: pip install 'fw[deepspeed]' (or use "
+                      "fsdp, which shards like ZeRO-3 with torch alone).")
+    if not torch.cuda.is_available():
+        raise FwError(f"{CONFIG_PATH}: DeepSpeed ZeRO runs on CUDA GPUs and this machine has none; on CPU use fsdp "
+                      "(parameters, gradients and optimizer state sharded as ZeRO-3 does) or ddp.")
+
+
 def runtime_for(strategy: Strategy, data: dict) -> DistributedRuntime:
     """The runtime of ``strategy`` in this process of a launched job (the process group starts here)."""
+    if strategy.name == "deepspeed":
+        check_deepspeed_runnable()
     if strategy.name in NOT_RUN_YET:
         raise FwError(f"{CONFIG_PATH}: {NOT_RUN_YET[strategy.name]}.")
     if strategy.fsdp.get("cpu_offload") and not torch.cuda.is_available():

@@ -4,6 +4,8 @@ errors of the runtimes, Ludwig's batch sizes over several processes, the random 
 and ``fw plan`` reading the strategy from the config. The 2-process jobs are in test_distributed_train.py."""
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 
 import fw
@@ -148,10 +150,12 @@ def test_one_process_with_a_strategy_set_trains_as_usual_and_says_so(capsys):
         capsys.readouterr().err
 
 
+ZERO3 = Strategy("deepspeed", deepspeed={"zero_optimization": {"stage": 3}})
+
+
 @pytest.mark.parametrize("strategy, expected", [
-    (Strategy("deepspeed", deepspeed={"zero_optimization": {"stage": 3}}),
-     "backend.trainer.strategy: deepspeed is validated but not run by fw yet; use fsdp (ZeRO-3's sharding of "
-     "parameters, gradients and optimizer state) or ddp."),
+    (ZERO3, "backend.trainer.strategy: DeepSpeed ZeRO runs on CUDA GPUs and this machine has none; on CPU use fsdp "
+            "(parameters, gradients and optimizer state sharded as ZeRO-3 does) or ddp."),
     (Strategy("fsdp", fsdp={"cpu_offload": True}),
      "backend.trainer.strategy.fsdp_config.cpu_offload: moves GPU state to the CPU, and this machine has no GPU; "
      "set it to false."),
@@ -163,8 +167,28 @@ def test_what_this_machine_cannot_run_is_one_error_before_the_job_starts(strateg
     from fw.train import parallel
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: object() if name == "deepspeed" else None)
     with pytest.raises(FwError) as error:
         parallel.runtime_for(strategy, {})
+    assert str(error.value) == expected
+
+
+@pytest.mark.parametrize("installed, gpu, expected", [
+    (False, True, "backend.trainer.strategy: deepspeed needs the deepspeed package: pip install 'fw[deepspeed]' (or "
+                  "use fsdp, which shards like ZeRO-3 with torch alone)."),
+    (True, True, "backend.trainer.strategy: deepspeed is validated but not run by fw yet; use fsdp (ZeRO-3's "
+                 "sharding of parameters, gradients and optimizer state) or ddp."),
+])
+def test_deepspeed_without_its_package_or_with_it_says_what_to_do(installed, gpu, expected, monkeypatch):
+    import torch
+
+    from fw.errors import FwError
+    from fw.train import parallel
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: object() if installed else None)
+    with pytest.raises(FwError) as error:
+        parallel.runtime_for(ZERO3, {})
     assert str(error.value) == expected
 
 

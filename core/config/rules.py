@@ -732,7 +732,7 @@ def ray_hint(backend: dict) -> str:
 
 @rule("backend.trainer.strategy", "quantization")
 def strategy_can_run(config: Config, registry: Registry) -> Iterator[ConfigIssue]:
-    """The distributed strategy's settings fit together (fw.config.strategy); one fw does not run yet is said."""
+    """The distributed strategy's settings fit together (fw.config.strategy)."""
     from fw.config import strategy
 
     for path, message in strategy.problems(config):
@@ -740,9 +740,6 @@ def strategy_can_run(config: Config, registry: Registry) -> Iterator[ConfigIssue
     chosen = strategy.of_config(config).name
     if chosen == "fsdp" and config.get("quantization"):
         yield from quantized_base_shards(config)
-    if strategy.configured(config) is not None and chosen in strategy.NOT_RUN_YET:
-        yield ConfigWarning(strategy.CONFIG_PATH, f"{strategy.NOT_RUN_YET[chosen]}: fw train refuses it when several "
-                                                  "processes run.")
 
 
 def quantized_base_shards(config: Config) -> Iterator[ConfigIssue]:

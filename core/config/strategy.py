@@ -10,10 +10,10 @@ The config takes Ludwig's shape: a name (``ddp``, ``fsdp``, ``deepspeed``, ``acc
   the model are sharded across the processes, so are gradients and optimizer state; a layer is gathered only
   while it runs. Full fine-tune and adapters; ``mixed_precision: bf16`` is FSDP2's ``MixedPrecisionPolicy``;
   ``cpu_ram_efficient_loading`` (default true): only the main process reads the weights (fw.train.parallel).
-- ``deepspeed``: accepted and validated (``deepspeed_config``: a JSON file or a mapping, ZeRO stage 2 or 3), not
-  run yet: a job refuses it in one line pointing to ``fsdp``. DeepSpeed replaces the optimizer, the backward pass
-  and the checkpoint format (pickled), and neither it nor a GPU was available where this was written, so a path
-  through accelerate's ``DeepSpeedPlugin`` would ship untested.
+- ``deepspeed``: DeepSpeed ZeRO stage 2 or 3 through accelerate's ``DeepSpeedPlugin`` (``deepspeed_config``: a JSON
+  file or a mapping; fw's batch size, accumulation and clipping fill its ``auto`` values); needs the ``deepspeed``
+  package (``fw[deepspeed]``) and CUDA GPUs. Its engine owns the backward pass, the optimizer step and the
+  checkpoints (fw.train.parallel.DeepSpeedRuntime). Not run yet: no GPU was available where it was written.
 
 Decisions: the strategy is only read when more than one process runs (one process: an info line when one was set,
 nothing to share); DDP and FSDP use torch directly (``DistributedDataParallel``, ``fully_shard``: the least code,
@@ -125,6 +125,3 @@ def deepspeed_settings(config: str | dict) -> dict:
     except ValueError as exc:
         raise FwError(f"{path} is not JSON ({exc}).") from None
 
-
-NOT_RUN_YET = {"deepspeed": "deepspeed is validated but not run by fw yet; use fsdp (ZeRO-3's sharding of "
-                            "parameters, gradients and optimizer state) or ddp"}

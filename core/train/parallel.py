@@ -46,7 +46,7 @@ import torch
 
 from fw import console, distributed
 from fw.atomic import atomic_directory
-from fw.config.strategy import CONFIG_PATH, NOT_RUN_YET, Strategy
+from fw.config.strategy import CONFIG_PATH, Strategy
 from fw.errors import FwError, Terminated
 from fw.train import checkpoint as ckpt
 from fw.train.loss import transformers_model
@@ -335,6 +335,102 @@ class FSDPRuntime(DistributedRuntime):
         return model
 
 
+#: the folder of a checkpoint directory DeepSpeed's engine writes its state into
+DEEPSPEED_TAG = "deepspeed"
+
+
+class DeepSpeedRuntime(DistributedRuntime):
+    """DeepSpeed ZeRO-2 / ZeRO-3 through accelerate (``Accelerator(deepspeed_plugin=...)``): its engine owns the
+    backward pass, the optimizer step (clipping included) and the checkpoints. Written against accelerate 1.15 and
+    deepspeed 0.19; never run: ZeRO needs CUDA GPUs (the ``gpu``-marked test covers it)."""
+
+    def __init__(self, strategy: Strategy):
+        super().__init__(strategy)
+        self.accelerator = None
+        #: whether the micro-batch being run ends an optimizer step (:meth:`synchronizing`)
+        self.step_ends = True
+
+    def prepare_model(self, model):
+        return StepModule(model)  # wrapped with its optimizer in prepare_optimizer
+
+    def prepare_optimizer(self, step_model, optimizer, batch_size: int, accumulation: int, clipping: dict | None):
+        from accelerate import Accelerator
+
+        plugin = deepspeed_plugin(self.strategy, batch_size, accumulation, clipping, self.processes)
+        self.accelerator = Accelerator(deepspeed_plugin=plugin)
+        return self.accelerator.prepare(step_model, optimizer)
+
+    def synchronizing(self, step_model, sync: bool):
+        self.step_ends = sync
+        return contextlib.nullcontext()
+
+    def backward(self, loss) -> None:
+        # fw's loss is already a share of the whole step: no division by the accumulation steps
+        self.accelerator.deepspeed_engine_wrapped.backward(loss, sync_gradients=self.step_ends, scale_wrt_gas=False)
+
+    def forward_model(self, model, step_model):
+        return step_model
+
+    def save_checkpoint(self, checkpoints, step, model, optimizer, scheduler, position, history):
+        """DeepSpeed's own checkpoint (every process writes its partitions with ``engine.save_checkpoint``) in the
+        main process's temporary directory, completed by the main process (schedule, position, random states)."""
+        rngs = self.random_states()
+        final = ckpt.checkpoint_directory(checkpoints, step)
+        engine = self.accelerator.deepspeed_engine_wrapped.engine
+        if not self.is_main_process:
+            engine.save_checkpoint(distributed.broadcast(None), tag=DEEPSPEED_TAG)
+            distributed.barrier()
+            return None
+        with atomic_directory(final) as directory:
+            distributed.broadcast(str(directory))
+            engine.save_checkpoint(str(directory), tag=DEEPSPEED_TAG)
+            ckpt.write_state(directory, step, scheduler, position, history, rngs)
+        path = ckpt.point_latest(checkpoints, final, step)
+        distributed.barrier()
+        return path
+
+    def load_checkpoint(self, path, model, optimizer, scheduler) -> dict:
+        self.accelerator.deepspeed_engine_wrapped.engine.load_checkpoint(str(path), tag=DEEPSPEED_TAG)
+        return ckpt.read_state(path, scheduler, self.rank)
+
+    def model_to_save(self, model):
+        """The whole model gathered into the main process (ZeRO-3 partitions it; collective)."""
+        state = self.accelerator.get_state_dict(self.accelerator._models[0])
+        if not self.is_main_process:
+            return model
+        model.load_state_dict({name.removeprefix("model."): value for name, value in state.items()}, strict=False)
+        return model
+
+
+def deepspeed_plugin(strategy: Strategy, batch_size: int, accumulation: int, clipping: dict | None, processes: int):
+    """accelerate's ``DeepSpeedPlugin`` for the strategy's DeepSpeed config, with fw's batch size, accumulation and
+    clipping written where the config says ``auto`` or nothing (as accelerate fills its ``auto`` values); a value
+    the config sets otherwise is an error naming both."""
+    import copy
+
+    from accelerate.utils import DeepSpeedPlugin
+
+    from fw.config.strategy import deepspeed_settings
+
+    settings = copy.deepcopy(deepspeed_settings(strategy.deepspeed))
+    values = {"train_micro_batch_size_per_gpu": batch_size, "gradient_accumulation_steps": accumulation,
+              "train_batch_size": batch_size * accumulation * processes,
+              "gradient_clipping": float((clipping or {}).get("clipglobalnorm") or (clipping or {}).get("clipnorm")
+                                         or 0.0)}
+    for key in values:
+        settings.setdefault(key, "auto")
+    if strategy.mixed_precision in ("bf16", "fp16"):
+        settings.setdefault(strategy.mixed_precision, {"enabled": True})
+    plugin = DeepSpeedPlugin(hf_ds_config=settings)
+    try:
+        plugin.deepspeed_config_process(must_match=True, **values)
+    except ValueError as exc:  # accelerate lists each mismatch on a line "- ds KEY=… vs arg KEY=…"
+        mismatches = [line.removeprefix("- ") for line in str(exc).splitlines() if line.startswith("- ")]
+        raise FwError(f"{CONFIG_PATH}.deepspeed_config: differs from the trainer section "
+                      f"({'; '.join(mismatches) or exc}); set these keys to auto.") from None
+    return plugin
+
+
 def check_deepspeed_runnable() -> None:
     """DeepSpeed needs its package and CUDA GPUs (ZeRO's kernels and nccl); one line for what is missing."""
     import importlib.util
@@ -351,8 +447,6 @@ def runtime_for(strategy: Strategy, data: dict) -> DistributedRuntime:
     """The runtime of ``strategy`` in this process of a launched job (the process group starts here)."""
     if strategy.name == "deepspeed":
         check_deepspeed_runnable()
-    if strategy.name in NOT_RUN_YET:
-        raise FwError(f"{CONFIG_PATH}: {NOT_RUN_YET[strategy.name]}.")
     if strategy.fsdp.get("cpu_offload") and not torch.cuda.is_available():
         raise FwError(f"{CONFIG_PATH}.fsdp_config.cpu_offload: moves GPU state to the CPU, and this machine has no "
                       "GPU; set it to false.")
@@ -360,4 +454,6 @@ def runtime_for(strategy: Strategy, data: dict) -> DistributedRuntime:
         console.info(f"{CONFIG_PATH}.mixed_precision: no effect on CPU (as trainer.use_mixed_precision).")
     if strategy.name == "fsdp":
         return FSDPRuntime(strategy, quantized=bool(data.get("quantization")))
+    if strategy.name == "deepspeed":
+        return DeepSpeedRuntime(strategy)
     return DDPRuntime(strategy)

@@ -55,6 +55,15 @@ class Runtime:
         """The module the training steps run through (a distributed runtime wraps or shards ``model`` here)."""
         return model
 
+    def prepare_optimizer(self, step_model, optimizer, batch_size: int, accumulation: int, clipping: dict | None):
+        """(step model, optimizer) once both exist and the batch size is known (DeepSpeed wraps them together,
+        with fw's ``batch_size`` per process, ``accumulation`` and ``trainer.gradient_clipping``)."""
+        return step_model, optimizer
+
+    def backward(self, loss) -> None:
+        """The backward pass of a micro-batch's loss (DeepSpeed: its engine's, which also steps at the step's end)."""
+        loss.backward()
+
     def loss(self, step_model, loss_sum: Callable, batch: dict):
         """(sum of the token losses, token count) of ``batch`` through ``step_model`` with ``loss_sum``
         (fw.train.loss)."""

@@ -350,6 +350,9 @@ class Trainer:
             console.info("trainer.use_mixed_precision: no effect on CPU (as in Ludwig).")
         self.optimizer = build_optimizer(model, self.config)
         self.resolve_batch_sizes()
+        self.step_model, self.optimizer = self.runtime.prepare_optimizer(
+            self.step_model, self.optimizer, self.batching.batch_size, self.plan.accumulation,
+            self.settings.get("gradient_clipping"))
         if hasattr(self.optimizer, "train"):  # schedule-free optimizers keep two iterates
             self.optimizer.train()
         self.scheduler = Schedule(self.optimizer, self.settings["learning_rate_scheduler"],
@@ -520,7 +523,7 @@ class Trainer:
                     loss_sum, _ = self.runtime.loss(self.step_model, self.loss_sum, batch)
                 # the processes' gradients are averaged: times processes, over the whole job's tokens
                 scaled = loss_sum * (self.runtime.processes / targets if share else 0.0)
-                (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+                self.runtime.backward(self.scaler.scale(scaled) if self.scaler is not None else scaled)
             if share:
                 group_loss += float(loss_sum.detach()) / targets
                 seen_tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch \

@@ -323,3 +323,34 @@ def test_nccl_ddp_fsdp2_bf16_and_qlora_ddp_fsdp_on_two_gpus(tmp_path, tiny_llama
         assert relative_difference(results[name]["statistics"]["train_loss_per_step"], reference) <= tolerance, name
         model_dir = Path(results[name]["run_dir"]) / "model"
         assert (model_dir / "adapter_model.safetensors").is_file() or (model_dir / "model.safetensors").is_file()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(gpus() < 2, reason="needs 2 CUDA GPUs: DeepSpeed ZeRO runs one process per GPU")
+def test_deepspeed_zero2_and_zero3_on_two_gpus_train_as_one_process_with_twice_the_batch(tmp_path, tiny_llama_dir):
+    """DeepSpeed through accelerate (fw.train.parallel.DeepSpeedRuntime): LoRA under ZeRO-2, a full fine-tune under
+    ZeRO-3, fp32; the loss curve of one process with twice the batch, and a model/ that loads."""
+    pytest.importorskip("deepspeed", reason="deepspeed is not installed (pip install 'fw[deepspeed]')")
+    training = tmp_path / "train.csv"
+    rows(9).to_csv(training, index=False)
+    zero = {stage: {"type": "deepspeed", "deepspeed_config": {"zero_optimization": {"stage": stage}}}
+            for stage in (2, 3)}
+    scenarios = {
+        "zero2-lora": (config(tiny_llama_dir, adapter=LORA, strategy=zero[2], precision="fp32"),
+                       config(tiny_llama_dir, adapter=LORA, batch=4, precision="fp32")),
+        "zero3-full": (config(tiny_llama_dir, strategy=zero[3], precision="fp32"),
+                       config(tiny_llama_dir, batch=4, precision="fp32")),
+    }
+    jobs = {"runs": [{"name": name, "config": multi, "training_set": str(training),
+                      "output_directory": str(tmp_path / "jobs")} for name, (multi, _) in scenarios.items()],
+            "results": str(tmp_path / "results")}
+    (tmp_path / "jobs.json").write_text(json.dumps(jobs))
+    job = torchrun(str(WORKER), str(tmp_path / "jobs.json"))
+    assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
+    results = json.loads((tmp_path / "results.rank0.json").read_text())
+    for name, (_, single) in scenarios.items():
+        reference = pipeline.train(single, training_set=training, output_directory=tmp_path / "single",
+                                   show_progress=False).statistics["train_loss_per_step"]
+        assert relative_difference(results[name]["statistics"]["train_loss_per_step"], reference) <= 1e-3, name
+        model_dir = Path(results[name]["run_dir"]) / "model"
+        assert (model_dir / "adapter_model.safetensors").is_file() or (model_dir / "model.safetensors").is_file()

@@ -111,14 +111,10 @@ def test_fsdp_over_a_backend_without_a_sharded_storage_is_refused():
            "quantized base on every GPU)." in issues
 
 
-def test_a_valid_deepspeed_config_is_accepted_with_a_warning_that_fw_does_not_run_it_yet(tmp_path):
+def test_a_valid_deepspeed_config_is_accepted(tmp_path):
     zero3 = tmp_path / "zero3.json"
     zero3.write_text('{"zero_optimization": {"stage": 3}}')
-    issues, warnings = report(config({"type": "deepspeed", "deepspeed_config": str(zero3)}))
-    assert not issues
-    assert warnings == ["backend.trainer.strategy: deepspeed is validated but not run by fw yet; use fsdp (ZeRO-3's "
-                        "sharding of parameters, gradients and optimizer state) or ddp: fw train refuses it when "
-                        "several processes run."]
+    assert report(config({"type": "deepspeed", "deepspeed_config": str(zero3)})) == ([], [])
 
 
 @pytest.mark.parametrize("written, expected", [
@@ -176,8 +172,6 @@ def test_what_this_machine_cannot_run_is_one_error_before_the_job_starts(strateg
 @pytest.mark.parametrize("installed, gpu, expected", [
     (False, True, "backend.trainer.strategy: deepspeed needs the deepspeed package: pip install 'fw[deepspeed]' (or "
                   "use fsdp, which shards like ZeRO-3 with torch alone)."),
-    (True, True, "backend.trainer.strategy: deepspeed is validated but not run by fw yet; use fsdp (ZeRO-3's "
-                 "sharding of parameters, gradients and optimizer state) or ddp."),
 ])
 def test_deepspeed_without_its_package_or_with_it_says_what_to_do(installed, gpu, expected, monkeypatch):
     import torch
@@ -190,6 +184,34 @@ def test_deepspeed_without_its_package_or_with_it_says_what_to_do(installed, gpu
     with pytest.raises(FwError) as error:
         parallel.runtime_for(ZERO3, {})
     assert str(error.value) == expected
+
+
+def test_fw_batch_size_accumulation_and_clipping_fill_deepspeeds_auto_values_as_accelerate_does():
+    pytest.importorskip("deepspeed", reason="deepspeed is not installed (pip install 'fw[deepspeed]')")
+    from fw.train import parallel
+
+    written = {"zero_optimization": {"stage": 2}, "gradient_clipping": "auto", "train_batch_size": "auto"}
+    strategy = Strategy("deepspeed", mixed_precision="bf16", deepspeed=written)
+    plugin = parallel.deepspeed_plugin(strategy, batch_size=2, accumulation=3, clipping={"clipglobalnorm": 0.5},
+                                       processes=4)
+    settings = plugin.deepspeed_config
+    assert (settings["train_micro_batch_size_per_gpu"], settings["gradient_accumulation_steps"],
+            settings["train_batch_size"], settings["gradient_clipping"]) == (2, 3, 24, 0.5)
+    assert settings["bf16"] == {"enabled": True} and plugin.zero_stage == 2
+    assert written["train_batch_size"] == "auto"  # the config itself is left as written
+
+
+def test_a_deepspeed_value_that_contradicts_the_trainer_section_is_named():
+    pytest.importorskip("deepspeed", reason="deepspeed is not installed (pip install 'fw[deepspeed]')")
+    from fw.errors import FwError
+    from fw.train import parallel
+
+    strategy = Strategy("deepspeed", deepspeed={"zero_optimization": {"stage": 3}, "train_micro_batch_size_per_gpu": 8})
+    with pytest.raises(FwError) as error:
+        parallel.deepspeed_plugin(strategy, batch_size=2, accumulation=1, clipping=None, processes=2)
+    assert str(error.value) == ("backend.trainer.strategy.deepspeed_config: differs from the trainer section (ds "
+                                "train_micro_batch_size_per_gpu=8 vs arg train_micro_batch_size_per_gpu=2); set these "
+                                "keys to auto.")
 
 
 def test_fsdp_names_the_layer_classes_when_the_configured_one_is_not_in_the_model(tiny_llama_dir):

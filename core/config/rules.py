@@ -744,10 +744,10 @@ def strategy_can_run(config: Config, registry: Registry) -> Iterator[ConfigIssue
 
 def quantized_base_shards(config: Config) -> Iterator[ConfigIssue]:
     """fsdp over a quantized base: the quantizer must store it in a form FSDP can split."""
-    from fw.model import quantization
+    from fw.config import strategy
 
     try:
-        quantization.section_for_sharding(config["quantization"])
+        strategy.section_for_sharding(config["quantization"])
     except FwError as exc:
         path, _, message = str(exc).partition(": ")
         yield ConfigIssue(path, message)

@@ -20,7 +20,7 @@ nothing to share); DDP and FSDP use torch directly (``DistributedDataParallel``,
 and both run on CPU with gloo, where the tests run them); FSDP1 is not offered (``fsdp_version: 2`` only); FSDP's
 mixed precision is bf16 only (fp16 would need a sharded gradient scaler); FSDP over a quantized base model takes
 the quantizer's ``for_sharding`` (bitsandbytes 4-bit: its packed weights stored in the compute dtype, which FSDP can
-split; 8-bit and backends without it are refused, fw.model.quantization.section_for_sharding).
+split; 8-bit and backends without it are refused: :func:`section_for_sharding`).
 """
 from __future__ import annotations
 
@@ -81,6 +81,19 @@ def problems(data: dict) -> list[tuple[str, str]]:
     if strategy.name == "deepspeed":
         found += deepspeed_config_problems(strategy.deepspeed)
     return found
+
+
+def section_for_sharding(section: dict) -> dict:
+    """The ``quantization`` section as loaded for a model FSDP shards: its quantizer's ``for_sharding`` (a storage
+    FSDP can split); :class:`FwError` when the quantizer has none or refuses this section."""
+    from fw.config.sockets import QUANTIZER
+    from fw.plugin import get_registry, resolve
+
+    descriptor = get_registry().get("quantizer", section.get(QUANTIZER.selector) or QUANTIZER.default)
+    if not descriptor.for_sharding:
+        raise FwError(f"quantization.backend: {descriptor.name} weights cannot be sharded by fsdp; use "
+                      f"{CONFIG_PATH}: ddp (the quantized base on every GPU).")
+    return resolve(descriptor.for_sharding)(section)
 
 
 def mapping_problems(value: dict) -> list[tuple[str, str]]:

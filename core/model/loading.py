@@ -153,7 +153,7 @@ def load_base_model(config, for_training: bool = False, tokenizer_from: str | No
     training. ``tokenizer_from``: load the tokenizer from there instead (a saved run's ``model/``). ``weights``
     False: the model on the meta device, its weights not read (:func:`empty_model`; not for GGUF or quantized
     models, which are loaded as usual). ``sharded``: FSDP will shard the weights (a quantized base is stored so that
-    it can be: fw.model.quantization.section_for_sharding)."""
+    it can be: fw.config.strategy.section_for_sharding)."""
     quiet_libraries()
     data = view.data_of(config)
     name = view.base_model(data)

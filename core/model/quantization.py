@@ -17,8 +17,8 @@ from __future__ import annotations
 from typing import Any
 
 from fw.config import view
+from fw.config.strategy import section_for_sharding
 from fw.config.sockets import QUANTIZER
-from fw.errors import FwError
 from fw.plugin import device, get_registry, is_kbit_model, resolve
 
 
@@ -37,21 +37,11 @@ def section_for_loading(section: dict | None, for_training: bool) -> dict | None
     return resolve(adjust)(section) if adjust else section
 
 
-def section_for_sharding(section: dict) -> dict:
-    """The section as loaded for a model FSDP shards: the quantizer's ``for_sharding`` (a storage FSDP can split);
-    :class:`FwError` when the quantizer has none or refuses this section."""
-    descriptor = quantizer_of(section)
-    if not descriptor.for_sharding:
-        raise FwError(f"quantization.backend: {descriptor.name} weights cannot be sharded by fsdp; use "
-                      "backend.trainer.strategy: ddp (the quantized base on every GPU).")
-    return resolve(descriptor.for_sharding)(section)
-
-
 def quantization_kwargs(data: dict, for_training: bool = False,
                         sharded: bool = False) -> tuple[dict, Any, dict | None]:
     """(from_pretrained kwargs, transform or None) of the configured quantizer plugin; the transform is called
     as ``transform(model, section)`` with the section this returns as third item. ``sharded``: FSDP shards the
-    weights (:func:`section_for_sharding`)."""
+    weights (fw.config.strategy.section_for_sharding)."""
     section = section_for_loading(view.quantization(data), for_training)
     if section and sharded:
         section = section_for_sharding(section)

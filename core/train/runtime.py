@@ -44,7 +44,7 @@ class Runtime:
     #: the others build it on the meta device and receive the weights when it is sharded)
     loads_weights: bool = True
     #: whether the model's weights are sharded over the processes (FSDP: a quantized base is then loaded in a
-    #: storage that can be split, fw.model.quantization.section_for_sharding)
+    #: storage that can be split, fw.config.strategy.section_for_sharding)
     shards_weights: bool = False
     #: recompute activations in the backward pass (FSDP's ``activation_checkpointing``; also
     #: ``trainer.enable_gradient_checkpointing``)

@@ -74,13 +74,11 @@ def test_a_deepspeed_file_that_is_not_there_is_named(tmp_path):
 
 def test_fsdp_over_a_4bit_base_model_is_valid_and_loads_it_in_a_float_storage_fsdp_can_split():
     """QLoRA under fsdp: bitsandbytes' for_sharding packs the 4-bit weights into the compute dtype."""
-    from fw.model import quantization
-
     issues, _ = report(config("fsdp", quantization={"bits": 4}, adapter={"type": "lora"}))
     assert not issues
     section = {"backend": "bitsandbytes", "bits": 4, "bnb_4bit_compute_dtype": "bfloat16"}
-    assert quantization.section_for_sharding(section) == {**section, "bnb_4bit_quant_storage": "bfloat16"}
-    assert quantization.section_for_sharding({"backend": "bitsandbytes", "bits": 4})["bnb_4bit_quant_storage"] == \
+    assert strategies.section_for_sharding(section) == {**section, "bnb_4bit_quant_storage": "bfloat16"}
+    assert strategies.section_for_sharding({"backend": "bitsandbytes", "bits": 4})["bnb_4bit_quant_storage"] == \
         "float16"  # the spec's default compute dtype
 
 

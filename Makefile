@@ -27,7 +27,7 @@ smollm2: install
 
 test: install
 	@$(BIN)/python -m fw.model.smollm2 || true
-	$(BIN)/python -m pytest -n 2 -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n 2 -q -m "not bench" $(PYTEST_ARGS)
 
 demo: install
 	$(BIN)/python examples/demo/run_demo.py
@@ -37,11 +37,13 @@ demo: install
 demo-real: smollm2
 	$(BIN)/python examples/sentiment/run_demo.py
 
-# The two-task merge measurement and startup (bench/startup.py: fw train vs transformers.Trainer + PEFT to the first
+# First the `bench`-marked tests (a benchmark script run end to end, e.g. train_speed.py --smoke writing every
+# field; `make test` leaves them here). The two-task merge measurement and startup (bench/startup.py: fw train vs transformers.Trainer + PEFT to the first
 # step) run on any device; torch.compile with its real inductor backend is checked here (the suite compiles with
 # dynamo's eager backend). Training speed (bench/train_speed.py) needs a CUDA GPU; without one it runs its CPU
 # --smoke check instead.
 bench: install
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m bench tests/bench
 	$(BIN)/python bench/cli_speed.py
 	$(BIN)/python bench/merge_two_tasks.py
 	$(BIN)/python bench/startup.py

@@ -56,7 +56,7 @@ def test_mfu_is_4n_flops_per_token_against_the_peak(bench):
     assert set(bench.SIDE_FIELDS) <= set(result)
 
 
-@pytest.mark.slow
+@pytest.mark.bench
 def test_smoke_runs_both_sides_on_both_workloads_and_writes_every_field(bench, tmp_path):
     process = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--output-dir", str(tmp_path)],
                              capture_output=True, text=True, timeout=600)

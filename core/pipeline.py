@@ -418,6 +418,18 @@ def write_predictions(table, directory: Path) -> None:
         table.to_csv(temporary, index=False)
 
 
+def write_outputs(verb: str, write, output_directory, model_path, experiment_name: str, model_name: str) -> Path:
+    """The directory of this call's outputs (:func:`fw.runs.output_directory`, chosen by the main process), filled by
+    ``write(directory)`` on the main process only; every process of a job gets it once the files are written."""
+    directory = from_main_process(lambda: runs.output_directory(verb, output_directory, model_path, experiment_name,
+                                                                model_name))
+    if distributed.is_main_process():
+        with writing_outputs(verb, directory):
+            write(directory)
+    distributed.barrier()
+    return directory
+
+
 @contextlib.contextmanager
 def writing_outputs(verb: str, directory: Path):
     """Say what this call kept when one of its outputs cannot be written for lack of space."""
@@ -445,12 +457,8 @@ def predict(model_path=None, config=None, dataset=None, split: str = "full", out
     prompts = rendered_prompts(frame, data, tokenizer, model_path, dataset)
     generations, outputs = generate_for(prompts, data, model, tokenizer, show_progress)
     table = predictions_frame(frame, data, shown_prompts(prompts, data, tokenizer), generations, outputs)
-    directory = from_main_process(lambda: runs.output_directory("predict", output_directory, model_path,
-                                                                experiment_name, model_name))
-    if distributed.is_main_process():
-        with writing_outputs("predict", directory):
-            write_predictions(table, directory)
-    distributed.barrier()
+    directory = write_outputs("predict", lambda target: write_predictions(table, target), output_directory,
+                              model_path, experiment_name, model_name)
     console.info(f"wrote {len(table)} predictions to {directory / 'predictions.parquet'} (and .csv)")
     return PredictResult(table, directory, data)
 
@@ -480,12 +488,11 @@ def evaluate(model_path=None, config=None, dataset=None, split: str = "full", ou
         console.warn(warning)
     statistics = {view.output_name(data): scores, "combined": {"loss": scores.get("loss")}, "rows": len(frame)}
     table = predictions_frame(frame, data, shown_prompts(prompts, data, tokenizer), generations, outputs)
-    directory = from_main_process(lambda: runs.output_directory("evaluate", output_directory, model_path,
-                                                                experiment_name, model_name))
-    if distributed.is_main_process():
-        with writing_outputs("evaluate", directory):
-            write_predictions(table, directory)
-            artifacts.write_json(directory / artifacts.TEST_STATISTICS, statistics, replace=False)
-    distributed.barrier()
+
+    def write(target: Path) -> None:
+        write_predictions(table, target)
+        artifacts.write_json(target / artifacts.TEST_STATISTICS, statistics, replace=False)
+
+    directory = write_outputs("evaluate", write, output_directory, model_path, experiment_name, model_name)
     console.info(f"wrote {directory / artifacts.TEST_STATISTICS}")
     return EvaluateResult(statistics, table, directory)

@@ -37,6 +37,16 @@ def _run_in_tmp_path(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
 
 
+@pytest.fixture(autouse=True)
+def _fresh_console_messages():
+    """Every test starts with no recorded messages (fw.console keeps every message of the process)."""
+    from fw import console
+
+    console.clear()
+    yield
+    console.clear()
+
+
 # -- the checkout stays as it was -------------------------------------------------------------------------------
 def checkout_files() -> dict[str, tuple[int, int]]:
     """Every file of the checkout (outside ``NOT_CHECKED``) with its size and modification time."""

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from fw import console
 from fw.cli.main import main
 
 CONFIG = """
@@ -18,13 +17,6 @@ prompt:
   template: "Q: {{question}} A:"
 """
 DATA = "question,answer\nWhy is the sky blue?,Rayleigh scattering\n,orphan\nWhat is 2+2?,4\nLast one?,yes\n"
-
-
-@pytest.fixture(autouse=True)
-def fresh_report():
-    console.clear()
-    yield
-    console.clear()
 
 
 @pytest.fixture(scope="module")

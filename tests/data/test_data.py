@@ -22,13 +22,6 @@ def config(prompt=None, output=None, **extra) -> dict:
     return load_config(data).data
 
 
-@pytest.fixture(autouse=True)
-def fresh_report():
-    console.clear()
-    yield
-    console.clear()
-
-
 def numbered(count: int, **columns) -> pd.DataFrame:
     return pd.DataFrame({"question": [f"q{i}" for i in range(count)], "answer": [f"a{i}" for i in range(count)],
                          **columns})

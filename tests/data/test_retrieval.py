@@ -26,11 +26,8 @@ WORDS = ["apple", "river", "mountain", "violin", "planet", "copper", "garden", "
 
 @pytest.fixture(autouse=True)
 def isolated(tmp_path, monkeypatch):
-    """A fresh cache dir and report per test."""
+    """A fresh cache dir per test."""
     monkeypatch.setenv("FW_CACHE_DIR", str(tmp_path / "cache"))
-    console.clear()
-    yield
-    console.clear()
 
 
 @pytest.fixture(scope="module")
